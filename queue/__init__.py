@@ -1,0 +1,1 @@
+"""Redis + RQ: connection, embedded redis-server, job payloads and the stage graph."""
