@@ -1,0 +1,75 @@
+"""Reading and writing contracts: JSON on disk, msgpack where size matters.
+
+Writes are atomic (temp file in the same directory, fsync, rename) so a crash never
+leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from .base import Contract, ContractError
+
+T = TypeVar("T", bound=Contract)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def decode_json(data: bytes | str, kind: type[T], source: str) -> T:
+    """Decode JSON into `kind`; errors name `source`, the field path and what was expected."""
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as e:
+        raise ContractError(source, str(e)) from None
+    except msgspec.DecodeError as e:
+        raise ContractError(source, f"not valid JSON ({e})") from None
+
+
+def decode_msgpack(data: bytes, kind: type[T], source: str) -> T:
+    try:
+        return msgspec.msgpack.decode(data, type=kind)
+    except msgspec.ValidationError as e:
+        raise ContractError(source, str(e)) from None
+    except msgspec.DecodeError as e:
+        raise ContractError(source, f"not valid msgpack ({e})") from None
+
+
+def read_json(path: str | os.PathLike, kind: type[T]) -> T:
+    """Load a JSON file into its contract. A missing file is a ContractError too."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ContractError(str(path), "file not found") from None
+    except IsADirectoryError:
+        raise ContractError(str(path), "is a directory, expected a JSON file") from None
+    return decode_json(data, kind, str(path))
+
+
+def write_json(path: str | os.PathLike, obj: Contract) -> None:
+    """Write a contract as indented JSON, atomically."""
+    data = msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n"
+    atomic_write_bytes(path, data)
+
+
+def to_msgpack(obj: Contract) -> bytes:
+    return msgspec.msgpack.encode(obj)
