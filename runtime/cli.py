@@ -1,0 +1,93 @@
+"""`tinygpt`: one dispatcher, lazy imports.
+
+The table below is all `tinygpt --help` needs, so listing commands imports nothing
+heavy. A command's module (``tinygpt.runtime.commands.<name>``) is imported only when
+that command runs or its own ``--help`` is asked for; modules that need MLX import it
+inside ``run`` so ``tinygpt status`` stays fast and MLX-free.
+
+A command module provides::
+
+    EXAMPLE = "tinygpt models pull smollm2-135m-instruct"   # shown in --help
+    def configure(parser: argparse.ArgumentParser) -> None   # add arguments
+    def run(args: argparse.Namespace) -> int                 # the exit code
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under tinygpt.runtime.commands, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def register(name: str, module: str, summary: str) -> None:
+    COMMANDS[name] = (module, summary)
+
+
+register("models", "models", "pull, list and inspect MLX models in the cache")
+register("generate", "generate", "generate text from a cached model (a quick check)")
+register("schema", "schema", "print the JSON Schema of a contract (e.g. the project pin file)")
+register("validate", "validate", "check a contract file (tinygpt.project.json, a trajectory, ...)")
+register("status", "status", "show Redis, queues, models and the project at a glance")
+register("redis", "redis", "run the embedded redis-server in the foreground")
+register("up", "up", "bring up the whole daemon on the embedded defaults")
+
+EXIT_USAGE = 2
+
+
+def _epilog() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["commands:"]
+    lines += [f"  {n.ljust(width)}  {s}" for n, (_, s) in COMMANDS.items()]
+    lines += ["", "Run `tinygpt COMMAND --help` for a command's options and an example."]
+    return "\n".join(lines)
+
+
+def _load(name: str):
+    module, _ = COMMANDS[name]
+    return importlib.import_module(f"tinygpt.runtime.commands.{module}")
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one command (imports that command's module only)."""
+    mod = _load(name)
+    doc = (mod.__doc__ or COMMANDS[name][1]).strip()
+    parser = argparse.ArgumentParser(
+        prog=f"tinygpt {name}",
+        description=doc,
+        epilog=f"example:\n  {mod.EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mod.configure(parser)
+    parser.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(
+        prog="tinygpt",
+        description="TinyGPT: a local agent runtime and specialist factory on MLX.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("command", nargs="?", help="one of the commands below")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else EXIT_USAGE
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        top.print_usage(sys.stderr)
+        print(f"tinygpt: error: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser(name).parse_args(rest)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
