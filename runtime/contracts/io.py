@@ -34,10 +34,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def _check_version(obj: T, source: str) -> T:
+    # A newer writer may have changed meanings, not just added fields: refuse, don't guess.
+    version = getattr(obj, "schema_version", None)
+    if version is not None:
+        known = next(f.default for f in msgspec.structs.fields(type(obj)) if f.name == "schema_version")
+        if version > known:
+            raise ContractError(
+                source, f"schema_version {version} is newer than this tinygpt understands ({known}); upgrade tinygpt"
+            )
+    return obj
+
+
 def decode_json(data: bytes | str, kind: type[T], source: str) -> T:
     """Decode JSON into `kind`; errors name `source`, the field path and what was expected."""
     try:
-        return msgspec.json.decode(data, type=kind)
+        return _check_version(msgspec.json.decode(data, type=kind), source)
     except msgspec.ValidationError as e:
         raise ContractError(source, str(e)) from None
     except msgspec.DecodeError as e:
@@ -45,8 +57,9 @@ def decode_json(data: bytes | str, kind: type[T], source: str) -> T:
 
 
 def decode_msgpack(data: bytes, kind: type[T], source: str) -> T:
+    """Decode msgpack into `kind`, with the same error shape as `decode_json`."""
     try:
-        return msgspec.msgpack.decode(data, type=kind)
+        return _check_version(msgspec.msgpack.decode(data, type=kind), source)
     except msgspec.ValidationError as e:
         raise ContractError(source, str(e)) from None
     except msgspec.DecodeError as e:
@@ -73,3 +86,15 @@ def write_json(path: str | os.PathLike, obj: Contract) -> None:
 
 def to_msgpack(obj: Contract) -> bytes:
     return msgspec.msgpack.encode(obj)
+
+
+def read_any(path: str | os.PathLike, kind: type[T]) -> T:
+    """Load a contract from `.json` or `.msgpack` / `.mpk` by the file's suffix."""
+    path = Path(path)
+    if path.suffix in (".msgpack", ".mpk"):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ContractError(str(path), "file not found") from None
+        return decode_msgpack(data, kind, str(path))
+    return read_json(path, kind)

@@ -1,1 +1,0 @@
-"""Redis + RQ: connection, embedded redis-server, job payloads and the stage graph."""
