@@ -1,0 +1,1 @@
+"""Grammar-constrained decoding: JSON schemas and tool calls compiled to token masks."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server: engine (one model thread), HTTP, recorder, adapters."""

@@ -1,0 +1,1 @@
+"""Training internals behind workers/finetune.py: data loading, losses, the loop."""
