@@ -5,8 +5,8 @@ MLX's Linux CPU wheel links ``libmlx.so`` against a bundled *reference* BLAS and
 the global scope first (the program, LD_PRELOAD, and every library dlopen'ed with
 RTLD_GLOBAL) and only then in libmlx's own dependencies. So loading an optimized OpenBLAS
 with RTLD_GLOBAL *before* ``mlx.core`` is first imported makes libmlx bind to it: fp32
-matmul gets ~30-70x faster here. No LD_PRELOAD re-exec is needed (checked with
-LD_DEBUG=bindings); once mlx is imported its symbols are bound and it is too late.
+matmul gets ~30x faster here (benchmarks/RESULTS.md). No LD_PRELOAD re-exec is needed
+(checked with LD_DEBUG=bindings); once mlx is imported its symbols are bound: too late.
 bf16 matmuls do not go through BLAS and are unaffected; macOS uses Accelerate already.
 
 ``TINYGPT_BLAS`` picks the library: unset or ``auto`` searches the known locations,
@@ -37,7 +37,7 @@ def candidates() -> list[Path]:
     """Known locations of an unprefixed optimized OpenBLAS, best first."""
     arch = f"{os.uname().machine}-linux-gnu"
     libs = [Path("/usr/lib") / arch, Path("/usr/lib64")]
-    found = [
+    return [
         # Debian/Ubuntu: the pthread build suits MLX (it calls BLAS from one thread);
         # the OpenMP build would start a second thread pool beside MLX's.
         libs[0] / "openblas-pthread/libopenblas.so.0",
@@ -52,7 +52,6 @@ def candidates() -> list[Path]:
         # Single-threaded, still far faster than the reference BLAS.
         libs[0] / "openblas-serial/libopenblas.so.0",
     ]
-    return found
 
 
 class _Dl_info(ctypes.Structure):
