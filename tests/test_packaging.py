@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -60,9 +61,16 @@ def test_built_wheel_installs_and_imports(tmp_path):
     assert "tinygpt/runtime/models/templates/chatml_tools.jinja" in names
     assert not any(n.startswith(("queue/", "runtime/", "tests/")) for n in names)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    # Reuse this environment's dependencies through a plain path entry: .pth files
+    # inside it (such as the editable install's finder) are not processed, so the
+    # only tinygpt the new venv can import is the wheel's.
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
+    deps = sysconfig.get_paths()["purelib"]
+    Path(site, "deps.pth").write_text(deps + "\n")
+    with zipfile.ZipFile(wheel) as zf:  # a wheel is a zip laid out for site-packages
+        zf.extractall(site)
     code = (
         "import queue, tinygpt.queue.embedded, tinygpt.runtime.contracts as c; "
         "import concurrent.futures.thread; print(tinygpt.queue.embedded.__file__)"

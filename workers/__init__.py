@@ -1,1 +1,5 @@
 """Pipeline stages, one module per stage: ingest, dedupe, label, dataset, finetune, evalgate, publish."""
+
+# Importing tinygpt.runtime preloads the optimized BLAS before any stage imports mlx;
+# once mlx is loaded its BLAS symbols are bound for the life of the process.
+import tinygpt.runtime  # noqa: F401
