@@ -84,6 +84,14 @@ class Step(Contract):
     prefix_mismatch: bool = False
     # "tools", "json_schema", "json_object" or None when decoding was unconstrained.
     constraint: str | None = None
+    # Who produced this step: a session may switch specialist (or version) between turns,
+    # so the trajectory-level adapter fields describe its first step only.
+    model: str | None = None
+    adapter_version: str | None = None
+    adapter_digest: str | None = None
+    sampling: SamplingParams | None = None
+    request_id: str = ""
+    created_at: float = 0.0
 
 
 class Feedback(Contract):

@@ -1,0 +1,251 @@
+"""Specialists on one base model: LoRA / DoRA adapters served side by side, swapped atomically.
+
+Each loaded adapter version gets its own *module tree* over the base model's arrays: the
+tree of `nn.Module` objects is cloned (cheap, a few hundred dicts) while every weight
+array stays shared, then mlx-lm's own `load_adapters` wraps the cloned linears in
+`LoRALinear` / `DoRALinear`. So the base weights are loaded once, an adapter costs only
+its own low-rank matrices, switching specialist per request is choosing another model
+object, and unloading one is dropping it.
+
+`Registry` is the part HTTP threads see (names, versions, digests, reference counts; no
+arrays): a request *acquires* the version current when it arrives and keeps it to the
+end, so a swap never changes the weights under a request in flight, and a retired
+version is freed only when its last request has finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from ..contracts.base import ContractError
+from ..contracts.io import read_json
+from ..contracts.specialist import SpecialistLock, SpecialistManifest
+from .protocol import ApiError
+
+# The registry key of the bare base model ("@" never appears in specialist names).
+BASE = "@base"
+ADAPTER_METHODS = ("lora", "dora")
+
+
+class AdapterInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+    digest: str
+    path: str
+    method: str
+    rank: int
+    loaded_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_adapter(path: str | Path, name: str, version: str | None, base_digest: str) -> AdapterInfo:
+    """Check an adapter directory (mlx-lm format) and describe it; touches no arrays.
+
+    The digest is the package lock's when there is one (the identity pins use), else a
+    sha256 over the two adapter files. The version defaults to the package manifest's,
+    else the digest's first 12 hex digits. An adapter trained on another base is refused.
+    """
+    path = Path(path).expanduser()
+    config_file, weights = path / "adapter_config.json", path / "adapters.safetensors"
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise ApiError(400, f"adapter {name!r}: {f} not found (expected mlx-lm's adapter_config.json + adapters.safetensors)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ApiError(400, f"adapter {name!r}: unreadable {config_file}: {e}") from None
+    method = config.get("fine_tune_type", "lora") if isinstance(config, dict) else None
+    if method not in ADAPTER_METHODS:
+        raise ApiError(400, f"adapter {name!r}: fine_tune_type {method!r} is not one of {ADAPTER_METHODS}")
+    params = config.get("lora_parameters")
+    if not isinstance(params, dict) or not isinstance(params.get("rank"), int) or "scale" not in params:
+        raise ApiError(400, f"adapter {name!r}: adapter_config.json needs lora_parameters with rank and scale")
+    if not isinstance(config.get("num_layers"), int):
+        raise ApiError(400, f"adapter {name!r}: adapter_config.json needs an integer num_layers")
+
+    manifest = lock = None
+    try:
+        if (path / "manifest.json").is_file():
+            manifest = read_json(path / "manifest.json", SpecialistManifest)
+        if (path / "lock.json").is_file():
+            lock = read_json(path / "lock.json", SpecialistLock)
+    except ContractError as e:
+        raise ApiError(400, f"adapter {name!r}: {e}") from None
+    if manifest and manifest.base_digest and base_digest and manifest.base_digest != base_digest:
+        raise ApiError(
+            400,
+            f"adapter {name!r} was trained on base {manifest.base_model} ({manifest.base_digest[:12]}), "
+            f"not on the served base ({base_digest[:12]})",
+        )
+    if lock is not None:
+        digest = lock.digest
+    else:
+        lines = f"adapter_config.json {_sha256(config_file)}\nadapters.safetensors {_sha256(weights)}\n"
+        digest = hashlib.sha256(lines.encode()).hexdigest()
+    version = version or (manifest.version if manifest else digest[:12])
+    return AdapterInfo(
+        name=name, version=version, digest=digest, path=str(path.resolve()), method=method, rank=params["rank"]
+    )
+
+
+def clone_modules(module):
+    """A copy of a module tree that shares every array: new dicts, same weights.
+
+    `load_adapters` replaces linears inside the copy; the original stays untouched.
+    """
+    import mlx.nn as nn
+
+    new = copy.copy(module)
+    for k, v in module.items():
+        if isinstance(v, nn.Module):
+            new[k] = clone_modules(v)
+        elif isinstance(v, (list, tuple)):
+            new[k] = type(v)(clone_modules(x) if isinstance(x, nn.Module) else x for x in v)
+        elif isinstance(v, dict):
+            new[k] = {kk: clone_modules(x) if isinstance(x, nn.Module) else x for kk, x in v.items()}
+    return new
+
+
+def build_adapter_model(base, info: AdapterInfo):
+    """The base model with `info`'s adapter applied, sharing the base arrays (model thread only)."""
+    import mlx.core as mx
+    from mlx_lm.tuner.utils import load_adapters
+
+    model = clone_modules(base)
+    try:
+        load_adapters(model, info.path)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise ApiError(400, f"adapter {info.name!r} does not fit the base model: {e}") from None
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+@dataclass
+class _Entry:
+    info: AdapterInfo
+    refs: int = 0
+    retired: bool = False
+
+
+class Registry:
+    """Which version of each specialist new requests get; thread-safe, no arrays."""
+
+    def __init__(self, base_name: str, base_digest: str, aliases: tuple[str, ...] = ()):
+        self.base_name = base_name
+        self.base_digest = base_digest
+        self._base_names = {base_name, *aliases}
+        self._lock = threading.Lock()
+        self._current: dict[str, str] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._base_refs = 0
+
+    def acquire(self, model: str) -> tuple[str, AdapterInfo | None]:
+        """The version key `model` names now, held until `release`; unknown names are a 404."""
+        with self._lock:
+            if model in self._base_names:
+                self._base_refs += 1
+                return BASE, None
+            name, _, version = model.partition("@")
+            key = f"{name}@{version}" if version else self._current.get(name)
+            entry = self._entries.get(key) if key else None
+            if entry is None or entry.retired:
+                known = sorted(self._base_names | set(self._current))
+                raise ApiError(
+                    404,
+                    f"model {model!r} not found; this server serves {', '.join(known)} "
+                    f"(a specialist as NAME or NAME@VERSION)",
+                    code="model_not_found",
+                    param="model",
+                )
+            entry.refs += 1
+            return key, entry.info
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            if key == BASE:
+                self._base_refs -= 1
+            elif key in self._entries:
+                self._entries[key].refs -= 1
+
+    def check_new(self, info: AdapterInfo) -> None:
+        """Refuse a name that shadows the base, or a version reused with other weights."""
+        with self._lock:
+            if info.name in self._base_names:
+                raise ApiError(400, f"adapter name {info.name!r} is the base model's name")
+            entry = self._entries.get(info.key)
+            if entry and not entry.retired and entry.info.digest != info.digest:
+                raise ApiError(409, f"{info.key} is loaded with other weights ({entry.info.digest[:12]}); use a new version")
+
+    def has(self, key: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and not entry.retired
+
+    def publish(self, info: AdapterInfo, *, keep_previous: bool = False) -> str | None:
+        """Make `info` the version new requests get; returns the key retired by the swap."""
+        info = msgspec.structs.replace(info, loaded_at=time.time())
+        with self._lock:
+            old = self._current.get(info.name)
+            entry = self._entries.get(info.key)
+            if entry is None or entry.retired:
+                self._entries[info.key] = _Entry(info, refs=entry.refs if entry else 0)
+            self._current[info.name] = info.key
+            if old and old != info.key and not keep_previous:
+                self._entries[old].retired = True
+                return old
+            return None
+
+    def unpublish(self, name: str, version: str | None = None) -> list[str]:
+        """Stop serving `name` (every version) or just `name@version`; in-flight requests finish."""
+        with self._lock:
+            keys = [k for k in self._entries if k.partition("@")[0] == name and not self._entries[k].retired]
+            if version is not None:
+                keys = [k for k in keys if k == f"{name}@{version}"]
+            if not keys:
+                raise ApiError(404, f"no loaded specialist {name}{'@' + version if version else ''}", code="model_not_found")
+            for k in keys:
+                self._entries[k].retired = True
+            if self._current.get(name) in keys:
+                del self._current[name]
+            return keys
+
+    def freeable(self) -> list[str]:
+        """Retired versions no request holds any more; forgotten as they are returned."""
+        with self._lock:
+            keys = [k for k, e in self._entries.items() if e.retired and e.refs <= 0]
+            for k in keys:
+                del self._entries[k]
+            return keys
+
+    def snapshot(self) -> tuple[dict[str, str], list[AdapterInfo]]:
+        """(name → current key, every servable version), for /v1/models and the admin API."""
+        with self._lock:
+            infos = [e.info for e in self._entries.values() if not e.retired]
+            return dict(self._current), infos
+
+    def in_use(self) -> dict[str, int]:
+        with self._lock:
+            refs = {k: e.refs for k, e in self._entries.items() if e.refs}
+            if self._base_refs:
+                refs[BASE] = self._base_refs
+            return refs

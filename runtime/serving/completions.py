@@ -1,0 +1,420 @@
+"""`/v1/chat/completions`: request → prompt ids → engine → OpenAI response → recorded step.
+
+Runs in the HTTP thread of the request and never touches arrays: it renders and
+tokenizes, builds the grammar constraint (the model thread is the one to call it),
+submits a `GenRequest` and turns the engine's events into a response or an SSE stream.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from ..contracts.trajectory import SamplingParams, Step, ToolCall, TopLogprob
+from .adapters import AdapterInfo
+from .engine import Delta, Done, Engine, Failed, GenRequest, Started
+from .prompts import ChatPrompts, PriorTurn, Prompt
+from .protocol import (
+    ApiError,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    FunctionDelta,
+    FunctionOut,
+    PromptTokensDetails,
+    ResponseMessage,
+    TokenLogprobOut,
+    ToolCallDelta,
+    ToolCallOut,
+    TopLogprobOut,
+    Usage,
+    encode,
+)
+from .protocol import Delta as DeltaOut
+from .recorder import Match, Recorder, StepRecord, reply_message
+
+# How often a waiting HTTP thread checks that its client and the model thread are alive.
+POLL_SECONDS = 0.25
+
+
+class ClientGone(Exception):
+    """The client closed the connection."""
+
+
+class Writer(Protocol):
+    """What the HTTP layer gives a completion to answer with."""
+
+    def send_json(self, status: int, body: bytes, headers: dict[str, str]) -> None: ...
+    def start_stream(self, headers: dict[str, str]) -> None: ...
+    def send_event(self, data: bytes) -> None: ...  # raises ClientGone
+    def client_gone(self) -> bool: ...
+
+
+@dataclass
+class Prepared:
+    req: ChatRequest
+    gen: GenRequest
+    prompt: Prompt
+    match: Match
+    adapter: AdapterInfo | None
+    sampling: SamplingParams
+    tools: list[dict[str, Any]]
+    constraint_kind: str | None
+    id: str
+    created: int
+
+
+class Completions:
+    """Chat completions against one engine, recorded by one recorder (None: not recorded)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompts: ChatPrompts,
+        recorder: Recorder | None,
+        *,
+        context_length: int,
+        default_max_tokens: int,
+        vocab_size: int,
+        project: str = "default",
+    ):
+        self.engine = engine
+        self.prompts = prompts
+        self.recorder = recorder
+        self.context_length = context_length
+        self.default_max_tokens = default_max_tokens
+        self.vocab_size = vocab_size
+        self.project = project
+        self._grammar_info = None
+        self._grammar_lock = threading.Lock()
+        self.fingerprint = f"tinygpt-{engine.registry.base_digest[:12]}"
+
+    # ------------------------------------------------------------ preparing
+
+    def prepare(self, req: ChatRequest, session: str | None) -> Prepared:
+        """Validate, resolve the model and build the prompt; raises ApiError (4xx)."""
+        self._check(req, session)
+        key, adapter = self.engine.registry.acquire(req.model)
+        try:
+            return self._prepare(req, session, key, adapter)
+        except BaseException:
+            self.engine.registry.release(key)
+            raise
+
+    def _check(self, req: ChatRequest, session: str | None) -> None:
+        if req.top_logprobs and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if req.stream_options is not None and not req.stream:
+            raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options")
+        if session is not None and not (0 < len(session) <= 200 and session.isprintable()):
+            raise ApiError(400, "the session id must be 1-200 printable characters", param="session_id")
+        for m in req.messages:
+            if m.role == "tool" and m.tool_call_id is None:
+                raise ApiError(400, "a tool message needs tool_call_id", param="messages")
+            if m.tool_calls and m.role != "assistant":
+                raise ApiError(400, "only assistant messages carry tool_calls", param="messages")
+            if m.refusal or m.annotations:
+                raise ApiError(400, "refusal / annotations are not supported in messages", param="messages")
+
+    def _prepare(self, req: ChatRequest, session: str | None, key: str, adapter: AdapterInfo | None) -> Prepared:
+        match = self.recorder.index.find(session, req.messages) if self.recorder else Match("", 0, session)
+        text = self.prompts.render(req.messages, req.tools)
+        prompt = self.prompts.build(text, match.prior)
+        n = len(prompt.ids)
+        if n >= self.context_length:
+            raise ApiError(
+                400,
+                f"the prompt is {n} tokens; this model's context is {self.context_length}",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        asked = req.max_completion_tokens or req.max_tokens
+        if asked is not None and n + asked > self.context_length:
+            raise ApiError(
+                400,
+                f"prompt ({n} tokens) + max_tokens ({asked}) exceeds this model's context of {self.context_length}",
+                code="context_length_exceeded",
+                param="max_tokens",
+            )
+        max_tokens = asked or min(self.default_max_tokens, self.context_length - n)
+        constraint, kind, tools_mode, parse = self._constraint(req)
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        temperature = 1.0 if req.temperature is None else req.temperature
+        top_p = 1.0 if req.top_p is None else req.top_p
+        gen = GenRequest(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            key=key,
+            model=req.model,
+            prompt_ids=prompt.ids,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=req.seed,
+            # A JSON answer must stay whole: stop strings apply to free text only.
+            stop=stop if kind not in ("json_object", "json_schema") else [],
+            tools=tools_mode,
+            top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0,
+            stream=req.stream,
+            logit_bias=self._logit_bias(req.logit_bias),
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            constraint=constraint,
+            parse=parse,
+        )
+        sampling = SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=req.seed,
+            stop=stop,
+            logprobs=bool(req.logprobs),
+            top_logprobs=req.top_logprobs or 0,
+        )
+        tools = [msgspec.to_builtins(t) for t in req.tools or []]
+        return Prepared(req, gen, prompt, match, adapter, sampling, tools, kind, gen.id, int(time.time()))
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        if not bias:
+            return None
+        out = {}
+        for k, v in bias.items():
+            if not k.isdigit() or int(k) >= self.vocab_size:
+                raise ApiError(400, f"logit_bias key {k!r} is not a token id of this model", param="logit_bias")
+            out[int(k)] = v
+        return out
+
+    def _constraint(self, req: ChatRequest):
+        """(constraint, kind, parse tool calls?, parser) for the request's tools / response_format."""
+        choice = req.tool_choice if req.tool_choice is not None else ("auto" if req.tools else "none")
+        if choice != "none" and not req.tools:
+            raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+        fmt = req.response_format
+        if fmt is not None and fmt.type == "json_schema" and (fmt.json_schema is None or fmt.json_schema.schema is None):
+            raise ApiError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+        wants_format = fmt is not None and fmt.type != "text"
+        tools_mode = bool(req.tools) and choice != "none"
+        if not tools_mode and not wants_format:
+            return None, None, False, None
+        try:
+            from tinygpt.runtime.grammar import GrammarError, build_constraint, parse_tool_calls
+        except ImportError as e:
+            # Never fall back to unconstrained output.
+            raise ApiError(501, f"constrained decoding is not available: {e}", type="server_error") from None
+        try:
+            constraint = build_constraint(
+                self._grammar(),
+                tools=[msgspec.to_builtins(t) for t in req.tools] if req.tools else None,
+                tool_choice=msgspec.to_builtins(choice),
+                parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+                response_format=msgspec.to_builtins(fmt) if wants_format else None,
+            )
+        except GrammarError as e:
+            raise ApiError(400, str(e), param="tools" if req.tools else "response_format") from None
+        kind = getattr(constraint, "kind", None) if constraint is not None else None
+        return constraint, kind, tools_mode, parse_tool_calls
+
+    def _grammar(self):
+        with self._grammar_lock:
+            if self._grammar_info is None:
+                from tinygpt.runtime.grammar import TokenizerInfo
+
+                self._grammar_info = TokenizerInfo.from_tokenizer(self.prompts.tokenizer, vocab_size=self.vocab_size)
+            return self._grammar_info
+
+    # ------------------------------------------------------------ answering
+
+    def run(self, p: Prepared, out: Writer, headers: dict[str, str]) -> None:
+        """Submit and answer (a JSON body or an SSE stream); records the step when done."""
+        try:
+            self.engine.submit(p.gen)
+        except BaseException:
+            self.engine.registry.release(p.gen.key)
+            raise
+        if p.match.trajectory_id:
+            headers = {**headers, "X-TinyGPT-Trajectory": p.match.trajectory_id, "X-TinyGPT-Step": str(p.match.index)}
+        if p.req.stream:
+            self._stream(p, out, headers)
+        else:
+            done = self._wait(p, out)
+            self._record(p, done)
+            out.send_json(200, encode(self._completion(p, done)), headers)
+
+    def _next_event(self, p: Prepared, out: Writer):
+        while True:
+            try:
+                return p.gen.events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if out.client_gone():
+                    p.gen.cancel()
+                    raise ClientGone() from None
+                if not self.engine.healthy:
+                    raise ApiError(503, "the model thread stopped", type="server_error")
+
+    def _wait(self, p: Prepared, out: Writer) -> Done:
+        while True:
+            event = self._next_event(p, out)
+            if isinstance(event, Done):
+                return event
+            if isinstance(event, Failed):
+                raise event.error
+
+    def _stream(self, p: Prepared, out: Writer, headers: dict[str, str]) -> None:
+        out.start_stream(headers)
+        n_calls = 0
+        try:
+            self._send(out, p, DeltaOut(role="assistant", content=""), None, None)
+            while True:
+                event = self._next_event(p, out)
+                if isinstance(event, Started):
+                    continue
+                if isinstance(event, Failed):
+                    if event.error.status != 499:
+                        out.send_event(b"data: " + event.error.body() + b"\n\n")
+                    return
+                delta = event.tail if isinstance(event, Done) else event
+                if delta.content or delta.calls or (p.req.logprobs and delta.ids):
+                    n_calls = self._send_delta(out, p, delta, n_calls)
+                if isinstance(event, Done):
+                    self._record(p, event)
+                    self._send(out, p, DeltaOut(), event.finish_reason, None)
+                    if p.req.stream_options is not None and p.req.stream_options.include_usage:
+                        chunk = ChatCompletionChunk(
+                            id=p.id, created=p.created, model=p.req.model, choices=[], usage=self._usage(event),
+                            system_fingerprint=self.fingerprint,
+                        )
+                        out.send_event(b"data: " + encode(chunk) + b"\n\n")
+                    out.send_event(b"data: [DONE]\n\n")
+                    return
+        except ClientGone:
+            p.gen.cancel()
+        except ApiError as e:
+            # Headers are out already: the error goes in the stream, as OpenAI does.
+            p.gen.cancel()
+            try:
+                out.send_event(b"data: " + e.body() + b"\n\n")
+            except ClientGone:
+                pass
+
+    def _send_delta(self, out: Writer, p: Prepared, delta: Delta, n_calls: int) -> int:
+        calls = []
+        for c in delta.calls:
+            calls.append(
+                ToolCallDelta(index=n_calls, id=c.id, type="function", function=FunctionDelta(name=c.name, arguments=c.arguments))
+            )
+            n_calls += 1
+        body = DeltaOut(content=delta.content or msgspec.UNSET, tool_calls=calls or msgspec.UNSET)
+        logprobs = self._logprobs(delta.ids, delta.logprobs, delta.top) if p.req.logprobs else None
+        self._send(out, p, body, None, logprobs)
+        return n_calls
+
+    def _send(self, out: Writer, p: Prepared, delta: DeltaOut, finish: str | None, logprobs) -> None:
+        chunk = ChatCompletionChunk(
+            id=p.id,
+            created=p.created,
+            model=p.req.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)],
+            system_fingerprint=self.fingerprint,
+        )
+        out.send_event(b"data: " + encode(chunk) + b"\n\n")
+
+    def _logprobs(self, ids: list[int], lps: list[float], tops: list) -> ChoiceLogprobs:
+        content = []
+        for i, lp, top in zip(ids, lps, tops or [[]] * len(ids)):
+            tok = self.prompts.decode([i])
+            content.append(
+                TokenLogprobOut(
+                    token=tok,
+                    logprob=lp,
+                    bytes=list(tok.encode()),
+                    top_logprobs=[
+                        TopLogprobOut(token=(t := self.prompts.decode([j])), logprob=v, bytes=list(t.encode()))
+                        for j, v in top
+                    ],
+                )
+            )
+        return ChoiceLogprobs(content=content)
+
+    def _usage(self, done: Done) -> Usage:
+        prompt = done.timings.prompt_tokens
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=len(done.output_ids),
+            total_tokens=prompt + len(done.output_ids),
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=done.timings.cached_tokens),
+        )
+
+    def _completion(self, p: Prepared, done: Done) -> ChatCompletion:
+        calls = [ToolCallOut(id=c.id, function=FunctionOut(name=c.name, arguments=c.arguments)) for c in done.calls]
+        visible = len(done.output_ids) - (1 if done.eos else 0)
+        logprobs = None
+        if p.req.logprobs:
+            logprobs = self._logprobs(done.output_ids[:visible], done.logprobs[:visible], done.top[:visible])
+        message = ResponseMessage(content=done.content, tool_calls=calls or msgspec.UNSET)
+        return ChatCompletion(
+            id=p.id,
+            created=p.created,
+            model=p.req.model,
+            choices=[Choice(message=message, finish_reason=done.finish_reason, logprobs=logprobs)],
+            usage=self._usage(done),
+            system_fingerprint=self.fingerprint,
+        )
+
+    # ------------------------------------------------------------ recording
+
+    def _record(self, p: Prepared, done: Done) -> None:
+        if self.recorder is None:
+            return
+        body_ids = done.output_ids[:-1] if done.eos else done.output_ids
+        text = self.prompts.decode(body_ids)
+        output_text = self.prompts.decode(done.output_ids) if done.eos else text
+        # Synchronously, before the client sees the answer: its next turn must find this one.
+        self.recorder.index.remember(
+            p.match,
+            p.req.messages,
+            reply_message(done.content, done.calls),
+            PriorTurn(p.prompt.ids, p.prompt.text, list(done.output_ids), output_text),
+        )
+        a = p.adapter
+        step = Step(
+            index=p.match.index,
+            prompt_ids=p.prompt.ids,
+            output_ids=list(done.output_ids),
+            logprobs=list(done.logprobs),
+            top_logprobs=[[TopLogprob(token=t, logprob=v) for t, v in top] for top in done.top] if any(done.top) else [],
+            text=text,
+            tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in done.calls],
+            finish_reason=done.finish_reason,
+            timings=done.timings,
+            prefix_mismatch=p.prompt.prefix_mismatch,
+            constraint=p.constraint_kind,
+            model=p.req.model,
+            adapter_version=a.version if a else None,
+            adapter_digest=a.digest if a else None,
+            sampling=p.sampling,
+            request_id=p.id,
+            created_at=time.time(),
+        )
+        registry = self.engine.registry
+        self.recorder.record(
+            StepRecord(
+                match=p.match,
+                step=step,
+                base_model=registry.base_name,
+                base_digest=registry.base_digest,
+                adapter=a.name if a else None,
+                adapter_version=a.version if a else None,
+                adapter_digest=a.digest if a else None,
+                sampling=p.sampling,
+                tools=p.tools,
+                project=self.project,
+            )
+        )

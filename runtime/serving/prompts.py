@@ -1,0 +1,131 @@
+"""Chat messages → prompt token ids, reusing the ids a session already has.
+
+The template is the model's own when it has a tools section, else TinyGPT's tool-aware
+ChatML template. An agent resends the whole conversation every turn; rendering it and
+tokenizing from scratch could produce different ids for the earlier turns than the ones
+the model actually saw and sampled (a BPE merge across a turn boundary, a reply the
+model tokenized unusually). So when the new text extends the previous turn's
+prompt + output *as text*, the prompt is the previous ids plus only the new suffix
+tokenized; otherwise the step is flagged `prefix_mismatch` and tokenized afresh.
+
+Runs in HTTP threads: tokenizers only, no arrays. The tokenizer is shared with other
+threads, so calls into it are serialised by one lock (tokenizing is fast; the Rust
+tokenizer raises "Already borrowed" if two threads race on it).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import threading
+from dataclasses import dataclass
+
+import jinja2
+
+from .protocol import ApiError, Message, Tool
+
+_lock = threading.Lock()
+
+
+def tools_template() -> str:
+    """TinyGPT's packaged tool-aware ChatML template."""
+    files = importlib.resources.files("tinygpt.runtime.models")
+    return files.joinpath("templates/chatml_tools.jinja").read_text(encoding="utf-8")
+
+
+def has_tools_section(template: str | None) -> bool:
+    # The template branches on the `tools` variable when it can render tool definitions.
+    return bool(template) and "tools" in template and ("tool_call" in template or "tool_calls" in template)
+
+
+@dataclass
+class PriorTurn:
+    """What a session's previous step fed and sampled, to continue its token stream."""
+
+    prompt_ids: list[int]
+    prompt_text: str
+    output_ids: list[int]
+    output_text: str
+
+
+@dataclass
+class Prompt:
+    text: str
+    ids: list[int]
+    # Tokens taken verbatim from the previous step (prompt + output), 0 for a first turn.
+    reused: int = 0
+    prefix_mismatch: bool = False
+
+
+class ChatPrompts:
+    """Renders and tokenizes chat requests for one tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        own = getattr(tokenizer, "chat_template", None)
+        self.template = own if has_tools_section(own) else tools_template()
+        self.own_template = self.template is own
+
+    def render(self, messages: list[Message], tools: list[Tool] | None) -> str:
+        """The prompt text (with the assistant generation header)."""
+        convo = [self._message(m) for m in messages]
+        tool_defs = [{"type": "function", "function": _function(t)} for t in tools] if tools else None
+        try:
+            with _lock:
+                return self.tokenizer.apply_chat_template(
+                    convo,
+                    tools=tool_defs,
+                    chat_template=self.template,
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError) as e:
+            raise ApiError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
+
+    def encode(self, text: str) -> list[int]:
+        with _lock:
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        with _lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def build(self, text: str, prior: PriorTurn | None) -> Prompt:
+        """Token ids for `text`, continuing `prior`'s ids where the text allows."""
+        if prior is None:
+            return Prompt(text, self.encode(text))
+        full_ids = prior.prompt_ids + prior.output_ids
+        full_text = prior.prompt_text + prior.output_text
+        for head_ids, head_text, mismatch in (
+            (full_ids, full_text, False),
+            (prior.prompt_ids, prior.prompt_text, True),
+        ):
+            if head_text and text.startswith(head_text):
+                ids = head_ids + self.encode(text[len(head_text) :])
+                # A tokenizer that is not byte-level may not split text this freely: verify.
+                if self.decode(ids) == text:
+                    return Prompt(text, ids, reused=len(head_ids), prefix_mismatch=mismatch)
+        return Prompt(text, self.encode(text), prefix_mismatch=True)
+
+    @staticmethod
+    def _message(m: Message) -> dict:
+        # Templates know system/user/assistant/tool; OpenAI's "developer" is a system turn.
+        out: dict = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.name is not None:
+            out["name"] = m.name
+        if m.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id is not None:
+            out["tool_call_id"] = m.tool_call_id
+        return out
+
+
+def _function(tool: Tool) -> dict:
+    f = tool.function
+    out: dict = {"name": f.name}
+    if f.description is not None:
+        out["description"] = f.description
+    out["parameters"] = f.parameters if f.parameters is not None else {"type": "object", "properties": {}}
+    return out

@@ -1,0 +1,94 @@
+"""Per-request samplers and logits processors, built in the model thread.
+
+Each request gets its own PRNG key (its `seed`, or a random one), so a seeded request is
+reproducible even while it shares a batch with others: mlx-lm's stock sampler draws from
+the process-wide random state, which batching would interleave.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import mlx.core as mx
+from mlx_lm.sample_utils import apply_top_p, greedy_sampler, make_logits_processors
+
+Sampler = Callable[[mx.array], mx.array]
+Processor = Callable[[mx.array, mx.array], mx.array]
+
+
+class SeededSampler:
+    """Temperature + nucleus sampling that splits its own key every step."""
+
+    def __init__(self, temperature: float, top_p: float, seed: int | None):
+        self.inv_temp = 1.0 / temperature
+        self.top_p = top_p
+        seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
+        # mx.random.key takes a uint64; fold Python ints of any sign into that range.
+        self.key = mx.random.key(seed % (1 << 64))
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        if 0.0 < self.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, self.top_p)
+        self.key, sub = mx.random.split(self.key)
+        return mx.random.categorical(logprobs * self.inv_temp, key=sub)
+
+
+def make_sampler(temperature: float, top_p: float, seed: int | None) -> Sampler:
+    """Greedy (one shared function, so a greedy batch samples in one call) or seeded sampling."""
+    if temperature == 0.0 or top_p == 0.0:
+        return greedy_sampler
+    return SeededSampler(temperature, top_p, seed)
+
+
+def make_processors(
+    prompt_len: int,
+    *,
+    logit_bias: dict[int, float] | None,
+    presence_penalty: float | None,
+    frequency_penalty: float | None,
+) -> list[Processor]:
+    """OpenAI's penalties over the *generated* tokens only, and logit_bias.
+
+    mlx-lm's processors see the whole context (prompt included) and a 20-token window;
+    OpenAI penalises what the model said, so the context is cut at the prompt's end.
+    """
+    processors: list[Processor] = []
+    if logit_bias:
+        processors += make_logits_processors(logit_bias=logit_bias)
+    penalties = make_logits_processors(
+        presence_penalty=presence_penalty or None,
+        presence_context_size=1 << 30,
+        frequency_penalty=frequency_penalty or None,
+        frequency_context_size=1 << 30,
+    )
+    for penalty in penalties:
+        processors.append(_generated_only(penalty, prompt_len))
+    return processors
+
+
+def _generated_only(processor: Processor, prompt_len: int) -> Processor:
+    def apply(tokens: mx.array, logits: mx.array) -> mx.array:
+        generated = tokens[prompt_len:]
+        return processor(generated, logits) if generated.size else logits
+
+    return apply
+
+
+class TimedConstraint:
+    """Wraps a grammar constraint to time it (the /metrics constrained-decoding time).
+
+    The constraint reads the last sampled token, which synchronises, so the wall time of
+    the call is the mask's real cost, not just graph building.
+    """
+
+    def __init__(self, constraint, observe: Callable[[float], None]):
+        self.constraint = constraint
+        self.observe = observe
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        start = time.perf_counter()
+        out = self.constraint(tokens, logits)
+        self.observe(time.perf_counter() - start)
+        return out
