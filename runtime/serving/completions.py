@@ -239,8 +239,10 @@ class Completions:
         except BaseException:
             self.engine.registry.release(p.gen.key)
             raise
+        # Which weights answered: "name@version" for a specialist (a swap may be under way).
+        headers = {**headers, "X-TinyGPT-Model": p.adapter.key if p.adapter else self.engine.registry.base_name}
         if p.match.trajectory_id:
-            headers = {**headers, "X-TinyGPT-Trajectory": p.match.trajectory_id, "X-TinyGPT-Step": str(p.match.index)}
+            headers |= {"X-TinyGPT-Trajectory": p.match.trajectory_id, "X-TinyGPT-Step": str(p.match.index)}
         if p.req.stream:
             self._stream(p, out, headers)
         else:

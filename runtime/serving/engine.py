@@ -16,6 +16,7 @@ in bytes, so a conversation's next turn only prefills what is new.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 import queue
 import threading
@@ -28,6 +29,7 @@ from typing import Any, Callable
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
 from ..contracts.trajectory import Timings
 from .adapters import BASE, Registry
@@ -103,6 +105,17 @@ class Done:
 @dataclass
 class Failed:
     error: ApiError
+
+
+class ExactBPEDetokenizer(BPEStreamingDetokenizer):
+    """mlx-lm's byte-level BPE detokenizer minus its first-token space trim.
+
+    Trimming suits a fresh prompt, but an assistant turn is a continuation: the text
+    returned must be exactly decode(sampled ids), or the next turn cannot reuse them.
+    """
+
+    def _maybe_trim_space(self, current_text: str) -> str:
+        return current_text
 
 
 class PrefixCache(LRUPromptCache):
@@ -296,6 +309,9 @@ class Engine:
 
         model, tokenizer, config = mlx_lm.load(str(self.model_path), return_config=True)
         self.tokenizer, self.config = tokenizer, config
+        self._detokenizer = tokenizer.detokenizer
+        if type(self._detokenizer) is BPEStreamingDetokenizer:
+            self._detokenizer.__class__ = ExactBPEDetokenizer
         self._models[BASE] = model
         self._prefix = PrefixCache(max_size=1 << 16, max_bytes=self.prefix_cache_bytes)
         self._eos = sorted(tokenizer.eos_token_ids)
@@ -379,7 +395,9 @@ class Engine:
             samplers=[make_sampler(req.temperature, req.top_p, req.seed)],
             logits_processors=[processors],
         )
-        self._active[(req.key, uid)] = _Seq(req, uid, self.tokenizer.detokenizer, cached, admitted)
+        detokenizer = copy.copy(self._detokenizer)  # shares the token map; own state
+        detokenizer.reset()
+        self._active[(req.key, uid)] = _Seq(req, uid, detokenizer, cached, admitted)
         self.n_active = len(self._active)
         req.events.put(Started(prompt_tokens=len(prompt), cached_tokens=cached))
 

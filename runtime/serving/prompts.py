@@ -87,7 +87,8 @@ class ChatPrompts:
 
     def decode(self, ids: list[int]) -> str:
         with _lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=False)
+            # No clean-up: " ." must stay " ." so text and ids stay interchangeable.
+            return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def build(self, text: str, prior: PriorTurn | None) -> Prompt:
         """Token ids for `text`, continuing `prior`'s ids where the text allows."""
