@@ -117,6 +117,15 @@ class Runtime:
     def start(self) -> "Runtime":
         """Load the model, start the recorder and bind the HTTP server (in a thread)."""
         self.engine.start()
+        try:
+            self._start_front()
+        except BaseException:
+            # Never leave the model thread running behind a failed start.
+            self.stop()
+            raise
+        return self
+
+    def _start_front(self) -> None:
         cfg = self.engine.config
         tok = self.engine.tokenizer
         context = cfg.get("max_position_embeddings") or 0
@@ -139,7 +148,6 @@ class Runtime:
         self.httpd = RuntimeHTTPServer((self.config.host, self.config.port), self)
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         self._thread.start()
-        return self
 
     @property
     def port(self) -> int:
@@ -164,7 +172,7 @@ class Runtime:
             self.httpd.server_close()
             self.httpd = None
         self.engine.stop()
-        if self.recorder is not None:
+        if self.recorder is not None and self.recorder.running:
             self.recorder.close()
 
     # ------------------------------------------------------------ specialists

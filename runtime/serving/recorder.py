@@ -241,6 +241,10 @@ class Recorder:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self) -> None:
         """Write and seal everything, then stop the thread."""
         self._ops.put(None)

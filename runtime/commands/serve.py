@@ -1,0 +1,122 @@
+"""Serve a model over an OpenAI-compatible API: chat completions (streaming too),
+grammar-constrained tool calls, specialists (LoRA/DoRA adapters) on one base model,
+and token-preserving trajectories of every conversation.
+
+Point any OpenAI client at http://HOST:PORT/v1. `model` picks the base model (its
+name, or "base") or a specialist ("NAME" or "NAME@VERSION"). Requests sharing the
+header `X-TinyGPT-Session: ID` (or `metadata.session_id`) are recorded as one
+trajectory; without either, a request that continues an earlier answer joins its
+trajectory. Responses carry `X-TinyGPT-Trajectory`, `X-TinyGPT-Step` and
+`X-TinyGPT-Model`; rewards go to POST /v1/trajectories/ID/feedback.
+
+Admin endpoints (need --admin-key or --api-key as a Bearer token):
+  POST   /admin/adapters  {"name": "sql", "path": "specialists/sql/3", "version": "3"}
+         loads a specialist, or hot-swaps to a new version (requests in flight finish
+         on the old one)
+  DELETE /admin/adapters/NAME[@VERSION]   stop serving it (memory freed when idle)
+  GET    /admin/adapters
+Also: GET /v1/models, GET /health, GET /metrics (Prometheus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+EXAMPLE = "tinygpt serve --model smollm2-135m-instruct --port 8000 --adapter sql=specialists/sql/3"
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _adapter(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"cached model name or model directory (default: {DEFAULT_MODEL})")
+    parser.add_argument("--name", help="name clients use for the base model (default: the model's name)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--api-key", default=os.environ.get("TINYGPT_API_KEY"),
+                        help="require `Authorization: Bearer KEY` on /v1 (default: $TINYGPT_API_KEY)")
+    parser.add_argument("--admin-key", default=os.environ.get("TINYGPT_ADMIN_KEY"),
+                        help="key for /admin endpoints (default: $TINYGPT_ADMIN_KEY, else --api-key)")
+    parser.add_argument("--adapter", action="append", type=_adapter, default=[], metavar="NAME=PATH",
+                        help="serve a specialist from an mlx-lm adapter directory (repeatable)")
+    parser.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default: 16)")
+    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default: 64)")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="default max_tokens of a request (default: 2048)")
+    parser.add_argument("--prefix-cache-mb", type=int, default=1024, help="KV prefix cache budget in MiB (default: 1024)")
+    parser.add_argument("--no-record", dest="record", action="store_false", help="do not record trajectories")
+    parser.add_argument("--trajectories-dir", help="where trajectories go (default: <tinygpt home>/trajectories)")
+    parser.add_argument("--session-idle", type=float, default=600.0, help="seconds before an idle trajectory is sealed")
+    parser.add_argument("--project", default="default", help="project name recorded in trajectories")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def flush_hook():
+    """The queue's hand-off for sealed trajectory files, when the queue package provides one.
+
+    `tinygpt.queue.handoff.on_trajectory_flushed(path)` enqueues the file for ingest;
+    without it the runtime still records to disk.
+    """
+    try:
+        from tinygpt.queue.handoff import on_trajectory_flushed
+    except ModuleNotFoundError as e:
+        if e.name not in ("tinygpt.queue", "tinygpt.queue.handoff"):
+            raise
+        return None
+    return on_trajectory_flushed
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import sys
+
+    import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
+    from tinygpt.runtime.serving.app import Runtime, ServerConfig
+    from tinygpt.runtime.serving.protocol import ApiError
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.host not in LOCAL_HOSTS and not args.api_key:
+        print(f"tinygpt serve: warning: binding {args.host} without --api-key lets anyone on the network use it",
+              file=sys.stderr)
+    config = ServerConfig(
+        model=args.model,
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        admin_key=args.admin_key,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens=args.max_tokens,
+        prefix_cache_mb=args.prefix_cache_mb,
+        record=args.record,
+        trajectories_dir=args.trajectories_dir,
+        session_idle_s=args.session_idle,
+        project=args.project,
+        adapters=list(args.adapter),
+    )
+    try:
+        runtime = Runtime(config, on_trajectory_flushed=flush_hook()).start()
+    except (ValueError, ApiError, OSError) as e:
+        print(f"tinygpt serve: error: {e}", file=sys.stderr)
+        return 1
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    names = ", ".join(c.id for c in runtime.model_list().data)
+    print(f"tinygpt serve: {runtime.url}/v1 serving {names} (Ctrl-C to stop)", flush=True)
+    try:
+        runtime.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
