@@ -216,6 +216,20 @@ def test_full_queue_answers_503_with_retry_after(tiny_model_dir, tmp_path):
         assert [s for s, _ in held] == [200, 200]
 
 
+def test_slow_clients_do_not_block_others(rt, client):
+    # Connections that send half a request and stall each hold only their own thread.
+    stalled = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", rt.port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"mo")
+        stalled.append(s)
+    try:
+        assert client.chat.completions.create(model="base", messages=HELLO, max_tokens=2).choices
+    finally:
+        for s in stalled:
+            s.close()
+
+
 def _mutations(valid: dict, rng: random.Random) -> list[bytes]:
     """Malformed requests: broken JSON, wrong types, odd values, garbage bytes."""
     text = json.dumps(valid)

@@ -18,7 +18,8 @@ import msgspec
 
 from ..contracts.trajectory import SamplingParams, Step, ToolCall, TopLogprob
 from .adapters import AdapterInfo
-from .engine import Delta, Done, Engine, Failed, GenRequest, Started
+from .engine import Engine
+from .events import Delta, Done, Failed, GenRequest, Started
 from .prompts import ChatPrompts, PriorTurn, Prompt
 from .protocol import (
     ApiError,

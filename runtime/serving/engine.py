@@ -18,11 +18,9 @@ from __future__ import annotations
 import collections
 import copy
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,79 +31,13 @@ from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
 from ..contracts.trajectory import Timings
 from .adapters import BASE, Registry
-from .assembler import Assembler, Call
+from .assembler import Assembler
+from .events import Delta, Done, Failed, GenRequest, Started, TopLogprobs
 from .metrics import Metrics
 from .protocol import ApiError
 from .sampling import TimedConstraint, make_processors, make_sampler
 
 log = logging.getLogger("tinygpt.serving")
-
-TopLogprobs = list[tuple[int, float]]
-
-
-@dataclass
-class GenRequest:
-    """One generation, as the HTTP thread prepared it (no arrays)."""
-
-    id: str
-    key: str  # model version key from `Registry.acquire` (held until done)
-    model: str  # the name the client asked for, for metrics
-    prompt_ids: list[int]
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    tools: bool = False  # split `<tool_call>` blocks out of the text
-    top_logprobs: int = 0
-    stream: bool = False
-    logit_bias: dict[int, float] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    constraint: Any = None  # a grammar logits processor; called in the model thread only
-    parse: Callable[[str], list] | None = None
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
-
-    def cancel(self) -> None:
-        """Ask the model thread to drop this request (client gone); it frees the slot."""
-        self.cancelled.set()
-
-
-@dataclass
-class Started:
-    prompt_tokens: int
-    cached_tokens: int
-
-
-@dataclass
-class Delta:
-    content: str
-    calls: list[Call]
-    ids: list[int]
-    logprobs: list[float]
-    top: list[TopLogprobs]
-
-
-@dataclass
-class Done:
-    finish_reason: str
-    content: str | None
-    calls: list[Call]
-    output_ids: list[int]
-    logprobs: list[float]
-    top: list[TopLogprobs]
-    # Tokens after the last Delta (streaming): ids/logprobs not yet sent.
-    tail: Delta
-    timings: Timings
-    eos: bool
-
-
-@dataclass
-class Failed:
-    error: ApiError
-
 
 class ExactBPEDetokenizer(BPEStreamingDetokenizer):
     """mlx-lm's byte-level BPE detokenizer minus its first-token space trim.
