@@ -59,3 +59,10 @@ class DatasetManifest(Contract):
     tokens: int = 0
     trained_tokens: int = 0
     created_at: float = 0.0
+    project: str = "default"
+    # Preference pairs (chosen / rejected answers to one prompt), when any were found.
+    pairs: DatasetFile | None = None
+    # Trajectories left out, by reason (near / exact duplicate, label drop, ...).
+    dropped: dict[str, int] = {}
+    # The sha256 of every trajectory file the rows came from, sorted.
+    sources: list[str] = []

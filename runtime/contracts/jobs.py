@@ -8,32 +8,72 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import msgspec
+
 from .base import Contract
+from .pipeline import DatasetSettings, JudgeSettings, LabelRule
 from .specialist import Method
 
 JOBS_VERSION = 1
 
 
+class TrajectoryRef(Contract, array_like=True):
+    """One trajectory file in a batch: where it is and the sha256 of its bytes."""
+
+    path: str
+    sha256: str
+    # Where the file came from before it was copied into the store (for messages).
+    origin: str = ""
+
+
 class IngestJob(Contract):
     # Where the recorded trajectory lives (a msgpack/JSON file), and its content hash.
-    trajectory_path: str
+    # Bulk imports leave these empty and list many files in `batch` instead.
+    trajectory_path: str = ""
     schema_version: int = JOBS_VERSION
     sha256: str = ""
     project: str = "default"
+    batch: list[TrajectoryRef] = []
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.trajectory_path) == bool(self.batch):
+            raise ValueError("an ingest job names either `trajectory_path` or a `batch` of files, not both or neither")
+
+    def refs(self) -> list[TrajectoryRef]:
+        """Every file this job covers, in order."""
+        if self.trajectory_path:
+            return [TrajectoryRef(path=self.trajectory_path, sha256=self.sha256, origin=self.origin)]
+        return list(self.batch)
 
 
 class DedupeJob(Contract):
-    trajectory_id: str
+    # The trajectory's current version, or (pipeline jobs) the sha256 of each ingested
+    # file: those are known when the stage graph is enqueued, the ids only after ingest.
+    trajectory_id: str = ""
     schema_version: int = JOBS_VERSION
     project: str = "default"
     near_threshold: float = 0.9
+    sha256s: list[str] = []
+
+    def __post_init__(self) -> None:
+        if bool(self.trajectory_id) == bool(self.sha256s):
+            raise ValueError("a dedupe job names either `trajectory_id` or `sha256s`, not both or neither")
 
 
 class LabelJob(Contract):
-    trajectory_id: str
+    trajectory_id: str = ""
     schema_version: int = JOBS_VERSION
     project: str = "default"
+    # Shorthand for `judge.model` (kept for payloads written before `judge` existed).
     judge_model: str | None = None
+    sha256s: list[str] = []
+    rule: LabelRule = msgspec.field(default_factory=LabelRule)
+    judge: JudgeSettings = msgspec.field(default_factory=JudgeSettings)
+
+    def __post_init__(self) -> None:
+        if bool(self.trajectory_id) == bool(self.sha256s):
+            raise ValueError("a label job names either `trajectory_id` or `sha256s`, not both or neither")
 
 
 class DatasetJob(Contract):
@@ -44,6 +84,21 @@ class DatasetJob(Contract):
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    pair_margin: float = 0.2
+    mask_invalid_tool_calls: bool = True
+
+    @classmethod
+    def from_settings(cls, name: str, base_model: str, project: str, settings: DatasetSettings) -> DatasetJob:
+        return cls(
+            name=name,
+            base_model=base_model,
+            project=project,
+            valid_fraction=settings.valid_fraction,
+            test_fraction=settings.test_fraction,
+            seed=settings.seed,
+            pair_margin=settings.pair_margin,
+            mask_invalid_tool_calls=settings.mask_invalid_tool_calls,
+        )
 
 
 class FinetuneJob(Contract):

@@ -8,6 +8,7 @@ import msgspec
 
 from .base import Contract
 from .evals import EvalSuite
+from .pipeline import PipelineSettings
 
 PROJECT_VERSION = 1
 PROJECT_FILE = "tinygpt.project.json"
@@ -45,6 +46,8 @@ class ProjectPins(Contract):
     registries: list[str] = msgspec.field(default_factory=lambda: ["specialists"])
     eval_suites: list[EvalSuite] = []
     gate: GateSettings = msgspec.field(default_factory=GateSettings)
+    # Dedupe threshold, label keep / drop rule, judge and dataset split for the data pipeline.
+    pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
 
     def __post_init__(self) -> None:
         # Types and patterns are checked by msgspec; cross-field rules live here.

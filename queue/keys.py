@@ -1,0 +1,103 @@
+"""Every Redis key the pipeline writes, one helper per kind.
+
+Keys share the ``tinygpt:`` prefix (RQ's own keys start with ``rq:``), so one Redis can
+serve several tools and `tinygpt status` can find everything the pipeline owns.
+Project names are validated before they become part of a key.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "tinygpt"
+
+# Same rule as project / specialist names in tinygpt.project.json, plus "default".
+_PROJECT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def _project(project: str) -> str:
+    if not _PROJECT.match(project):
+        raise ValueError(f"project name {project!r} must be lower-case a-z, 0-9, '.', '_', '-' (at most 64)")
+    return project
+
+
+# --- global (keyed by the sha256 of a trajectory file) -----------------------------------
+
+
+def files() -> str:
+    """HASH file sha256 -> FileRecord (ingested or quarantined)."""
+    return f"{PREFIX}:files"
+
+
+def quarantine() -> str:
+    """ZSET file sha256 scored by quarantine time (newest last)."""
+    return f"{PREFIX}:quarantine"
+
+
+def recent() -> str:
+    """ZSET file sha256 scored by ingest time; trimmed to the newest few hundred."""
+    return f"{PREFIX}:recent"
+
+
+def projects() -> str:
+    """SET of project names that have ingested trajectories."""
+    return f"{PREFIX}:projects"
+
+
+# --- per project ---------------------------------------------------------------------------
+
+
+def versions(project: str) -> str:
+    """HASH trajectory id -> sha256 of its current (most complete) file."""
+    return f"{PREFIX}:p:{_project(project)}:versions"
+
+
+def dedupe(project: str) -> str:
+    """HASH file sha256 -> DedupeRecord."""
+    return f"{PREFIX}:p:{_project(project)}:dedupe"
+
+
+def labels(project: str) -> str:
+    """HASH file sha256 -> LabelRecord."""
+    return f"{PREFIX}:p:{_project(project)}:labels"
+
+
+def exact_index(project: str) -> str:
+    """HASH digest of a trajectory's token ids -> id of the trajectory kept with them."""
+    return f"{PREFIX}:p:{_project(project)}:exact"
+
+
+def lsh_buckets(project: str) -> str:
+    """HASH band number + band hash (9 bytes) -> packed uint32 member numbers (a few)."""
+    return f"{PREFIX}:p:{_project(project)}:lsh"
+
+
+def lsh_members(project: str) -> str:
+    """HASH member number -> msgpack [trajectory id, file sha256, MinHash signature bytes]."""
+    return f"{PREFIX}:p:{_project(project)}:lsh:members"
+
+
+def lsh_next(project: str) -> str:
+    """STRING counter handing out member numbers."""
+    return f"{PREFIX}:p:{_project(project)}:lsh:next"
+
+
+def lsh_meta(project: str) -> str:
+    """HASH of the index's fixed parameters (bands, rows, shingle), set on first use."""
+    return f"{PREFIX}:p:{_project(project)}:lsh:meta"
+
+
+def dedupe_lock(project: str) -> str:
+    """Lock around the dedupe index's check-and-insert (one writer per project)."""
+    return f"{PREFIX}:p:{_project(project)}:lock:dedupe"
+
+
+def prompt_refs(project: str) -> str:
+    """HASH prompt key -> sha256 of the first labelled answer (pairwise judge reference)."""
+    return f"{PREFIX}:p:{_project(project)}:prompts"
+
+
+def datasets() -> str:
+    """HASH dataset name -> msgpack DatasetManifest of its latest build."""
+    return f"{PREFIX}:datasets"
+

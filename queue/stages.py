@@ -1,0 +1,101 @@
+"""Queues and the stage graph: which queue runs each stage, its timeout and its retries.
+
+Separate queues keep kinds of work from blocking each other: a fine-tune that runs for
+an hour on `train` never holds up ingest on `data`. Each stage has a timeout (the job
+fails past it) and retries with growing backoff; a job that keeps failing lands in the
+queue's failed registry, the dead-letter queue, with its reason (`tinygpt status`,
+`tinygpt jobs`).
+
+    ingest ─▶ dedupe ─▶ label          per batch of trajectory files (depends_on)
+    dataset ─▶ finetune ─▶ eval ─▶ publish    per specialist build
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+
+from .serializer import MsgpackSerializer
+
+# Short name (what `tinygpt worker --queues` takes) -> RQ queue name.
+QUEUES: dict[str, str] = {"data": "tinygpt:data", "train": "tinygpt:train", "eval": "tinygpt:eval"}
+# At most one worker per machine serves these (MLX training wants the whole machine).
+EXCLUSIVE = frozenset({"train"})
+
+# Results stay readable for a day; failed jobs (the dead letters) for thirty.
+RESULT_TTL_S = 24 * 3600
+FAILURE_TTL_S = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    # Import path of the thin RQ task (tinygpt.queue.tasks), resolved by the worker.
+    func: str
+    queue: str
+    timeout_s: int
+    retries: int
+    # Seconds before each retry; the last one repeats.
+    backoff_s: tuple[int, ...]
+
+    def retry(self) -> Retry:
+        return Retry(max=self.retries, interval=list(self.backoff_s))
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("ingest", "tinygpt.queue.tasks.ingest", "data", timeout_s=600, retries=3, backoff_s=(5, 30, 120)),
+        Stage("dedupe", "tinygpt.queue.tasks.dedupe", "data", timeout_s=900, retries=3, backoff_s=(5, 30, 120)),
+        # A judge call can be slow, and a judge that is down should get time to come back.
+        Stage("label", "tinygpt.queue.tasks.label", "data", timeout_s=3600, retries=4, backoff_s=(10, 60, 300, 900)),
+        Stage("dataset", "tinygpt.queue.tasks.dataset", "data", timeout_s=3600, retries=2, backoff_s=(10, 60)),
+    )
+}
+
+
+def queue_name(short: str) -> str:
+    """`data` -> `tinygpt:data`; a full RQ queue name passes through."""
+    if short in QUEUES:
+        return QUEUES[short]
+    if short in QUEUES.values():
+        return short
+    raise ValueError(f"unknown queue {short!r}: choose from {', '.join(QUEUES)}")
+
+
+def get_queue(conn: redis.Redis, short: str) -> Queue:
+    """The RQ queue `short` with the project's serializer."""
+    return Queue(queue_name(short), connection=conn, serializer=MsgpackSerializer)
+
+
+def fetch_job(conn: redis.Redis, job_id: str) -> Job:
+    return Job.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
+
+
+def enqueue(
+    conn: redis.Redis,
+    stage: str,
+    payload,
+    *,
+    job_id: str,
+    depends_on: list[str] | None = None,
+    pipeline=None,
+    description: str | None = None,
+) -> Job:
+    """Enqueue one stage job with its queue, timeout, retries and TTLs."""
+    spec = STAGES[stage]
+    return get_queue(conn, spec.queue).enqueue_call(
+        spec.func,
+        args=(payload,),
+        job_id=job_id,
+        timeout=spec.timeout_s,
+        retry=spec.retry(),
+        depends_on=depends_on or None,
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+        description=description or f"{stage} {job_id}",
+        pipeline=pipeline,
+    )

@@ -1,0 +1,302 @@
+"""Pipeline workers: RQ SimpleWorkers in their own processes, never forked after MLX.
+
+A worker runs jobs in its own process (SimpleWorker: no fork per job), so a stage that
+loads MLX keeps it loaded and nothing forks a process whose MLX is initialised. More
+workers are more processes started fresh (`subprocess`, i.e. spawned), on this host or
+any other that reaches the same Redis (REDIS_URL).
+
+Each worker also runs a housekeeping thread that
+- heartbeats the running job with a short lease (`grace_s`): when a worker is killed,
+  its job is seen as abandoned within the lease, and the next registry cleanup by any
+  other worker retries it (or, out of retries, moves it to the failed registry);
+- moves due retries (RQ's backoff parks them in the scheduled registry) back onto their
+  queue, claiming each one in a transaction, so no scheduler lock of a dead worker can
+  hold retries back.
+
+`burst` here means "until the pipeline is drained": the worker also waits out jobs
+running elsewhere and retries waiting for their backoff, since either may still bring
+work to its queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+from rq import SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.queue import Queue
+from rq.utils import current_timestamp
+
+from tinygpt.runtime import paths
+
+from . import stages
+from .serializer import MsgpackSerializer
+
+log = logging.getLogger("tinygpt.worker")
+
+CHILD_ENTRY = "import sys; from tinygpt.queue.worker import main; sys.exit(main(sys.argv[1:]))"
+
+
+def move_due_retries(conn: redis.Redis, queue: Queue) -> int:
+    """Enqueue `queue`'s scheduled jobs that are due; returns how many this call moved.
+
+    Each move is a WATCH/MULTI transaction (remove from the scheduled registry + push on
+    the queue), so two workers never move one job twice and a crash never drops one.
+    """
+    registry = queue.scheduled_job_registry
+    moved = 0
+    for job_id in registry.get_jobs_to_schedule(current_timestamp()):
+        with conn.pipeline() as pipe:
+            try:
+                pipe.watch(registry.key)
+                if pipe.zscore(registry.key, job_id) is None:
+                    continue  # another worker moved it
+                try:
+                    job = Job.fetch(job_id, connection=conn, serializer=queue.serializer)
+                except NoSuchJobError:
+                    pipe.multi()
+                    pipe.zrem(registry.key, job_id)
+                    pipe.execute()
+                    continue
+                pipe.multi()
+                pipe.zrem(registry.key, job_id)
+                # RQ's own scheduler moves jobs with this same call.
+                queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
+                pipe.execute()
+                moved += 1
+            except redis.WatchError:
+                continue
+    return moved
+
+
+class PipelineWorker(SimpleWorker):
+    """A SimpleWorker with short job leases, in-process retry scheduling and drain mode."""
+
+    def __init__(self, queues, *args, heartbeat_s: float = 10.0, grace_s: float | None = None, drain: bool = False, **kwargs):
+        kwargs.setdefault("serializer", MsgpackSerializer)
+        kwargs.setdefault("job_monitoring_interval", max(1, int(heartbeat_s)))
+        kwargs.setdefault("maintenance_interval", 30)
+        kwargs.setdefault("worker_ttl", 120)
+        kwargs.setdefault("default_result_ttl", stages.RESULT_TTL_S)
+        kwargs.setdefault("name", f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        super().__init__(queues, *args, **kwargs)
+        self.heartbeat_s = heartbeat_s
+        # The lease must outlast a few missed beats (a long C call holding the GIL).
+        self.grace_s = grace_s if grace_s is not None else max(3 * heartbeat_s, heartbeat_s + 5)
+        self.drain = drain
+        self._running: tuple[Job, object] | None = None
+        self._house_stop = threading.Event()
+        self._house: threading.Thread | None = None
+
+    # --- job leases ----------------------------------------------------------------------
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # The job's own timeout is enforced by the death penalty (SIGALRM); the lease only
+        # says "this worker is alive", so it stays short and is renewed by the housekeeper.
+        return int(self.grace_s)
+
+    def prepare_execution(self, job: Job):
+        execution = super().prepare_execution(job)
+        self._running = (job, execution)
+        return execution
+
+    def execute_job(self, job: Job, queue: Queue):
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            self._running = None
+
+    def _housekeep(self) -> None:
+        while not self._house_stop.wait(self.heartbeat_s):
+            try:
+                running = self._running
+                if running is not None:
+                    # Entries are updated only if present (XX), so a beat racing the end
+                    # of the job never resurrects it.
+                    self.maintain_heartbeats(*running)
+                for q in self.queues:
+                    move_due_retries(self.connection, q)
+            except redis.RedisError as e:
+                log.warning("worker %s: housekeeping failed (%s); retrying", self.name, e)
+            except Exception:  # a bug here must not silently stop the leases
+                log.exception("worker %s: housekeeping error", self.name)
+
+    def bootstrap(self, *args, **kwargs):
+        super().bootstrap(*args, **kwargs)
+        self._house = threading.Thread(target=self._housekeep, name="tinygpt-housekeeper", daemon=True)
+        self._house.start()
+
+    def teardown(self):
+        self._house_stop.set()
+        if self._house is not None:
+            self._house.join(timeout=5)
+        super().teardown()
+
+    # --- drain mode ----------------------------------------------------------------------
+    def work_pending(self) -> bool:
+        """Whether anything may still arrive on this worker's queues."""
+        for q in self.queues:
+            if q.count or q.scheduled_job_registry.count or q.started_job_registry.count:
+                return True
+        return False
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        if not self.drain:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while True:
+            result = super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+            if result is not None or self._stop_requested or not self.work_pending():
+                return result
+            time.sleep(min(1.0, self.heartbeat_s))
+            for q in self.queues:
+                move_due_retries(self.connection, q)
+            if self.should_run_maintenance_tasks:
+                # Finds jobs of killed workers once their lease ran out.
+                self.run_maintenance_tasks()
+
+
+class HostLock:
+    """An flock that makes one process per machine the server of an exclusive queue."""
+
+    def __init__(self, name: str):
+        self.path = paths.subdir("locks") / f"{name}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+
+def run_worker(
+    queues: list[str],
+    *,
+    url: str | None = None,
+    burst: bool = False,
+    heartbeat_s: float = 10.0,
+    grace_s: float | None = None,
+    maintenance_s: int = 30,
+    log_level: str = "INFO",
+) -> int:
+    """Run one worker in this process until stopped (or drained, with `burst`)."""
+    from .connection import connect
+
+    names = [stages.queue_name(q) for q in queues]
+    locks = []
+    for short in queues:
+        if short in stages.EXCLUSIVE:
+            lock = HostLock(f"queue-{short}")
+            if not lock.acquire():
+                raise RuntimeError(
+                    f"another worker on this machine already serves the {short!r} queue "
+                    f"(one per machine: {short} jobs use the whole machine); stop it or leave {short!r} out"
+                )
+            locks.append(lock)
+    conn = connect(url)
+    worker = PipelineWorker(
+        [Queue(n, connection=conn, serializer=MsgpackSerializer) for n in names],
+        connection=conn,
+        heartbeat_s=heartbeat_s,
+        grace_s=grace_s,
+        drain=burst,
+        maintenance_interval=maintenance_s,
+    )
+    worker.work(burst=burst, logging_level=log_level)
+    return 0
+
+
+def _queues_for(index: int, queues: list[str]) -> list[str]:
+    # Exclusive queues (train) go to the first worker only.
+    return queues if index == 0 else [q for q in queues if q not in stages.EXCLUSIVE]
+
+
+def child_command(argv: list[str]) -> list[str]:
+    """The command line of a worker process (spawned, never forked)."""
+    return [sys.executable, "-c", CHILD_ENTRY, *argv]
+
+
+def supervise(queues: list[str], count: int, argv_for: Callable[[list[str]], list[str]]) -> int:
+    """Start `count` worker processes, pass SIGINT / SIGTERM on, and wait for them all."""
+    procs: list[subprocess.Popen] = []
+    for i in range(count):
+        qs = _queues_for(i, queues)
+        if not qs:
+            continue
+        procs.append(subprocess.Popen(child_command(argv_for(qs))))
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return max(codes, default=0)
+
+
+def parser(prog: str = "tinygpt worker") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run pipeline workers.")
+    configure(p)
+    return p
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queues", default="data", help=f"comma-separated queues to serve, in priority order ({', '.join(stages.QUEUES)}); default: data")
+    p.add_argument("--count", type=int, default=1, help="worker processes to start (default 1); only the first serves an exclusive queue (train)")
+    p.add_argument("--burst", action="store_true", help="exit once the queues are drained (retries and jobs running elsewhere included)")
+    p.add_argument("--url", help="Redis URL (default: $REDIS_URL, else the embedded redis-server)")
+    p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between job lease renewals (default 10)")
+    p.add_argument("--grace", type=float, default=None, help="lease length in seconds: a killed worker's job is retried after this (default 3x heartbeat)")
+    p.add_argument("--maintenance", type=int, default=30, help="seconds between registry cleanups that find abandoned jobs (default 30)")
+    p.add_argument("--log-level", default="INFO", help="worker log level (default INFO)")
+
+
+def run_args(args: argparse.Namespace) -> int:
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    for q in queues:
+        stages.queue_name(q)  # a clear error for a typo, before anything starts
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, got {args.count}")
+    common = dict(burst=args.burst, heartbeat_s=args.heartbeat, grace_s=args.grace, maintenance_s=args.maintenance, log_level=args.log_level)
+    if args.count == 1:
+        return run_worker(queues, url=args.url, **common)
+
+    def argv_for(qs: list[str]) -> list[str]:
+        argv = ["--queues", ",".join(qs), "--heartbeat", str(args.heartbeat), "--maintenance", str(args.maintenance), "--log-level", args.log_level]
+        if args.grace is not None:
+            argv += ["--grace", str(args.grace)]
+        if args.burst:
+            argv.append("--burst")
+        if args.url:
+            argv += ["--url", args.url]
+        return argv
+
+    return supervise(queues, args.count, argv_for)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker process (`tinygpt worker` and its children)."""
+    args = parser().parse_args(argv)
+    return run_args(args)
+

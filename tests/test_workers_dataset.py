@@ -1,0 +1,146 @@
+"""Dataset: rows from recorded ids, loss masks, splits without leakage, manifest (real Redis)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import msgspec
+import pytest
+
+from tests.fixtures.trajectories import helpers
+from tests.fixtures.trajectories.synth import Synth, encode
+from tinygpt.queue import keys
+from tinygpt.queue.errors import PermanentError
+from tinygpt.runtime.contracts import read_any, read_json
+from tinygpt.runtime.contracts.dataset import DatasetManifest, DatasetRow, PreferencePair
+from tinygpt.runtime.contracts.jobs import DatasetJob
+from tinygpt.runtime.contracts.trajectory import Trajectory
+from tinygpt.workers import dataset, tokens
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def rows_of(path) -> list[DatasetRow]:
+    return [msgspec.json.decode(line, type=DatasetRow) for line in path.read_bytes().splitlines() if line]
+
+
+def all_rows(result) -> list[DatasetRow]:
+    from pathlib import Path
+
+    return [r for s in dataset.SPLITS for r in rows_of(Path(result.path) / f"{s}.jsonl")]
+
+
+def test_loss_mask_is_one_exactly_on_sampled_tokens():
+    traj = read_any(helpers.HERE / "weather_tool.msgpack", Trajectory)
+    (seq,) = tokens.sequences(traj)
+    s0, s1 = traj.steps
+    # Step 1's prompt continues step 0's prompt + reply, so the two chain into one row.
+    assert seq.input_ids == s1.prompt_ids + s1.output_ids
+    expected = [0] * len(s0.prompt_ids) + [1] * len(s0.output_ids)
+    expected += [0] * (len(s1.prompt_ids) - len(s0.prompt_ids) - len(s0.output_ids)) + [1] * len(s1.output_ids)
+    assert seq.loss_mask == expected
+
+
+def test_prefix_mismatch_starts_a_new_row_so_drifted_ids_are_only_context():
+    traj = read_any(helpers.HERE / "prefix_mismatch.msgpack", Trajectory)
+    assert traj.steps[1].prefix_mismatch
+    first, second = tokens.sequences(traj)
+    assert first.input_ids == traj.steps[0].prompt_ids + traj.steps[0].output_ids
+    assert second.input_ids == traj.steps[1].prompt_ids + traj.steps[1].output_ids
+    assert sum(second.loss_mask) == len(traj.steps[1].output_ids)
+
+
+def test_masked_steps_contribute_context_only():
+    traj = read_any(helpers.HERE / "invalid_args.json", Trajectory)
+    (seq,) = tokens.sequences(traj, {0})
+    assert seq.trained == len(traj.steps[1].output_ids)
+    assert tokens.sequences(traj, {0, 1}) == []
+
+
+def test_dataset_from_recorded_fixtures(redis_client, home):
+    helpers.run_stages(redis_client, helpers.GOOD + helpers.BAD)
+    result = helpers.build(redis_client, "fx")
+    manifest = read_json(home / "datasets" / "fx" / "manifest.json", DatasetManifest)
+    assert manifest.digest == result.digest and manifest.base_digest == "0d" * 32
+    # invalid-args (tool_validity) and pair-bad (feedback) are dropped by the label rule.
+    assert manifest.dropped == {"label_drop": 2}
+    assert manifest.trajectories == 5 and result.pending == 0
+    rows = all_rows(result)
+    assert {r.trajectory_id for r in rows} == {"rec-weather-tool", "rec-tool-error", "rec-prefix-mismatch", "rec-plain-chat", "rec-pair-good"}
+    assert manifest.rows == len(rows) == 6  # prefix-mismatch makes two
+    assert manifest.trained_tokens == sum(sum(r.loss_mask) for r in rows)
+    # Every file is named by its content hash.
+    for f in [*manifest.splits.values(), manifest.pairs]:
+        assert hashlib.sha256((home / "datasets" / "fx" / f.path).read_bytes()).hexdigest() == f.sha256
+    (pair,) = [msgspec.json.decode(line, type=PreferencePair) for line in (home / "datasets" / "fx" / manifest.pairs.path).read_bytes().splitlines()]
+    assert (pair.chosen_trajectory, pair.rejected_trajectory) == ("rec-pair-good", "rec-pair-bad")
+    good = read_any(helpers.HERE / "pair_good.msgpack", Trajectory)
+    assert pair.prompt_ids == good.steps[0].prompt_ids and pair.chosen_ids == good.steps[0].output_ids
+    dropped = [json.loads(line) for line in (home / "datasets" / "fx" / result.digest[:16] / "dropped.jsonl").read_text().splitlines()]
+    assert {d["trajectory_id"]: d["detail"] for d in dropped}["rec-invalid-args"] == "tool_validity 0.00 < 1.00"
+
+
+def test_rebuilding_is_idempotent_and_names_the_same_files(redis_client, home):
+    helpers.run_stages(redis_client, helpers.GOOD)
+    a = helpers.build(redis_client, "again")
+    b = helpers.build(redis_client, "again")
+    assert a.digest == b.digest and a.path == b.path
+    assert sorted(p.name for p in (home / "datasets" / "again").iterdir()) == sorted(["manifest.json", a.digest[:16]])
+    assert msgspec.msgpack.decode(redis_client.hget(keys.datasets(), "again"), type=DatasetManifest).digest == a.digest
+
+
+def test_splits_are_by_trajectory_with_no_leakage_and_stable_as_data_grows(redis_client, tmp_path):
+    synth = Synth(seed=11, near_fraction=0, exact_fraction=0, invalid_call_rate=0)
+    trajs = synth.corpus(300)
+    files = helpers.write(tmp_path, {f"{t.id}.msgpack": encode(t) for t in trajs})
+    helpers.run_stages(redis_client, files[:200])
+    small = helpers.build(redis_client, "grow", valid_fraction=0.15, test_fraction=0.15)
+    helpers.run_stages(redis_client, files[200:])
+    big = helpers.build(redis_client, "grow", valid_fraction=0.15, test_fraction=0.15)
+    assert small.digest != big.digest
+    split_of = {}
+    for r in all_rows(big):
+        assert split_of.setdefault(r.trajectory_id, r.split) == r.split  # one split per trajectory
+    counts = {s: sum(1 for v in split_of.values() if v == s) for s in dataset.SPLITS}
+    assert counts["valid"] > 20 and counts["test"] > 20 and counts["train"] > 150
+    for r in all_rows(small):
+        assert split_of[r.trajectory_id] == r.split  # kept its split when the data grew
+
+
+def test_duplicates_other_models_and_pending_work_are_left_out(redis_client, tmp_path):
+    synth = Synth(seed=12, near_fraction=0, exact_fraction=0, invalid_call_rate=0)
+    a, b, c = synth.trajectory(0), synth.trajectory(1), synth.trajectory(2)
+    dup = msgspec.structs.replace(a, id="dup")
+    other = msgspec.structs.replace(b, id="other-model", base_model="qwen3-0.6b")
+    files = helpers.write(tmp_path, {f"{t.id}.msgpack": encode(t) for t in (a, b, dup, other)})
+    helpers.run_stages(redis_client, files)
+    from tinygpt.runtime.contracts.jobs import IngestJob
+    from tinygpt.workers import ingest
+
+    late = helpers.write(tmp_path, {"late.msgpack": encode(c)})
+    ingest.run(IngestJob(batch=helpers.store(late)), redis_client)  # not deduped / labelled yet
+    result = helpers.build(redis_client, "mix")
+    assert result.dropped == {"exact_duplicate": 1, "other_base_model": 1, "pending_dedupe": 1}
+    assert result.pending == 1 and result.trajectories == 2
+
+
+def test_rows_load_with_the_finetune_loader(redis_client, home):
+    from tinygpt.workers.training.data import load_dataset
+
+    helpers.run_stages(redis_client, helpers.GOOD)
+    result = helpers.build(redis_client, "loadable")
+    for path in (home / "datasets" / "loadable", result.path):  # latest, and the immutable build
+        loaded = load_dataset(path)
+        assert sum(len(loaded.rows(s)) for s in dataset.SPLITS) == result.rows
+
+
+def test_bad_jobs_fail_permanently(redis_client):
+    with pytest.raises(PermanentError, match="dataset name"):
+        dataset.run(DatasetJob(name="Bad Name", base_model="m"), redis_client)
+    with pytest.raises(PermanentError, match="no ingested trajectories"):
+        dataset.run(DatasetJob(name="empty", base_model="m"), redis_client)

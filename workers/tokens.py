@@ -1,0 +1,66 @@
+"""Training sequences straight from recorded token ids, with a loss mask.
+
+Each step of a trajectory holds the exact prompt ids the engine fed and the ids it
+sampled. When a step's prompt starts with everything the previous steps fed and sampled
+(the usual case: the template re-renders earlier turns identically), the steps chain
+into one sequence; the new prompt tokens are context (mask 0) and the sampled ids are
+trained on (mask 1). When it does not (the template could not reproduce an earlier
+turn, flagged `prefix_mismatch`, or the client rewrote history) a new sequence starts
+from that step's own prompt, so drifted ids are only ever context and never trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinygpt.runtime.contracts.trajectory import Trajectory
+
+
+@dataclass
+class Sequence:
+    input_ids: list[int]
+    loss_mask: list[int]
+    # The first step the sequence covers (rows are named after it).
+    step: int
+
+    @property
+    def trained(self) -> int:
+        return sum(self.loss_mask)
+
+
+def sequences(traj: Trajectory, masked_steps: frozenset[int] | set[int] = frozenset()) -> list[Sequence]:
+    """The trajectory as training sequences; steps in `masked_steps` become context only.
+
+    Sequences with nothing to train on (every sampled token masked) are left out.
+    """
+    return [s for s in _chain(traj, masked_steps) if s.trained]
+
+
+def _chain(traj: Trajectory, masked_steps: frozenset[int] | set[int]) -> list[Sequence]:
+    out: list[Sequence] = []
+    cur: Sequence | None = None
+    for step in traj.steps:
+        prompt = step.prompt_ids
+        n = len(cur.input_ids) if cur else 0
+        extends = cur is not None and not step.prefix_mismatch and len(prompt) >= n and prompt[:n] == cur.input_ids
+        if extends:
+            cur.input_ids.extend(prompt[n:])
+            cur.loss_mask.extend([0] * (len(prompt) - n))
+        else:
+            if cur is not None:
+                out.append(cur)
+            cur = Sequence(input_ids=list(prompt), loss_mask=[0] * len(prompt), step=step.index)
+        trained = 0 if step.index in masked_steps else 1
+        cur.input_ids.extend(step.output_ids)
+        cur.loss_mask.extend([trained] * len(step.output_ids))
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+def token_stream(traj: Trajectory) -> list[int]:
+    """Every token the trajectory's sequences contain, in order (what dedupe compares)."""
+    stream: list[int] = []
+    for seq in _chain(traj, frozenset()):
+        stream.extend(seq.input_ids)
+    return stream
