@@ -27,6 +27,7 @@ def test_adapter_flag_parses_name_equals_path():
     serve.configure(parser)
     args = parser.parse_args(["--adapter", "sql=/a/b", "--adapter", "x=y"])
     assert args.adapter == [("sql", "/a/b"), ("x", "y")] and args.host == "127.0.0.1"
+    assert serve.flush_hook(False) is None and callable(serve.flush_hook(True))
     with pytest.raises(SystemExit):
         parser.parse_args(["--adapter", "nope"])
 
@@ -35,7 +36,7 @@ def test_serve_process_answers_and_seals_trajectories_on_sigterm(tiny_model_dir,
     traj = tmp_path / "traj"
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, "--model", str(tiny_model_dir), "--port", "0", "--trajectories-dir", str(traj),
-         "--log-level", "WARNING", "--max-tokens", "4"],
+         "--log-level", "WARNING", "--max-tokens", "4", "--no-queue"],
         stdout=subprocess.PIPE,
         text=True,
     )

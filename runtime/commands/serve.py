@@ -7,7 +7,9 @@ name, or "base") or a specialist ("NAME" or "NAME@VERSION"). Requests sharing th
 header `X-TinyGPT-Session: ID` (or `metadata.session_id`) are recorded as one
 trajectory; without either, a request that continues an earlier answer joins its
 trajectory. Responses carry `X-TinyGPT-Trajectory`, `X-TinyGPT-Step` and
-`X-TinyGPT-Model`; rewards go to POST /v1/trajectories/ID/feedback.
+`X-TinyGPT-Model`; rewards go to POST /v1/trajectories/ID/feedback. Sealed
+trajectories (idle for --session-idle seconds, or at shutdown) go to the Redis
+pipeline ($REDIS_URL, else the embedded server) unless --no-queue.
 
 Admin endpoints (need --admin-key or --api-key as a Bearer token):
   POST   /admin/adapters  {"name": "sql", "path": "specialists/sql/3", "version": "3"}
@@ -52,24 +54,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=2048, help="default max_tokens of a request (default: 2048)")
     parser.add_argument("--prefix-cache-mb", type=int, default=1024, help="KV prefix cache budget in MiB (default: 1024)")
     parser.add_argument("--no-record", dest="record", action="store_false", help="do not record trajectories")
+    parser.add_argument("--no-queue", dest="queue", action="store_false",
+                        help="record trajectories to disk only; do not hand them to the Redis pipeline")
     parser.add_argument("--trajectories-dir", help="where trajectories go (default: <tinygpt home>/trajectories)")
     parser.add_argument("--session-idle", type=float, default=600.0, help="seconds before an idle trajectory is sealed")
     parser.add_argument("--project", default="default", help="project name recorded in trajectories")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def flush_hook():
-    """The queue's hand-off for sealed trajectory files, when the queue package provides one.
+def flush_hook(enabled: bool):
+    """The queue hand-off for sealed trajectory files (ingest ▶ dedupe ▶ label), or None.
 
-    `tinygpt.queue.handoff.on_trajectory_flushed(path)` enqueues the file for ingest;
-    without it the runtime still records to disk.
+    Runs on the recorder's thread, never on a request; if Redis is unreachable the
+    error is counted in /metrics and the file stays on disk for `tinygpt ingest`.
     """
-    try:
-        from tinygpt.queue.handoff import on_trajectory_flushed
-    except ModuleNotFoundError as e:
-        if e.name not in ("tinygpt.queue", "tinygpt.queue.handoff"):
-            raise
+    if not enabled:
         return None
+
+    def on_trajectory_flushed(path) -> None:
+        from tinygpt.queue.pipeline import enqueue_trajectory
+
+        enqueue_trajectory(path)
+
     return on_trajectory_flushed
 
 
@@ -104,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         adapters=list(args.adapter),
     )
     try:
-        runtime = Runtime(config, on_trajectory_flushed=flush_hook()).start()
+        runtime = Runtime(config, on_trajectory_flushed=flush_hook(args.record and args.queue)).start()
     except (ValueError, ApiError, OSError) as e:
         print(f"tinygpt serve: error: {e}", file=sys.stderr)
         return 1
