@@ -26,13 +26,19 @@ def register(name: str, module: str, summary: str) -> None:
     COMMANDS[name] = (module, summary)
 
 
+register("up", "up", "bring up the whole daemon on the embedded defaults")
+register("serve", "serve", "serve a model over an OpenAI-compatible API (tool calls, specialists)")
+register("status", "status", "show Redis, queues, failed jobs, datasets and trajectories")
+register("worker", "worker", "start pipeline workers for some or all queues")
+register("ingest", "ingest", "put recorded trajectory files on the pipeline")
+register("jobs", "jobs", "list, retry or drop failed pipeline jobs")
+register("dataset", "dataset", "import mlx-lm JSONL into token-id datasets, or show one")
+register("train", "train", "fine-tune a specialist (LoRA, DoRA, QLoRA, distillation)")
 register("models", "models", "pull, list and inspect MLX models in the cache")
 register("generate", "generate", "generate text from a cached model (a quick check)")
 register("schema", "schema", "print the JSON Schema of a contract (e.g. the project pin file)")
 register("validate", "validate", "check a contract file (tinygpt.project.json, a trajectory, ...)")
-register("status", "status", "show Redis, queues, models and the project at a glance")
 register("redis", "redis", "run the embedded redis-server in the foreground")
-register("up", "up", "bring up the whole daemon on the embedded defaults")
 
 EXIT_USAGE = 2
 
