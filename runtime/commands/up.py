@@ -1,0 +1,67 @@
+"""Bring up TinyGPT on this machine: Redis, the base model, pipeline workers and the
+OpenAI-compatible runtime, with a live status screen.
+
+  1. Redis: $REDIS_URL when set, else the embedded redis-server under the cache
+     directory (AOF on, so queued jobs survive restarts).
+  2. The project's base model (tinygpt.project.json, else the offline default
+     smollm2-135m-instruct), pulled and converted on first start.
+  3. Pipeline workers for every queue, each in its own spawned process.
+  4. The runtime on http://127.0.0.1:8000/v1, recording every conversation as a
+     token-preserving trajectory into the pipeline.
+
+Ctrl-C or SIGTERM shuts down in order: the server stops taking requests and seals
+its trajectories into the queue, workers finish their current job, the embedded
+Redis writes its AOF and exits. Queued jobs wait for the next `tinygpt up`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+EXAMPLE = "tinygpt up\n  tinygpt up --port 8080 --workers 2\n  REDIS_URL=redis://db:6379/0 tinygpt up --no-workers"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", help="project pin file (default: the nearest tinygpt.project.json, if any)")
+    parser.add_argument("--model", help="base model name or directory (default: the project's base_model)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="runtime port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--api-key", default=os.environ.get("TINYGPT_API_KEY"), help="require this Bearer key on /v1")
+    parser.add_argument("--workers", type=int, default=1, help="pipeline worker processes (default: 1)")
+    parser.add_argument("--no-workers", dest="start_workers", action="store_false",
+                        help="run no workers here (e.g. they run on other hosts against $REDIS_URL)")
+    parser.add_argument("--refresh", type=float, default=2.0, help="status screen refresh in seconds (default: 2)")
+    parser.add_argument("--plain", action="store_true", help="log lines instead of the live screen (default when not a TTY)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from rich.console import Console
+
+    from tinygpt.runtime.contracts import ContractError
+
+    from .up_stack import Stack, StartError
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        stack = Stack.from_args(args, console)
+    except (ContractError, ValueError) as e:
+        console.print(f"tinygpt up: {e}", style="red", highlight=False, markup=False)
+        return 2
+    try:
+        stack.start()
+    except StartError as e:
+        console.print(f"tinygpt up: {e}", style="red", highlight=False, markup=False)
+        stack.stop()
+        return 1
+    except KeyboardInterrupt:
+        stack.stop()
+        return 130
+    try:
+        stack.watch(live=not args.plain and sys.stderr.isatty(), refresh=args.refresh)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0

@@ -1,0 +1,197 @@
+"""The pieces `tinygpt up` starts, in order, and stops in reverse order."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class StartError(RuntimeError):
+    """A component could not start; the message says which and why."""
+
+
+@dataclass
+class Stack:
+    args: argparse.Namespace
+    console: object
+    model: str
+    project_name: str
+    redis_url: str = ""
+    embedded: object | None = None
+    runtime: object | None = None
+    workers: subprocess.Popen | None = None
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, console) -> Stack:
+        """Read the project (if any) before starting anything: a bad pin file stops here."""
+        from tinygpt.runtime.project import find_project, load_project
+
+        project_file = Path(args.project) if args.project else find_project()
+        model, name = "smollm2-135m-instruct", "default"
+        if project_file is not None:
+            pins = load_project(project_file)
+            model, name = pins.base_model, pins.name
+        return cls(args=args, console=console, model=args.model or model, project_name=name)
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        # SIGTERM takes the same orderly path as Ctrl-C.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        self._start_redis()
+        model_dir = self._pull_model()
+        if self.args.start_workers:
+            self._start_workers()
+        self._start_runtime(model_dir)
+
+    def _start_redis(self) -> None:
+        from tinygpt.queue.connection import RedisUnavailable, connect
+        from tinygpt.queue.embedded import EmbeddedRedis, EmbeddedRedisError, find_running
+        from tinygpt.runtime import paths
+
+        url = os.environ.get("REDIS_URL")
+        try:
+            if url:
+                connect(url).close()
+                self.redis_url = url
+                self._say(f"Redis: {url} (from REDIS_URL)")
+                return
+            running = find_running(paths.redis_dir())
+            if running is not None:
+                self.redis_url = running.url
+                self._say(f"Redis: reusing the embedded server at {running.url}")
+                return
+            self.embedded = EmbeddedRedis(paths.redis_dir()).start()
+        except (RedisUnavailable, EmbeddedRedisError) as e:
+            raise StartError(f"Redis: {e}") from None
+        self.redis_url = self.embedded.url
+        # Children (workers, the runtime's queue hook) find it through REDIS_URL.
+        self._say(f"Redis: embedded redis-server at {self.redis_url} (AOF on, data in {paths.redis_dir()})")
+
+    def _pull_model(self) -> Path:
+        from tinygpt.runtime.models.resolve import resolve_model
+
+        self._say(f"Model: resolving {self.model} (first start pulls and converts it)")
+        try:
+            path = resolve_model(self.model, say=self._say)
+        except (ValueError, OSError) as e:
+            raise StartError(f"model {self.model!r}: {e}") from None
+        self._say(f"Model: {path}")
+        return path
+
+    def _start_workers(self) -> None:
+        from tinygpt.queue.worker import child_command
+
+        argv = ["--queues", "data,train,eval", "--count", str(max(1, self.args.workers)), "--url", self.redis_url]
+        # Spawned, never forked: workers import MLX in their own fresh interpreter.
+        self.workers = subprocess.Popen(child_command(argv), env={**os.environ, "REDIS_URL": self.redis_url})
+        self._say(f"Workers: {self.args.workers} process(es) on queues data, train, eval (pid {self.workers.pid})")
+
+    def _start_runtime(self, model_dir: Path) -> None:
+        from tinygpt.runtime.commands.serve import flush_hook
+        from tinygpt.runtime.serving.app import Runtime, ServerConfig
+
+        os.environ["REDIS_URL"] = self.redis_url
+        config = ServerConfig(
+            model=str(model_dir),
+            name=self.model if not Path(self.model).exists() else None,
+            host=self.args.host,
+            port=self.args.port,
+            api_key=self.args.api_key,
+            project=self.project_name,
+        )
+        try:
+            self.runtime = Runtime(config, on_trajectory_flushed=flush_hook(True)).start()
+        except (OSError, ValueError) as e:
+            raise StartError(f"runtime: {e}") from None
+        self._say(f"Runtime: {self.runtime.url}/v1 (OpenAI-compatible; Ctrl-C to stop)")
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(self, *, live: bool, refresh: float) -> None:
+        """Block, showing status, until interrupted or a component dies."""
+        from rich.live import Live
+
+        if not live:
+            while self._healthy():
+                time.sleep(refresh)
+            return
+        with Live(self._screen(), console=self.console, refresh_per_second=4, transient=False) as screen:
+            while self._healthy():
+                time.sleep(refresh)
+                screen.update(self._screen())
+
+    def _healthy(self) -> bool:
+        if self.runtime is not None and not self.runtime.engine.healthy:
+            self._say("runtime: the model thread stopped; shutting down")
+            return False
+        if self.workers is not None and self.workers.poll() is not None:
+            self._say(f"workers exited with code {self.workers.returncode}; shutting down")
+            return False
+        return True
+
+    def _screen(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        from tinygpt.queue.overview import collect
+
+        head = Table.grid(padding=(0, 2))
+        head.add_row("runtime", f"{self.runtime.url}/v1" if self.runtime else "-")
+        head.add_row("model", self.model)
+        head.add_row("redis", self.redis_url)
+        head.add_row("uptime", f"{time.time() - self.started:.0f}s")
+        parts = [head]
+        try:
+            ov = collect(limit=5)
+        except Exception as e:  # the screen must never take the daemon down
+            parts.append(f"[yellow]queue state unavailable: {e}[/]")
+            return Group(*parts)
+        t = Table(title="queues")
+        for col in ("queue", "queued", "running", "failed", "finished"):
+            t.add_column(col)
+        for q in ov.queues:
+            t.add_row(q.name, str(q.queued), str(q.running), str(q.failed), str(q.finished))
+        parts.append(t)
+        return Group(*parts)
+
+    # ------------------------------------------------------------------- stop
+
+    def stop(self) -> None:
+        """Stop in reverse order; each step runs even if an earlier one failed."""
+        # A second Ctrl-C / SIGTERM (or one forwarded twice, by a wrapper) must not
+        # interrupt the orderly stop: exiting while the model thread is inside MLX
+        # aborts the process and leaves open trajectories unsealed.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        if self.runtime is not None:
+            self._say("stopping the runtime (sealing trajectories into the queue)")
+            self.runtime.stop()
+            self.runtime = None
+        if self.workers is not None and self.workers.poll() is None:
+            self._say("stopping workers (current jobs finish; queued jobs stay in Redis)")
+            self.workers.send_signal(signal.SIGTERM)
+            try:
+                self.workers.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.workers.kill()
+                self.workers.wait()
+        self.workers = None
+        if self.embedded is not None:
+            self._say("stopping the embedded Redis (AOF flushed)")
+            self.embedded.stop()
+            self.embedded = None
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
