@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -125,18 +126,46 @@ def clone_modules(module):
     return new
 
 
-def build_adapter_model(base, info: AdapterInfo):
-    """The base model with `info`'s adapter applied, sharing the base arrays (model thread only)."""
-    import mlx.core as mx
-    from mlx_lm.tuner.utils import load_adapters
+_IN_LAYER = re.compile(r"^(?:.*\.)?layers\.\d+\.(.+)$")
 
+
+def build_adapter_model(base, info: AdapterInfo):
+    """The base model with `info`'s adapter applied, sharing the base arrays (model thread only).
+
+    The same steps as mlx-lm's `load_adapters` (`linear_to_lora_layers`, then the
+    weights), except that the layers to wrap are read off the adapter's own tensor
+    names: mlx-lm's search for candidate layers walks every module of every block and
+    was most of a hot swap's time.
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    config = json.loads((Path(info.path) / "adapter_config.json").read_text())
+    weights = mx.load(str(Path(info.path) / "adapters.safetensors"))
+    keys = set()
+    for name in weights:
+        module = name.rsplit(".", 1)[0]
+        found = _IN_LAYER.match(module)
+        keys.add(found.group(1) if found else module)
     model = clone_modules(base)
+    params = {**config["lora_parameters"], "keys": sorted(keys)}
+    params.setdefault("dropout", 0.0)
     try:
-        load_adapters(model, info.path)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+        linear_to_lora_layers(model, config["num_layers"], params, use_dora=info.method == "dora")
+    except (ValueError, KeyError) as e:
         raise ApiError(400, f"adapter {info.name!r} does not fit the base model: {e}") from None
+    shapes = {k: v.shape for k, v in tree_flatten(model.parameters())}
+    wrong = [f"{k} {tuple(v.shape)}" for k, v in weights.items() if shapes.get(k) != v.shape]
+    if wrong:
+        raise ApiError(
+            400,
+            f"adapter {info.name!r} does not fit the base model: tensors with no matching parameter "
+            f"or of another shape: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}",
+        )
+    model.load_weights(list(weights.items()), strict=False)
     model.eval()
-    mx.eval(model.parameters())
+    mx.eval(list(weights.values()))
     return model
 
 
