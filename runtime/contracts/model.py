@@ -10,9 +10,10 @@ from __future__ import annotations
 from .base import Contract
 
 MODEL_MANIFEST = "tinygpt-model.json"
+MODEL_MANIFEST_VERSION = 1
 
 
-class ModelFile(Contract):
+class ModelFile(Contract, kw_only=True):
     """One file of a model directory, by path relative to it."""
 
     path: str
@@ -20,10 +21,10 @@ class ModelFile(Contract):
     sha256: str
 
 
-class ModelManifest(Contract):
+class ModelManifest(Contract, kw_only=True):
     """What was pulled, from where, and the hash of every file."""
 
-    schema_version: int = 1
+    schema_version: int = MODEL_MANIFEST_VERSION
     name: str
     # Where it came from: "gguf:<file>@<package>==<version>", "dir:<path>" or "hf:<repo>@<revision>".
     source: str

@@ -121,7 +121,19 @@ def build_tokenizer(vocab: GGUFVocab):
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True)
+    post = [processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True)]
+    # llama.cpp adds BOS / EOS itself when the GGUF says so; the tokenizer has to do the same.
+    bos = (_token(vocab, vocab.bos_id), vocab.bos_id) if vocab.add_bos else None
+    eos = (_token(vocab, vocab.eos_id), vocab.eos_id) if vocab.add_eos else None
+    if (bos and bos[0] is None) or (eos and eos[0] is None):
+        raise ValueError("GGUF asks to add BOS/EOS but has no bos/eos_token_id")
+    if bos or eos:
+        head, tail = [f"{bos[0]}:0"] if bos else [], [f"{eos[0]}:0"] if eos else []
+        single = " ".join([*head, "$A:0", *tail])
+        pair = " ".join([single, *(t.replace(":0", ":1") for t in head), "$B:1", *(t.replace(":0", ":1") for t in tail)])
+        specials = list(dict.fromkeys(x for x in (bos, eos) if x))
+        post.append(processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials))
+    tok.post_processor = processors.Sequence(post) if len(post) > 1 else post[0]
 
     added = [
         AddedToken(t, special=(ty == TOKEN_CONTROL), normalized=False)
