@@ -230,6 +230,22 @@ def test_slow_clients_do_not_block_others(rt, client):
             s.close()
 
 
+def test_connections_beyond_the_limit_get_a_quick_503(tiny_model_dir, tmp_path):
+    with running(tiny_model_dir, tmp_path, max_connections=3, record=False) as rt:
+        idle = [socket.create_connection(("127.0.0.1", rt.port)) for _ in range(3)]
+        try:
+            while rt.httpd._open < 3:
+                time.sleep(0.005)
+            status, body = get(rt.port, "/health")
+            assert status == 503 and json.loads(body)["error"]["code"] == "server_busy"
+        finally:
+            for s in idle:
+                s.close()
+        while rt.httpd._open:
+            time.sleep(0.005)
+        assert get(rt.port, "/health")[0] == 200
+
+
 def _mutations(valid: dict, rng: random.Random) -> list[bytes]:
     """Malformed requests: broken JSON, wrong types, odd values, garbage bytes."""
     text = json.dumps(valid)

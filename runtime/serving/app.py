@@ -46,6 +46,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefix_cache_mb: int = 1024
     prefill_step_size: int = 512
     max_body_bytes: int = 8 << 20
+    # Open HTTP connections (one thread each); more get an immediate 503.
+    max_connections: int = 256
     record: bool = True
     trajectories_dir: str | None = None
     session_idle_s: float = 600.0

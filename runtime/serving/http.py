@@ -17,6 +17,7 @@ import logging
 import re
 import select
 import socket
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -56,7 +57,39 @@ class RuntimeHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address, runtime: "Runtime"):
         self.runtime = runtime
+        self.max_connections = runtime.config.max_connections
+        self._open = 0
+        self._open_lock = threading.Lock()
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        # One thread per connection, but not without limit: beyond it, a quick 503.
+        with self._open_lock:
+            full = self._open >= self.max_connections
+            if not full:
+                self._open += 1
+        if full:
+            self.runtime.metrics.rejected.inc(reason="connections")
+            error = ApiError(503, "too many open connections; retry shortly", type="server_error", code="server_busy")
+            body = error.body()
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            try:
+                request.sendall(head.encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open -= 1
 
     def handle_error(self, request, client_address) -> None:
         # Resets and timeouts from clients are routine; anything else is logged once.
