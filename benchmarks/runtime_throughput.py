@@ -73,6 +73,27 @@ class Server:
             raise RuntimeError(f"{path}: {resp.status} {data}")
         return data
 
+    def metrics(self) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        return text
+
+    def timed(self, body: dict) -> tuple[float, dict]:
+        """A non-streaming completion: (decode tok/s from its Server-Timing header, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read())
+        timing = resp.getheader("Server-Timing", "")
+        conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"{resp.status} {data}")
+        decode_ms = float(dict(p.strip().split(";dur=") for p in timing.split(","))["decode"])
+        tokens = data["usage"]["completion_tokens"]
+        return (tokens - 1) / (decode_ms / 1e3), data
+
     def stream(self, body: dict) -> tuple[list[float], str, dict]:
         """Arrival times of token-bearing chunks, the text, and the usage."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port)
@@ -185,21 +206,72 @@ def adapter_timings(server: Server, model_dir: Path, tmp: Path, ban: dict) -> di
     }
 
 
-def constrained(server: Server, n: int, ban: dict) -> dict:
-    try:
-        import tinygpt.runtime.grammar as grammar
+NOTE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "write_note",
+        "description": "Save a note with a title, a body and tags.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "title": {"type": "string"},
+                "body": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "priority": {"type": "string", "enum": ["low", "normal", "high"]},
+            },
+            "required": ["title", "body"],
+        },
+    },
+}
 
-        grammar.build_constraint  # noqa: B018
-    except (ImportError, AttributeError):
+
+def mask_quantiles(metrics_before: str, metrics_after: str) -> dict:
+    """p50 / p99 upper bounds of the per-token mask time, from /metrics histogram buckets."""
+
+    def buckets(text: str) -> dict[str, int]:
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("tinygpt_constraint_seconds_bucket"):
+                le = line.split('le="')[1].split('"')[0]
+                out[le] = int(line.rsplit(" ", 1)[1])
+        return out
+
+    before, after = buckets(metrics_before), buckets(metrics_after)
+    counts = [(float(le), after[le] - before.get(le, 0)) for le in after]
+    counts.sort()
+    total = counts[-1][1] if counts else 0
+    if not total:
+        return {"tokens": 0}
+    quantile = lambda q: next(le for le, n in counts if n >= q * total)  # noqa: E731
+    return {"tokens": total, "p50_at_most_s": quantile(0.5), "p99_at_most_s": quantile(0.99)}
+
+
+def constrained(server: Server, n: int, ban: dict) -> dict:
+    """Tool call with tool_choice="required" vs free text: decode rate from Server-Timing."""
+    try:
+        from tinygpt.runtime.grammar import build_constraint  # noqa: F401
+    except ImportError:
         return {"available": False}
-    tool = {"type": "function", "function": {"name": "write_note", "description": "Write a note.",
-            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}
-    messages = [{"role": "user", "content": PROMPT}]
-    free, _ = runtime_decode(server, messages, n, ban)
-    times, _, usage = server.stream({"model": "base", "messages": messages, "max_tokens": n, "temperature": 0,
-                                     "tools": [tool], "tool_choice": "required"})
-    return {"available": True, "note": "tool call arrives as one chunk: rate is tokens / total time",
-            "unconstrained_tok_s": free, "constrained_tokens": usage["completion_tokens"]}
+    messages = [{"role": "user", "content": "Write a note about the meeting moving to Thursday. " + PROMPT}]
+    free, con = [], []
+    before = server.metrics()
+    for _ in range(3):
+        free.append(server.timed({"model": "base", "messages": messages, "max_tokens": n, "temperature": 0,
+                                  "logit_bias": ban})[0])
+        rate, body = server.timed({"model": "base", "messages": messages, "max_tokens": n, "temperature": 0,
+                                   "tools": [NOTE_TOOL], "tool_choice": "required"})
+        con.append(rate)
+    calls = body["choices"][0]["message"].get("tool_calls") or []
+    return {
+        "available": True,
+        "unconstrained_tok_s": max(free),
+        "constrained_tok_s": max(con),
+        "ratio": max(con) / max(free),
+        "constrained_tokens": body["usage"]["completion_tokens"],
+        "finish_reason": body["choices"][0]["finish_reason"],
+        "tool_calls": len(calls),
+        "mask_time": mask_quantiles(before, server.metrics()),
+    }
 
 
 def main() -> int:

@@ -80,6 +80,12 @@ def test_stream_equals_non_stream_and_reports_usage(client, rt):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
 
 
+def test_non_streaming_responses_report_server_timing(client):
+    raw = client.chat.completions.with_raw_response.create(model="base", messages=HELLO, max_tokens=3)
+    parts = dict(p.strip().split(";dur=") for p in raw.headers["server-timing"].split(","))
+    assert set(parts) == {"queue", "prefill", "decode"} and all(float(v) >= 0 for v in parts.values())
+
+
 def test_max_completion_tokens_and_seed(client):
     r = client.chat.completions.create(model="base", messages=HELLO, max_completion_tokens=3, temperature=1.0)
     assert r.usage.completion_tokens <= 3

@@ -249,6 +249,11 @@ class Completions:
         else:
             done = self._wait(p, out)
             self._record(p, done)
+            t = done.timings
+            # The standard Server-Timing header: where the time went, in milliseconds.
+            headers["Server-Timing"] = ", ".join(
+                f"{name};dur={1e3 * v:.3f}" for name, v in (("queue", t.queued_s), ("prefill", t.prefill_s), ("decode", t.decode_s))
+            )
             out.send_json(200, encode(self._completion(p, done)), headers)
 
     def _next_event(self, p: Prepared, out: Writer):
