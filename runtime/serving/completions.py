@@ -276,9 +276,12 @@ class Completions:
                 raise event.error
 
     def _stream(self, p: Prepared, out: Writer, headers: dict[str, str]) -> None:
-        out.start_stream(headers)
         n_calls = 0
         try:
+            try:
+                out.start_stream(headers)
+            except OSError:
+                raise ClientGone() from None
             self._send(out, p, DeltaOut(role="assistant", content=""), None, None)
             while True:
                 event = self._next_event(p, out)
