@@ -279,6 +279,7 @@ def main() -> int:
     parser.add_argument("--model", help="model name or directory (default: build the tiny test model)")
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency-tokens", type=int, default=64, help="max_tokens of each concurrent request")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
@@ -316,7 +317,7 @@ def main() -> int:
             mx.clear_cache()
             cached = conversation_ttft(server, ban)
             adapters = adapter_timings(server, model_dir, tmp, ban)
-            conc = [concurrency(server, c, max(1, 16 // c), 64, ban) for c in (1, 4, 16)]
+            conc = [concurrency(server, c, max(1, 16 // c), args.concurrency_tokens, ban) for c in (1, 4, 16)]
             cons = constrained(server, args.tokens, ban)
         finally:
             server.close()
