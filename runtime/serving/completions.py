@@ -228,7 +228,11 @@ class Completions:
             if self._grammar_info is None:
                 from tinygpt.runtime.grammar import TokenizerInfo
 
-                self._grammar_info = TokenizerInfo.from_tokenizer(self.prompts.tokenizer, vocab_size=self.vocab_size)
+                try:
+                    self._grammar_info = TokenizerInfo.from_tokenizer(self.prompts.tokenizer, vocab_size=self.vocab_size)
+                except ValueError as e:
+                    raise ApiError(501, f"constrained decoding is not available for this tokenizer: {e}",
+                                   type="server_error") from None
             return self._grammar_info
 
     # ------------------------------------------------------------ answering

@@ -1,0 +1,116 @@
+"""Grammar-constrained answers through the server on the tiny model (needs runtime/grammar).
+
+A random model left alone writes garbage; under the grammar every tool call it
+returns must parse and validate against its function's schema, and JSON answers must
+validate against theirs. Schemas the grammar cannot enforce are a 400, never an
+unconstrained 200.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from tests.serving_support import running
+from tinygpt.runtime.contracts.io import read_any
+from tinygpt.runtime.contracts.trajectory import Trajectory
+
+pytest.importorskip("tinygpt.runtime.grammar.constraint", reason="the grammar package has not landed")
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TIMER = {"type": "object", "properties": {"minutes": {"type": "number"}, "label": {"type": "string", "maxLength": 10}}, "required": ["minutes"]}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "set_timer", "description": "Start a timer.", "parameters": TIMER}},
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def rt(tiny_model_dir, tmp_path_factory):
+    with running(tiny_model_dir, tmp_path_factory.mktemp("grammar"), max_tokens=200) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def client(rt):
+    return openai.OpenAI(base_url=rt.url + "/v1", api_key="x", max_retries=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_required_tool_call_parses_and_validates(client, seed):
+    r = client.chat.completions.create(
+        model="base", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
+        temperature=1.0, seed=seed,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_named_function_is_the_one_called(client):
+    r = client.chat.completions.create(
+        model="base", messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "set_timer"}},
+        parallel_tool_calls=False, temperature=1.0, seed=3,
+    )
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "set_timer"
+    jsonschema.validate(json.loads(call.function.arguments), TIMER)
+
+
+def test_json_schema_and_json_object_answers_validate(client):
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 12}, "score": {"type": "integer"}},
+              "required": ["answer", "score"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "graded", "schema": schema, "strict": True}}
+    for seed in range(3):
+        r = client.chat.completions.create(model="base", messages=ASK, response_format=fmt, temperature=1.0, seed=seed)
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    r = client.chat.completions.create(model="base", messages=ASK, response_format={"type": "json_object"}, seed=1)
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "no_such_tool"}}),
+        dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}}],
+             tool_choice="required"),
+        dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "http://elsewhere/x"}}}}}),
+    ],
+)
+def test_what_the_grammar_cannot_enforce_is_a_400(client, kwargs):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="base", messages=ASK, **kwargs)
+    assert e.value.body["message"]
+
+
+def test_constrained_turns_are_recorded_and_reused_by_the_next_turn(rt, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="base", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, temperature=0
+    )
+    first, tid = raw.parse(), raw.headers["x-tinygpt-trajectory"]
+    (call,) = first.choices[0].message.tool_calls
+    follow = ASK + [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": '{"ok": true}'}]
+    client.chat.completions.create(model="base", messages=follow, tools=TOOLS, tool_choice="none", max_tokens=3)
+    rt.recorder.flush().result()
+    s0, s1 = read_any(rt.recorder.open_dir / f"{tid}.msgpack", Trajectory).steps
+    assert s0.constraint == "tools" and s0.tool_calls[0].valid is True
+    assert s1.prompt_ids[: len(s0.prompt_ids) + len(s0.output_ids)] == s0.prompt_ids + s0.output_ids
+    assert not s1.prefix_mismatch
+    assert rt.metrics.constraint.count() > 0
