@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -166,15 +167,15 @@ def enqueue_files(
     refs: list[TrajectoryRef] = []
     seen: set[str] = set()
     for path in trajectory_files(paths):
-        sha, stored = store.put_file(path)
+        sha, stored = store.put_file(path, fsync=False)
         if sha in seen:
             continue  # the same bytes twice in one import
         seen.add(sha)
         refs.append(TrajectoryRef(path=store.to_ref(stored), sha256=sha, origin=str(path)))
-        if len(refs) == batch_size:
-            enqueue_refs(refs, conn, settings, out)
-            refs = []
-    enqueue_refs(refs, conn, settings, out)
+    # Files are on disk before any job that names them exists.
+    store.sync()
+    for start in range(0, len(refs), batch_size):
+        enqueue_refs(refs[start : start + batch_size], conn, settings, out)
     return out
 
 
@@ -194,6 +195,6 @@ def enqueue_dataset(
     conn = _connection(conn)
     settings = settings or load_settings()
     job = DatasetJob.from_settings(name, base_model, project, settings.dataset)
-    job_id = f"dataset-{name.replace('.', '_')}-{int(time.time() * 1000)}"
+    job_id = f"dataset-{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-{int(time.time() * 1000)}"
     live = [d for d in depends_on or [] if _exists(conn, d)]
     return stages.enqueue(conn, "dataset", job, job_id=job_id, depends_on=live)

@@ -295,8 +295,18 @@ def run_args(args: argparse.Namespace) -> int:
     return supervise(queues, args.count, argv_for)
 
 
+def cli_run(args: argparse.Namespace) -> int:
+    """`run_args` with the errors a user can fix printed plainly (exit code 2)."""
+    from .connection import RedisUnavailable
+
+    try:
+        return run_args(args)
+    except (RedisUnavailable, RuntimeError, ValueError) as e:
+        print(f"tinygpt worker: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a worker process (`tinygpt worker` and its children)."""
-    args = parser().parse_args(argv)
-    return run_args(args)
+    return cli_run(parser().parse_args(argv))
 

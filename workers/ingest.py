@@ -20,11 +20,11 @@ import msgspec
 import redis
 
 from tinygpt.queue import keys
-from tinygpt.runtime.contracts import ContractError, decode_json, decode_msgpack
+from tinygpt.runtime.contracts import ContractError
 from tinygpt.runtime.contracts.base import Contract
 from tinygpt.runtime.contracts.jobs import IngestJob, TrajectoryRef
 from tinygpt.runtime.contracts.pipeline import FileRecord
-from tinygpt.runtime.contracts.trajectory import Trajectory
+from tinygpt.runtime.contracts.trajectory import TRAJECTORY_VERSION, Trajectory
 
 from . import store
 
@@ -90,9 +90,12 @@ def problems(traj: Trajectory) -> list[str]:
             found.append(f"{where}: index is {step.index}, expected {pos}")
         if not step.prompt_ids:
             found.append(f"{where}: prompt_ids is empty")
-        bad = [t for t in (*step.prompt_ids, *step.output_ids) if not 0 <= t < MAX_TOKEN_ID]
-        if bad:
-            found.append(f"{where}: token id {bad[0]} is out of range")
+        for ids in (step.prompt_ids, step.output_ids):
+            # min / max run in C; the offending id is looked for only when there is one.
+            if ids and (min(ids) < 0 or max(ids) >= MAX_TOKEN_ID):
+                bad = next(t for t in ids if not 0 <= t < MAX_TOKEN_ID)
+                found.append(f"{where}: token id {bad} is out of range")
+                break
         if step.logprobs and len(step.logprobs) != len(step.output_ids):
             found.append(f"{where}: truncated, {len(step.logprobs)} logprobs for {len(step.output_ids)} output ids")
         if step.top_logprobs and len(step.top_logprobs) != len(step.output_ids):
@@ -110,13 +113,27 @@ def problems(traj: Trajectory) -> list[str]:
     return found
 
 
+# Decoders built once: decoding is the hot path of every stage.
+_MSGPACK = msgspec.msgpack.Decoder(Trajectory)
+_JSON = msgspec.json.Decoder(Trajectory)
+
+
 def decode(data: bytes, source: str) -> Trajectory:
     """Decode JSON or msgpack (sniffed) into a Trajectory; raises ContractError."""
     if not data.strip():
         raise ContractError(source, "empty file")
-    if store.sniff_format(data) == "json":
-        return decode_json(data, Trajectory, source)
-    return decode_msgpack(data, Trajectory, source)
+    fmt = store.sniff_format(data)
+    try:
+        traj = (_JSON if fmt == "json" else _MSGPACK).decode(data)
+    except msgspec.ValidationError as e:
+        raise ContractError(source, str(e)) from None
+    except msgspec.DecodeError as e:
+        raise ContractError(source, f"not valid {'JSON' if fmt == 'json' else 'msgpack'} ({e})") from None
+    if traj.schema_version > TRAJECTORY_VERSION:
+        raise ContractError(
+            source, f"schema_version {traj.schema_version} is newer than this tinygpt understands ({TRAJECTORY_VERSION}); upgrade tinygpt"
+        )
+    return traj
 
 
 def examine(ref: TrajectoryRef) -> tuple[FileRecord, Trajectory | None]:

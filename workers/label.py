@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import lru_cache
 
 import msgspec
 import redis
@@ -76,17 +77,27 @@ def call_problem(call: ToolCall, tools: dict[str, dict]) -> str | None:
     schema = fn.get("parameters")
     if not schema:
         return None
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    if isinstance(validator, str):
+        return f"{call.name}: {validator}"
+    error = next(iter(validator.iter_errors(args)), None)
+    return f"{call.name}: {error.message}" if error is not None else None
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str):
+    """A compiled validator per distinct schema (checking a schema costs more than using it)."""
     try:
         import jsonschema
     except ImportError as e:  # pragma: no cover - outlines depends on it
         raise PermanentError("validating tool calls needs jsonschema: pip install jsonschema") from e
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
     try:
-        jsonschema.validate(args, schema)
-    except jsonschema.ValidationError as e:
-        return f"{call.name}: {e.message}"
+        cls.check_schema(schema)
     except jsonschema.SchemaError as e:
-        return f"{call.name}: the tool's parameter schema is invalid ({e.message})"
-    return None
+        return f"the tool's parameter schema is invalid ({e.message})"
+    return cls(schema)
 
 
 def tool_validity(traj: Trajectory) -> tuple[float | None, list[int]]:
@@ -222,16 +233,22 @@ def run(job: LabelJob, conn: redis.Redis) -> LabelResult:
     for start in range(0, len(shas), CHUNK):
         chunk = shas[start : start + CHUNK]
         records = [msgspec.msgpack.decode(b, type=FileRecord) if b else None for b in conn.hmget(keys.files(), chunk)]
+        with conn.pipeline(transaction=False) as pipe:
+            for rec in records:
+                if rec is not None and rec.status == "ingested":
+                    pipe.hexists(keys.labels(rec.project), rec.sha256)
+                    pipe.hget(keys.dedupe(rec.project), rec.sha256)
+            replies = iter(pipe.execute())
         out: list[tuple[str, LabelRecord]] = []
         for rec in records:
             if rec is None or rec.status != "ingested":
                 result.skipped += 1
                 continue
             project = rec.project
-            if not relabel and conn.hexists(keys.labels(project), rec.sha256):
+            labelled, raw = next(replies), next(replies)
+            if labelled and not relabel:
                 result.skipped += 1
                 continue
-            raw = conn.hget(keys.dedupe(project), rec.sha256)
             verdict = msgspec.msgpack.decode(raw, type=DedupeRecord).verdict if raw else None
             # Exact copies and old versions add nothing: no label, no judge call.
             if verdict in ("exact", "superseded"):

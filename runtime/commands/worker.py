@@ -18,13 +18,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
+    from tinygpt.queue.worker import cli_run
 
-    from tinygpt.queue.connection import RedisUnavailable
-    from tinygpt.queue.worker import run_args
-
-    try:
-        return run_args(args)
-    except (RedisUnavailable, RuntimeError, ValueError) as e:
-        print(f"tinygpt worker: {e}", file=sys.stderr)
-        return 2
+    return cli_run(args)
