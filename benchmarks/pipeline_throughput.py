@@ -70,7 +70,8 @@ print(json.dumps({"stage_s": times, "peak_rss_mb": resource.getrusage(resource.R
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "queue", "workers"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        pipeline_files = ["queue", *(f"workers/{m}.py" for m in ("store", "ingest", "minhash", "tokens", "dedupe", "judge", "label", "dataset"))]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *pipeline_files], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

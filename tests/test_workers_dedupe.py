@@ -107,3 +107,28 @@ def test_two_workers_racing_never_keep_both_of_a_pair(redis_client, redis_url, t
     d = decisions(redis_client)
     for o, c in zip(sha_o, sha_c):
         assert sorted([d[o].verdict, d[c].verdict]) == ["kept", "near"]
+
+
+def test_estimates_near_the_threshold_are_settled_on_the_exact_jaccard():
+    import numpy as np
+
+    from tinygpt.workers import minhash
+
+    rng = np.random.default_rng(10)
+    a = rng.integers(0, 49152, size=400)
+    b = a.copy()
+    b[::25] = rng.integers(0, 49152, size=b[::25].size)  # exact Jaccard well below 0.9
+    assert minhash.jaccard(a, b) < 0.8
+    sig_a = minhash.signatures([a]).astype(dedupe.SIG_DTYPE)[0]
+    sig_b = sig_a.copy()
+    sig_b[:10] += 1  # a signature that *estimates* 118/128 = 0.92
+    bands, rows = 1, 1  # one band over bin 127: the two always meet as candidates
+    keys = np.zeros(1, dtype=np.uint64)
+
+    def verdict(stream_of):
+        state = dedupe.IndexState(bands, rows, stream_of)
+        state.decide("a", "sha-a", b"a", sig_a, keys, 0.9, 0, a)
+        return state.decide("b", "sha-b", b"b", sig_b, keys, 0.9, 1, b)[0]
+
+    assert verdict(None) == "near"  # estimate only
+    assert verdict({"sha-a": a}.get) == "kept"  # the exact check overrules the estimate

@@ -69,3 +69,11 @@ def test_near_duplicates_share_a_band_and_strangers_do_not():
     keys = mh.band_keys(sig, *mh.lsh_params(0.9))
     assert (keys[0] == keys[1]).any()
     assert not (keys[0] == keys[2]).any()
+
+
+def test_chunked_hashing_gives_the_same_signatures(monkeypatch):
+    rng = np.random.default_rng(4)
+    docs = [rng.integers(0, 49152, size=int(n)) for n in rng.integers(0, 300, size=200)]
+    whole = mh.signatures(docs)
+    monkeypatch.setattr(mh, "CHUNK_TOKENS", 500)
+    assert (mh.signatures(docs) == whole).all()

@@ -86,12 +86,26 @@ def _probe_table(rounds: int) -> np.ndarray:
 _PROBES = _probe_table(4096)
 
 
+# Tokens hashed per numpy pass: bounds the temporaries (~10 arrays of this many uint64s)
+# whatever the batch size.
+CHUNK_TOKENS = 1 << 20
+
+
 def signatures(docs: list[np.ndarray], k: int = SHINGLE) -> np.ndarray:
     """MinHash signatures, shape (len(docs), NUM_PERM), uint64; an empty doc is all EMPTY."""
+    sig = np.full((len(docs), NUM_PERM), EMPTY, dtype=np.uint64)
+    start = used = 0
+    for i, d in enumerate(docs):
+        used += len(d)
+        if used >= CHUNK_TOKENS or i == len(docs) - 1:
+            sig[start : i + 1] = _signatures(docs[start : i + 1], k)
+            start, used = i + 1, 0
+    return sig
+
+
+def _signatures(docs: list[np.ndarray], k: int) -> np.ndarray:
     n = len(docs)
     sig = np.full((n, NUM_PERM), EMPTY, dtype=np.uint64)
-    if n == 0:
-        return sig
     allh, counts = _batch_shingles(docs, k)
     if allh.size == 0:
         return sig
