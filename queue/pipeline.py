@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, IngestJob, LabelJob, TrajectoryRef
@@ -63,11 +62,7 @@ def _connection(conn: redis.Redis | None) -> redis.Redis:
 
 
 def _exists(conn: redis.Redis, job_id: str) -> bool:
-    try:
-        stages.fetch_job(conn, job_id)
-    except NoSuchJobError:
-        return False
-    return True
+    return Job.exists(job_id, connection=conn)
 
 
 def _enqueue_once(conn: redis.Redis, stage: str, payload, job_id: str, depends_on: list[str], out: Enqueued) -> None:
