@@ -1,4 +1,10 @@
-"""Eval suites, reports and the gate's verdict."""
+"""Eval suites, reports and the gate's verdict.
+
+A suite is declared in `tinygpt.project.json` (or the file `gate.suites_file` points to);
+its rows live in a JSON Lines file (see README, "Eval gate"). The gate writes one
+`GateResult` per run; `tinygpt eval-gate --update-baseline` records a `BaselineRecord`
+in `tinygpt.eval-baseline.json` next to the project file.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +23,30 @@ class EvalSuite(Contract):
 
     name: str
     kind: SuiteKind
+    # JSON Lines rows, relative to the project file (for format="bfcl": the question file).
     data: str
     metric: str = "accuracy"
-    direction: Direction = "higher"
+    # Which way is better. Optional for the metrics the gate knows (accuracy, tokens_per_s,
+    # *_ms); any other metric without a direction is a configuration error.
+    direction: Direction | None = None
     # Largest tolerated regression of the candidate against the baseline (metric units).
     threshold: float = 0.0
-    # Absolute floor (or ceiling for direction=lower) used when there is no baseline.
+    # Absolute floor (or ceiling for direction=lower), checked always and the only check
+    # when there is no baseline.
     minimum: float | None = None
     # `module:function` for kind="custom".
     scorer: str | None = None
     passes: int = 1
     temperature: float = 0.0
     max_tokens: int = 256
+    # "bfcl": Berkeley Function Calling Leaderboard files (questions in `data`, possible
+    # answers in `answers`, default <data dir>/possible_answer/<data file name>).
+    format: Literal["jsonl", "bfcl"] = "jsonl"
+    answers: str | None = None
+    # Scorer options, e.g. {"strings": "exact"} for tool_call, {"normalize": ["strip", "lower"]}.
+    options: dict[str, Any] = {}
+    # Seeds of sampled passes derive from this, the item id and the pass index.
+    seed: int = 0
 
 
 class ItemResult(Contract):
@@ -37,6 +55,8 @@ class ItemResult(Contract):
     passes: list[float] = []
     output: str = ""
     detail: str = ""
+    # Line of the row in the suite's data file (1-based; 0 when unknown).
+    line: int = 0
 
 
 class SuiteReport(Contract):
@@ -48,8 +68,18 @@ class SuiteReport(Contract):
     mean: float
     std: float
     stderr: float
+    # 95% interval of the metric's value (of the mean, or of the percentile for *_p95_* metrics).
     ci95: tuple[float, float]
     items: list[ItemResult] = []
+    # The metric's value when it is not the mean of the items (e.g. a p95 latency).
+    value: float | None = None
+    # Content hash of everything the numbers depend on (model, adapter, suite data, settings).
+    key: str = ""
+    seconds: float = 0.0
+
+    @property
+    def metric_value(self) -> float:
+        return self.mean if self.value is None else self.value
 
 
 class EvalReport(Contract):
@@ -60,6 +90,9 @@ class EvalReport(Contract):
     adapter_digest: str | None = None
     suites: list[SuiteReport] = []
     created_at: float = 0.0
+
+    def suite(self, name: str) -> SuiteReport | None:
+        return next((s for s in self.suites if s.suite == name), None)
 
 
 class SuiteVerdict(Contract):
@@ -72,6 +105,12 @@ class SuiteVerdict(Contract):
     # True when the 95% intervals say the difference is not noise.
     significant: bool = False
     reason: str = ""
+    metric: str = ""
+    direction: Direction = "higher"
+    minimum: float | None = None
+    # Candidate minus baseline: two-sided p-value and 95% interval of the difference.
+    p_value: float | None = None
+    delta_ci95: tuple[float, float] | None = None
 
 
 class GateResult(Contract):
@@ -83,3 +122,20 @@ class GateResult(Contract):
     cache_key: str = ""
     message: str = ""
     extra: dict[str, Any] = {}
+    # What the candidate was compared with and why ("pinned weather@3", "base model", "none: ...").
+    baseline_source: str = ""
+
+
+class BaselineRecord(Contract):
+    """A candidate recorded on purpose as the baseline of `subject` (a specialist, or "@base")."""
+
+    subject: str
+    report: EvalReport
+    recorded_at: float = 0.0
+
+
+class BaselineFile(Contract):
+    """`tinygpt.eval-baseline.json`: one record per subject, written by --update-baseline."""
+
+    schema_version: int = EVAL_VERSION
+    baselines: list[BaselineRecord] = []

@@ -35,6 +35,8 @@ class GateSettings(Contract):
     # Refuse a candidate when the whole-gate confidence says it is worse.
     require_significance: bool = False
     cache: bool = True
+    # A JSON file (relative to the project file) holding more suites: a list of EvalSuite.
+    suites_file: str | None = None
 
 
 class ProjectPins(Contract):
