@@ -61,7 +61,7 @@ def dead_letters(conn: redis.Redis, limit: int | None = None) -> list[DeadLetter
     for short in stages.QUEUES:
         registry = stages.get_queue(conn, short).failed_job_registry
         # Scored by expiry, so the newest failures come first in descending order.
-        ids = registry.get_job_ids(0, limit - 1, desc=True) if limit else registry.get_job_ids()
+        ids = registry.get_job_ids(0, limit - 1, desc=True, cleanup=False) if limit else registry.get_job_ids(cleanup=False)
         for job_id in ids:
             try:
                 job = stages.fetch_job(conn, job_id)

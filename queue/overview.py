@@ -136,14 +136,15 @@ def _queue_depths(conn: redis.Redis) -> list[QueueDepth]:
     for short in stages.QUEUES:
         q = stages.get_queue(conn, short)
         out.append(
+            # Counting without RQ's cleanup: looking must not retry or expire anything.
             QueueDepth(
                 name=short,
                 queued=q.count,
-                running=q.started_job_registry.count,
-                deferred=q.deferred_job_registry.count,
-                scheduled=q.scheduled_job_registry.count,
-                failed=q.failed_job_registry.count,
-                finished=q.finished_job_registry.count,
+                running=q.started_job_registry.get_job_count(cleanup=False),
+                deferred=q.deferred_job_registry.get_job_count(cleanup=False),
+                scheduled=q.scheduled_job_registry.get_job_count(cleanup=False),
+                failed=q.failed_job_registry.get_job_count(cleanup=False),
+                finished=q.finished_job_registry.get_job_count(cleanup=False),
             )
         )
     return out
@@ -153,7 +154,7 @@ def _running(conn: redis.Redis) -> list[Running]:
     out = []
     for short in stages.QUEUES:
         q = stages.get_queue(conn, short)
-        for job_id in q.started_job_registry.get_job_ids():
+        for job_id in q.started_job_registry.get_job_ids(cleanup=False):
             try:
                 job = stages.fetch_job(conn, job_id)
             except Exception:

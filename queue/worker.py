@@ -146,9 +146,14 @@ class PipelineWorker(SimpleWorker):
 
     # --- drain mode ----------------------------------------------------------------------
     def work_pending(self) -> bool:
-        """Whether anything may still arrive on this worker's queues."""
+        """Whether anything may still arrive on this worker's queues.
+
+        Counts without RQ's cleanup-on-count: a cleanup can move an abandoned job from
+        started to scheduled between two counts and make both look empty.
+        """
         for q in self.queues:
-            if q.count or q.scheduled_job_registry.count or q.started_job_registry.count:
+            registries = (q.started_job_registry, q.scheduled_job_registry)
+            if q.count or any(r.get_job_count(cleanup=False) for r in registries):
                 return True
         return False
 
