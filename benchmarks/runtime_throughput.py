@@ -280,6 +280,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency-tokens", type=int, default=64, help="max_tokens of each concurrent request")
+    parser.add_argument("--parts", default="decode,ttft,adapters,concurrency,constrained",
+                        help="comma-separated parts to run (default: all)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 
@@ -301,43 +303,46 @@ def main() -> int:
         messages = [{"role": "user", "content": PROMPT}]
         prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
+        parts = set(args.parts.split(","))
+        result: dict = {"model": str(args.model or "tiny test model")}
         server = Server(str(model_dir), tmp)
         try:
-            base_runs, rt_runs, ttfts = [], [], []
-            for _ in range(args.rounds):
-                base_runs.append(baseline_decode(model, tokenizer, prompt_ids, args.tokens))
-                tps, ttft = runtime_decode(server, messages, args.tokens, ban)
-                rt_runs.append(tps)
-                ttfts.append(ttft)
-            decode = {"tokens": args.tokens, "prompt_tokens": len(prompt_ids),
-                      "mlx_lm_tok_s": max(base_runs), "runtime_tok_s": max(rt_runs),
-                      "ratio": max(rt_runs) / max(base_runs), "runtime_ttft_s": min(ttfts),
-                      "all_mlx_lm": base_runs, "all_runtime": rt_runs}
+            if "decode" in parts:
+                base_runs, rt_runs, ttfts = [], [], []
+                for _ in range(args.rounds):
+                    base_runs.append(baseline_decode(model, tokenizer, prompt_ids, args.tokens))
+                    tps, ttft = runtime_decode(server, messages, args.tokens, ban)
+                    rt_runs.append(tps)
+                    ttfts.append(ttft)
+                result["decode"] = {"tokens": args.tokens, "prompt_tokens": len(prompt_ids),
+                                    "mlx_lm_tok_s": max(base_runs), "runtime_tok_s": max(rt_runs),
+                                    "ratio": max(rt_runs) / max(base_runs), "runtime_ttft_s": min(ttfts),
+                                    "all_mlx_lm": base_runs, "all_runtime": rt_runs}
             del model
             mx.clear_cache()
-            cached = conversation_ttft(server, ban)
-            adapters = adapter_timings(server, model_dir, tmp, ban)
-            conc = [concurrency(server, c, max(1, 16 // c), args.concurrency_tokens, ban) for c in (1, 4, 16)]
-            cons = constrained(server, args.tokens, ban)
+            if "ttft" in parts:
+                result["ttft_turn5"] = {"with_prefix_cache": conversation_ttft(server, ban)}
+            if "adapters" in parts:
+                result["adapters"] = adapter_timings(server, model_dir, tmp, ban)
+            if "concurrency" in parts:
+                result["concurrency"] = [concurrency(server, c, max(1, 16 // c), args.concurrency_tokens, ban)
+                                         for c in (1, 4, 16)]
+            if "constrained" in parts:
+                result["constrained"] = constrained(server, args.tokens, ban)
         finally:
             server.close()
-        cold = Server(str(model_dir), tmp, "--prefix-cache-mb", "0")
-        try:
-            uncached = conversation_ttft(cold, ban)
-        finally:
-            cold.close()
+        if "ttft" in parts:
+            cold = Server(str(model_dir), tmp, "--prefix-cache-mb", "0")
+            try:
+                uncached = conversation_ttft(cold, ban)
+            finally:
+                cold.close()
+            ttft = result["ttft_turn5"]
+            ttft["without_prefix_cache"] = uncached
+            ttft["speedup"] = uncached["ttft_s"] / ttft["with_prefix_cache"]["ttft_s"]
 
-    result = {
-        "model": str(args.model or "tiny test model"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "mlx": mx.__version__,
-                    "blas": tinygpt.runtime.blas.blas_info().get("active")},
-        "decode": decode,
-        "ttft_turn5": {"with_prefix_cache": cached, "without_prefix_cache": uncached,
-                       "speedup": uncached["ttft_s"] / cached["ttft_s"]},
-        "adapters": adapters,
-        "concurrency": conc,
-        "constrained": cons,
-    }
+    result["machine"] = {"platform": platform.platform(), "python": platform.python_version(), "mlx": mx.__version__,
+                         "blas": tinygpt.runtime.blas.blas_info().get("active")}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
