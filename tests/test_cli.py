@@ -81,3 +81,21 @@ def test_validate_unknown_kind_exits_2(tmp_path):
     f.write_text("{}")
     r = run_cli("validate", str(f))
     assert r.returncode == 2 and "--kind" in r.stderr
+
+
+def test_status_json_shows_home_blas_models_and_project_without_mlx(tmp_path):
+    code = (
+        "import sys; from tinygpt.runtime import cli; cli.main(['status', '--json']); "
+        "print('MLX', [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')])"
+    )
+    env = {**os.environ, "TINYGPT_HOME": str(tmp_path / "home")}
+    env.pop("REDIS_URL", None)
+    (tmp_path / "tinygpt.project.json").write_text('{"name": "demo", "specialists": [{"name": "fs", "version": "2"}]}')
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    payload, _, tail = r.stdout.rpartition("\n" + "MLX")
+    data = json.loads(payload)
+    assert data["home"] == str(tmp_path / "home")
+    assert "active" in data["blas"] and data["models"] == []
+    assert data["project"]["name"] == "demo" and data["project"]["specialists"] == ["fs@2"]
+    assert data["pipeline"]["redis"]["reachable"] is False  # status never starts a server
+    assert tail.strip() == "[]"

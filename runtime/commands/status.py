@@ -101,7 +101,59 @@ def pipeline_section(console, args: argparse.Namespace) -> dict:
 
 # A section prints one part of the status (nothing when `console` is None, for --json)
 # and returns its data under its own key. The models / BLAS section goes in this list.
-SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [pipeline_section]
+def machine_section(console, args: argparse.Namespace) -> dict:
+    """The cache directory, the active BLAS, cached models and the project pins (no MLX)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tinygpt.runtime import paths
+    from tinygpt.runtime.blas import blas_info
+    from tinygpt.runtime.contracts import ContractError
+    from tinygpt.runtime.models.cache import list_models
+    from tinygpt.runtime.project import find_project, load_project
+
+    blas = blas_info()
+    models = list_models()
+    project_file = find_project()
+    project: dict = {"file": str(project_file) if project_file else None}
+    if project_file is not None:
+        try:
+            pins = load_project(project_file)
+            project.update(name=pins.name, base_model=pins.base_model,
+                           specialists=[f"{p.name}@{p.version}" for p in pins.specialists])
+        except ContractError as e:
+            project["error"] = str(e)
+    data = {
+        "home": str(paths.home()),
+        "blas": {k: v for k, v in blas.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "models": [{"name": m.name, "path": m.path, "size": m.size, "complete": m.manifest is not None,
+                    "digest": m.manifest.digest if m.manifest else None} for m in models],
+        "project": project,
+    }
+    if console is None:
+        return data
+    console.print(f"[bold]Home[/] {escape(data['home'])}")
+    active = blas.get("active")
+    console.print(f"[bold]BLAS[/] {escape(active) if active else '[yellow]reference BLAS (slow fp32; apt-get install libopenblas0-pthread)[/]'}")
+    if project_file is None:
+        console.print("[bold]Project[/] no tinygpt.project.json here or above")
+    elif "error" in project:
+        console.print(f"[bold]Project[/] [red]invalid[/]: {escape(project['error'])}")
+    else:
+        pinned = ", ".join(project["specialists"]) or "no specialists pinned"
+        console.print(f"[bold]Project[/] {escape(project['name'])} ({escape(str(project_file))}): "
+                      f"base {escape(project['base_model'])}, {escape(pinned)}")
+    t = Table(title=f"models ({len(models)})")
+    for col in ("model", "size", "digest", "state"):
+        t.add_column(col)
+    for m in data["models"]:
+        state = "[green]ready[/]" if m["complete"] else "[yellow]incomplete (re-pulled on use)[/]"
+        t.add_row(m["name"], f"{m['size'] / 2**20:.0f} MiB", (m["digest"] or "-")[:12], state)
+    console.print(t)
+    return data
+
+
+SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, pipeline_section]
 
 
 def run(args: argparse.Namespace) -> int:

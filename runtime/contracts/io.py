@@ -6,6 +6,7 @@ leaves a half-written file behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -34,12 +35,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+@functools.cache
+def _known_version(kind: type) -> int | None:
+    return next((f.default for f in msgspec.structs.fields(kind) if f.name == "schema_version"), None)
+
+
 def _check_version(obj: T, source: str) -> T:
     # A newer writer may have changed meanings, not just added fields: refuse, don't guess.
     version = getattr(obj, "schema_version", None)
     if version is not None:
-        known = next(f.default for f in msgspec.structs.fields(type(obj)) if f.name == "schema_version")
-        if version > known:
+        known = _known_version(type(obj))
+        if known is not None and version > known:
             raise ContractError(
                 source, f"schema_version {version} is newer than this tinygpt understands ({known}); upgrade tinygpt"
             )
