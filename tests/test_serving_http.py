@@ -80,6 +80,13 @@ def test_stream_equals_non_stream_and_reports_usage(client, rt):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
 
 
+def test_streamed_logprobs_line_up_with_the_streamed_text(client):
+    chunks = list(client.chat.completions.create(model="base", messages=HELLO, max_tokens=10, logprobs=True, stream=True, seed=5))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert "".join(t.token for t in tokens) == text and all(t.logprob <= 0 for t in tokens)
+
+
 def test_non_streaming_responses_report_server_timing(client):
     raw = client.chat.completions.with_raw_response.create(model="base", messages=HELLO, max_tokens=3)
     parts = dict(p.strip().split(";dur=") for p in raw.headers["server-timing"].split(","))
