@@ -79,7 +79,8 @@ def synthetic_info(size: int = VOCAB_SIZE, seed: int = 0) -> TokenizerInfo:
         elif roll < 0.58:
             word = word + rng.choice(['"', ",", ".", ":", '",', '":'])
         elif roll < 0.6:
-            word = " " + "éüßçñ€中文"[int(rng.integers(0, 9))] + word
+            accents = "éüßçñ€中文"
+            word = " " + accents[int(rng.integers(0, len(accents)))] + word
         piece = word.encode()
         if piece not in seen:
             seen.add(piece)

@@ -151,6 +151,7 @@ class JsonTracker:
         self.scalar = False
 
     def clone(self) -> "JsonTracker":
+        """An independent copy, for trying a token without committing to it."""
         other = JsonTracker.__new__(JsonTracker)
         other.counts, other.tools, other.outside, other.tail = self.counts, self.tools, self.outside, self.tail
         other.stack = [frame[:] for frame in self.stack]
@@ -181,6 +182,7 @@ class JsonTracker:
         return self.path(len(self.stack))
 
     def feed(self, data: bytes, check: bool = False) -> bool:
+        """Consume `data`; with `check`, False as soon as it breaks a counted bound."""
         for b in data:
             if self.outside:
                 self.tail = (self.tail + bytes([b]))[-len(_MARKER) :]
@@ -287,6 +289,7 @@ class CountGuard:
         self._cache: dict[tuple, object] = {}
 
     def advance(self, token_id: int) -> None:
+        """Follow the JSON past `token_id` (already accepted by the grammar)."""
         piece = self._bytes[token_id] if token_id < len(self._bytes) else None
         if piece:
             self.tracker.feed(piece)

@@ -87,6 +87,8 @@ class Chars:
 
 @dataclass(frozen=True)
 class Node:
+    """A parsed pattern: a character set, a sequence, an alternation or a repeat."""
+
     kind: str  # "chars" | "seq" | "alt" | "repeat" | "any" (any JSON string text)
     chars: Chars | None = None
     items: tuple["Node", ...] = ()
@@ -114,6 +116,7 @@ class _Parser:
         self.text, self.pos = text, 0
 
     def parse(self) -> Node:
+        """The whole pattern as a Node; PatternError at the first unsupported feature."""
         node = self._alternation(top=True)
         if self.pos != len(self.text):
             raise PatternError(f"unbalanced ')' at offset {self.pos}")

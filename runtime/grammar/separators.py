@@ -42,6 +42,7 @@ class CallSeparator:
         self.tail = b""
 
     def advance(self, token_id: int) -> None:
+        """Remember the bytes `token_id` wrote."""
         piece = self._bytes[token_id] if token_id < len(self._bytes) else None
         if piece:
             self.tail = (self.tail + piece)[-len(_TRAILING) :]
@@ -52,6 +53,7 @@ class CallSeparator:
         return self.tail.endswith(_TRAILING)
 
     def fits(self, token_id: int) -> bool:
+        """Whether `token_id` keeps a newline between one call and the next."""
         piece = self._bytes[token_id] if token_id < len(self._bytes) else None
         return not piece or _ADJACENT not in self.tail[-len(_CLOSE) :] + piece
 
