@@ -8,10 +8,15 @@ OpenAI-compatible runtime, with a live status screen.
   3. Pipeline workers for every queue, each in its own spawned process.
   4. The runtime on http://127.0.0.1:8000/v1, recording every conversation as a
      token-preserving trajectory into the pipeline.
+  5. The specialists pinned in tinygpt.project.json, pulled from its registries,
+     verified (sha256 of every file) and loaded; then the runtime follows the pin
+     file and "published" notifications on Redis, hot-swapping new versions in
+     without a restart (requests in flight finish on the old version). A pin file
+     change that does not validate is rejected and the last good pins stay in force.
 
-Ctrl-C or SIGTERM shuts down in order: the server stops taking requests and seals
-its trajectories into the queue, workers finish their current job, the embedded
-Redis writes its AOF and exits. Queued jobs wait for the next `tinygpt up`."""
+Ctrl-C or SIGTERM shuts down in order: the watchers stop, the server stops taking
+requests and seals its trajectories into the queue, workers finish their current job,
+the embedded Redis writes its AOF and exits. Queued jobs wait for the next `tinygpt up`."""
 
 from __future__ import annotations
 

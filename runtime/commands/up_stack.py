@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -26,6 +27,10 @@ class Stack:
     embedded: object | None = None
     runtime: object | None = None
     workers: subprocess.Popen | None = None
+    # The pin file whose specialists the runtime serves and follows (None: no project).
+    project_file: Path | None = None
+    swapper: object | None = None
+    watchers: object | None = None
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -38,7 +43,8 @@ class Stack:
         if project_file is not None:
             pins = load_project(project_file)
             model, name = pins.base_model, pins.name
-        return cls(args=args, console=console, model=args.model or model, project_name=name)
+        return cls(args=args, console=console, model=args.model or model, project_name=name,
+                   project_file=project_file.resolve() if project_file else None)  # fmt: skip
 
     # ------------------------------------------------------------------ start
 
@@ -111,7 +117,33 @@ class Stack:
             self.runtime = Runtime(config, on_trajectory_flushed=flush_hook(True)).start()
         except (OSError, ValueError) as e:
             raise StartError(f"runtime: {e}") from None
+        self._start_specialists()
         self._say(f"Runtime: {self.runtime.url}/v1 (OpenAI-compatible; Ctrl-C to stop)")
+
+    def _start_specialists(self) -> None:
+        """Pull and load every pinned specialist, then follow the pin file and Redis notices.
+
+        A pin that cannot be pulled is reported and skipped: the runtime still starts,
+        and the watchers keep trying on every change and notification.
+        """
+        if self.project_file is None:
+            self._say("Specialists: no tinygpt.project.json, no pins to follow")
+            return
+        from tinygpt.runtime.registry.swap import Swapper
+        from tinygpt.runtime.registry.watch import Watchers
+
+        self.swapper = Swapper(self.runtime, self.project_file, say=self._say)
+        try:
+            report = self.swapper.sync("start")
+        except Exception as e:  # a bug here must not keep the base model from serving
+            logging.getLogger("tinygpt.up").exception("loading the pinned specialists failed")
+            self._say(f"Specialists: loading the pins failed ({type(e).__name__}: {e}); serving the base model only")
+            report = None
+        served = ", ".join(f"{n}@{v}" for n, (v, _) in sorted(self.swapper.serving().items())) or "none"
+        problems = f"; {len(report.errors)} pin(s) failed (see above)" if report and report.errors else ""
+        self._say(f"Specialists: serving {served}{problems}")
+        self.watchers = Watchers(self.swapper, redis_url=self.redis_url).start()
+        self._say(f"Specialists: watching {self.project_file} and Redis for new versions")
 
     # ------------------------------------------------------------------ watch
 
@@ -140,6 +172,7 @@ class Stack:
     def _screen(self):
         from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         from tinygpt.queue.overview import collect
 
@@ -148,6 +181,13 @@ class Stack:
         head.add_row("model", self.model)
         head.add_row("redis", self.redis_url)
         head.add_row("uptime", f"{time.time() - self.started:.0f}s")
+        if self.swapper is not None:
+            served = self.swapper.serving()
+            head.add_row("specialists", ", ".join(f"{n}@{v}" for n, (v, _) in sorted(served.items())) or "none")
+            last = self.swapper.last
+            if last is not None and (last.rejected or last.errors):
+                problem = last.rejected or "; ".join(f"{n}: {e}" for n, e in last.errors.items())
+                head.add_row(Text("pins", style="yellow"), Text(problem))
         parts = [head]
         try:
             ov = collect(limit=5)
@@ -171,6 +211,10 @@ class Stack:
         # aborts the process and leaves open trajectories unsealed.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+        if self.watchers is not None:
+            # First, so no swap starts while the runtime is going down.
+            self.watchers.stop()
+            self.watchers = None
         if self.runtime is not None:
             self._say("stopping the runtime (sealing trajectories into the queue)")
             self.runtime.stop()
