@@ -53,6 +53,8 @@ STAGES: dict[str, Stage] = {
         # A judge call can be slow, and a judge that is down should get time to come back.
         Stage("label", "tinygpt.queue.tasks.label", "data", timeout_s=3600, retries=4, backoff_s=(10, 60, 300, 900)),
         Stage("dataset", "tinygpt.queue.tasks.dataset", "data", timeout_s=3600, retries=2, backoff_s=(10, 60)),
+        # After the eval gate, on its queue: package, index, notify (seconds; retries cover a Redis blip).
+        Stage("publish", "tinygpt.queue.tasks.publish", "eval", timeout_s=600, retries=3, backoff_s=(5, 30, 120)),
     )
 }
 

@@ -12,7 +12,7 @@ import importlib
 
 from rq import get_current_job
 
-from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, IngestJob, LabelJob
+from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, IngestJob, LabelJob, PublishJob
 
 from .errors import PermanentError
 
@@ -41,3 +41,7 @@ def label(payload: LabelJob):
 
 def dataset(payload: DatasetJob):
     return _run("dataset", payload)
+
+
+def publish(payload: PublishJob):
+    return _run("publish", payload)

@@ -113,3 +113,29 @@ def test_publish_and_pull_commands(tmp_path, monkeypatch, capsys):
     (tmp_path / "tinygpt.project.json").write_text("{")
     assert pull_cmd.run(argparse.Namespace(project=str(project), timeout=5.0, json=False)) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_the_publish_stage_runs_on_the_queue(tmp_path, redis_client):
+    from rq.job import JobStatus
+
+    from tinygpt.queue import stages
+    from tinygpt.queue.worker import PipelineWorker
+
+    adapter, gate_file = candidate(tmp_path)
+    _, failing = candidate(tmp_path, seed=2, verdict="regression")
+    ok = PublishJob(specialist="mail", version="", candidate_dir=str(adapter), registry=str(tmp_path / "reg"),
+                    gate_result=str(gate_file))  # fmt: skip
+    bad = PublishJob(specialist="mail", version="", candidate_dir=str(adapter), registry=str(tmp_path / "reg"),
+                     gate_result=str(failing))  # fmt: skip
+    stages.enqueue(redis_client, "publish", ok, job_id="publish-ok")
+    stages.enqueue(redis_client, "publish", bad, job_id="publish-bad")
+    worker = PipelineWorker([stages.get_queue(redis_client, "eval")], connection=redis_client, heartbeat_s=0.5,
+                            drain=True, maintenance_interval=1)  # fmt: skip
+    worker.work(burst=True, logging_level="WARNING")
+    done = stages.fetch_job(redis_client, "publish-ok")
+    assert done.get_status() == JobStatus.FINISHED
+    assert (done.return_value().version, done.return_value().notified) == ("1", 0)
+    refused = stages.fetch_job(redis_client, "publish-bad")
+    # A gate that did not pass fails at once (no retries) with the reason.
+    assert refused.get_status() == JobStatus.FAILED and refused.retries_left == 0
+    assert "the eval gate did not pass" in refused.latest_result().exc_string

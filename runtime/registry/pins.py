@@ -70,8 +70,13 @@ def _fallback(pin: SpecialistPin, project_file: Path, error: str) -> PinOutcome:
 
 
 def pull_pins(pins: ProjectPins, project_file: Path, *, base_digest: str | None = None, timeout: float = 30.0,
-              only: set[str] | None = None) -> list[PinOutcome]:  # fmt: skip
-    """Resolve and pull every pin (or those named in `only`); see the module doc."""
+              only: set[str] | None = None, serving: dict[str, tuple[str, str]] | None = None) -> list[PinOutcome]:  # fmt: skip
+    """Resolve and pull every pin (or those named in `only`); see the module doc.
+
+    `serving` (name -> (version, digest) a runtime serves) skips the pull of a pin that
+    still resolves to exactly what is served: its weights are in memory already, and
+    re-hashing every kept package on every pin file change would be wasted work.
+    """
     project_file = Path(project_file)
     todo = [p for p in pins.specialists if only is None or p.name in only]
     if not todo:
@@ -81,6 +86,11 @@ def pull_pins(pins: ProjectPins, project_file: Path, *, base_digest: str | None 
     for pin in todo:
         try:
             r = resolve_pin(pin, registries, base_digest=base_digest)
+            if (serving or {}).get(pin.name) == (r.entry.version, r.entry.digest):
+                outcomes.append(PinOutcome(name=pin.name, wanted=describe(pin), version=r.entry.version,
+                                           digest=r.entry.digest, path=str(cached_dir(pin.name, r.entry.version)),
+                                           registry=r.source.label))  # fmt: skip
+                continue
             got = pull(r.source, r.entry, pin_sha256=pin.sha256)
         except (RegistryError, OSError) as e:
             # OSError: the cache's disk (full, read-only); the registry's own errors are RegistryErrors.
