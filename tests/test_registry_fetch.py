@@ -160,3 +160,38 @@ def test_an_index_that_is_not_an_index_is_a_clear_error(tmp_path):
         DirSource(reg).index()
     (reg / "index.json").write_text(json.dumps({"schema_version": 1, "specialists": []}))
     assert DirSource(reg).index() == RegistryIndex()
+
+
+def test_a_version_being_served_is_not_pulled_again(registry, tmp_path):
+    project = write_project(tmp_path, [{"name": "mail"}], ["reg"])
+    pins = load_project(project)
+    (first,) = pull_pins(pins, project)
+    (second,) = pull_pins(pins, project, serving={"mail": (first.version, first.digest)})
+    assert (second.version, second.digest, second.path, second.downloaded) == (first.version, first.digest, first.path, False)
+    # Nothing re-hashed it: a damaged cached copy goes unnoticed while it is only kept in memory...
+    tamper(cached_dir("mail", "10") / "README.md")
+    (kept,) = pull_pins(pins, project, serving={"mail": (first.version, first.digest)})
+    assert not kept.error
+    # ... and is replaced as soon as it has to be loaded again.
+    (fresh,) = pull_pins(pins, project)
+    assert fresh.downloaded and not fresh.error
+
+
+def test_status_shows_what_was_resolved_and_the_problems(registry, tmp_path, capsys):
+    import argparse
+
+    from rich.console import Console
+
+    from tinygpt.runtime.registry.status import section
+
+    project = write_project(tmp_path, [{"name": "mail"}, {"name": "ghost"}], ["reg"])
+    record_outcomes(project, pull_pins(load_project(project), project), project="demo")
+    state.record_project_error(project, "tinygpt.project.json: not valid JSON")
+    data = section(None, argparse.Namespace(limit=10))["specialists"]
+    (p,) = data["projects"]
+    assert p["error"] == "tinygpt.project.json: not valid JSON"
+    assert [(s["name"], (s["current"] or {}).get("version"), bool(s["error"])) for s in p["specialists"]] == [
+        ("ghost", None, True), ("mail", "10", False)]  # fmt: skip
+    section(Console(width=300), argparse.Namespace(limit=10))
+    out = capsys.readouterr().out
+    assert "rejected, the last good pins stay in force" in out and "ghost (newest) is in no registry" in out

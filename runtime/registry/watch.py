@@ -93,7 +93,9 @@ class NoticeListener(threading.Thread):
                     if message is not None and message.get("type") == "message":
                         self._handle(message["data"])
             except redis.RedisError as e:
-                log.warning("published notifications: Redis at %s: %s; retrying in %.0f s", self.url, e, self.retry_s)
+                from tinygpt.queue.connection import redact
+
+                log.warning("published notifications: Redis at %s: %s; retrying in %.0f s", redact(self.url), e, self.retry_s)
                 self._halt.wait(self.retry_s)
             finally:
                 if pubsub is not None:
