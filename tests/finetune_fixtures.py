@@ -19,8 +19,17 @@ CITIES = ["Paris", "Berlin", "London", "Naples", "Rome", "Madrid", "Vienna", "Os
 ITEMS = ["pizza", "coffee", "trains", "weather", "music", "news"]
 
 
-def task_records(n: int, seed: int = 0) -> list[dict]:
-    """`n` chat records of the synthetic tool-calling task (mlx-lm's chat/tools format)."""
+TOOLS = [
+    {"type": "function", "function": {"name": name, "description": f"Call {name}.", "parameters": {
+        "type": "object", "properties": {arg: {"type": kind}}, "required": [arg]}}}
+    for name, arg, kind in (("get_weather", "city", "string"), ("set_timer", "minutes", "integer"),
+                            ("search_web", "query", "string"))
+]  # fmt: skip
+
+
+def task_records(n: int, seed: int = 0, tools: bool = False) -> list[dict]:
+    """`n` chat records of the synthetic tool-calling task (mlx-lm's chat/tools format);
+    with `tools`, the prompt lists the three functions like a real tool-calling request."""
     rng = random.Random(seed)
     records = []
     for _ in range(n):
@@ -39,7 +48,8 @@ def task_records(n: int, seed: int = 0) -> list[dict]:
                 "messages": [
                     {"role": "user", "content": ask},
                     {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]},
-                ]
+                ],
+                **({"tools": TOOLS} if tools else {}),
             }
         )
     return records
@@ -50,7 +60,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def import_task(model_dir: Path, out: Path, n: int = 96, seed: int = 0) -> Path:
+def import_task(model_dir: Path, out: Path, n: int = 96, seed: int = 0, tools: bool = False) -> Path:
     """A dataset directory of the task, imported with the tiny model's own tokenizer."""
     from mlx_lm.utils import load_tokenizer
 
@@ -58,7 +68,7 @@ def import_task(model_dir: Path, out: Path, n: int = 96, seed: int = 0) -> Path:
     from tinygpt.workers.training.importer import import_jsonl
 
     tokenizer = load_tokenizer(model_dir, eos_token_ids=json.loads((model_dir / "config.json").read_text())["eos_token_id"])
-    src = write_jsonl(out.parent / f"{out.name}.jsonl", task_records(n, seed))
+    src = write_jsonl(out.parent / f"{out.name}.jsonl", task_records(n, seed, tools))
     import_jsonl(src, tokenizer, out, base_model=str(model_dir), base_digest=models.digest(model_dir), valid_fraction=0.2)
     return out
 

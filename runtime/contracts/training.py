@@ -21,6 +21,8 @@ TRAINING_RECORD = "training_record.json"
 Schedule = Literal["constant", "cosine", "linear"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 KLDirection = Literal["forward", "reverse"]
+TeacherApi = Literal["chat", "completions"]
+ToolChoice = Literal["auto", "required", "none"]
 
 
 class TrainingConfig(Contract):
@@ -70,8 +72,14 @@ class TrainingConfig(Contract):
     # Keep only the teacher's top-k logits per position, precomputed and cached (0: the
     # teacher stays loaded and gives full logits every step).
     distill_top_k: int = 0
-    # Sequence distillation: an OpenAI-compatible base URL (…/v1) instead of a local teacher.
+    # Sequence distillation: an OpenAI-compatible base URL (…/v1) instead of a local teacher,
+    # asked through /chat/completions (messages + tools recovered from the ChatML prompt, so
+    # the runtime applies its grammar) or /completions (the raw prompt text).
     teacher_endpoint: str | None = None
+    teacher_api: TeacherApi = "chat"
+    # tool_choice when the prompt lists tools; a local teacher then decodes under the
+    # runtime's grammar constraint for it.
+    teacher_tool_choice: ToolChoice = "auto"
     teacher_max_tokens: int = 256
     teacher_temperature: float = 0.0
     # `module:function(prompt_text, answer_text, reference_text) -> bool`; None: built-in rules.

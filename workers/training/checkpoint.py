@@ -34,6 +34,7 @@ class LoopState(msgspec.Struct, kw_only=True):
     last_val: float | None = None
     evals_since_best: int = 0
     trained_tokens: int = 0
+    input_tokens: int = 0
     train_time: float = 0.0
     last_train_loss: float | None = None
     stopped_early: bool = False

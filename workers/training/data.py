@@ -137,7 +137,13 @@ class Batch:
 
     @property
     def tokens(self) -> int:
+        """Trained (masked-in) targets."""
         return int(self.mask.sum())
+
+    @property
+    def input_tokens(self) -> int:
+        """Real (non-padding) positions fed to the model."""
+        return sum(n - 1 for placed in self.placements for _, _, n in placed)
 
 
 def _padded_length(n: int, cap: int) -> int:

@@ -139,11 +139,13 @@ def run_loop(
             reporter.val(0, state.initial_val)
         stream = train.stream(skip=state.step * accum)
         window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
+        window_inputs = state.input_tokens
         while state.step < cfg.steps:
             tic = time.perf_counter()
             grad, step_loss, step_tokens = None, 0.0, 0
             for j in range(accum):
                 batch = next(stream)
+                state.input_tokens += batch.input_tokens
                 callbacks.on_batch(state.step + 1, batch)
                 arrays = objective.arrays(batch)
                 mx.random.seed(_random_key(seed, state.step * accum + j))
@@ -176,12 +178,15 @@ def run_loop(
                         "kind": "train",
                         "train_loss": window_loss / window_steps,
                         "learning_rate": optimizer.learning_rate.item(),
+                        "steps_per_second": window_steps / max(window_time, 1e-9),
                         "tokens_per_second": tps,
+                        "input_tokens_per_second": (state.input_tokens - window_inputs) / max(window_time, 1e-9),
                         "trained_tokens": state.trained_tokens,
                         "peak_memory_gb": mx.get_peak_memory() / 1e9,
                     }
                 )
                 window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
+                window_inputs = state.input_tokens
 
             due = cfg.eval_every and state.step % cfg.eval_every == 0
             if val and (due or state.step == cfg.steps):

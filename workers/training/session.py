@@ -71,13 +71,16 @@ def _teacher_rows(ctx, tokenizer, rows: list[DatasetRow]) -> tuple[list[DatasetR
     if cfg.teacher_endpoint:
         eos_text = tokenizer.decode([tokenizer.eos_token_id])
         teacher = EndpointTeacher(
-            cfg.teacher_endpoint, job.teacher_model or "default", cfg.teacher_temperature, cfg.teacher_max_tokens, [eos_text]
-        )
+            cfg.teacher_endpoint, job.teacher_model or "default", cfg.teacher_temperature, cfg.teacher_max_tokens,
+            [eos_text], api=cfg.teacher_api, tool_choice=cfg.teacher_tool_choice,
+        )  # fmt: skip
         say(f"teacher: {cfg.teacher_endpoint} answers {len(prompts)} prompts")
     else:
         model, teacher_tokenizer = models.load(ctx["teacher_path"])
         same = models.tokenizer_fingerprint(tokenizer) == models.tokenizer_fingerprint(teacher_tokenizer)
-        teacher = LocalTeacher(model, teacher_tokenizer, same, cfg.teacher_temperature, cfg.teacher_max_tokens)
+        teacher = LocalTeacher(
+            model, teacher_tokenizer, same, cfg.teacher_temperature, cfg.teacher_max_tokens, cfg.teacher_tool_choice
+        )
         say(f"teacher: {job.teacher_model} answers {len(prompts)} prompts")
     new_rows, stats = teacher_rows(prompts, teacher, tokenizer, load_accept(cfg.teacher_accept), say)
     del teacher
@@ -92,7 +95,8 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
     """Everything between "inputs are valid, the lock is ours" and "the output exists"."""
     import mlx.core as mx
 
-    ctx = locals()
+    # What the objective builders need from this run.
+    ctx = dict(cfg=cfg, job=job, dataset=dataset, work=work, say=say, teacher_path=teacher_path, teacher_digest=teacher_digest)
     started = time.time()
     method = job.method
     trained_path, trained_digest = base_path, base_digest
@@ -162,6 +166,8 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
         "steps": float(state.step),
         "trained_tokens": float(state.trained_tokens),
         "tokens_per_second": state.trained_tokens / max(state.train_time, 1e-9),
+        "input_tokens": float(state.input_tokens),
+        "input_tokens_per_second": state.input_tokens / max(state.train_time, 1e-9),
         "peak_memory_gb": result.peak_memory_gb,
         **extra,
     }
