@@ -1,0 +1,184 @@
+"""From dataset to served specialist: train, gate against the base model, publish, swap in.
+
+Training and the gate run in spawned processes (`tinygpt train`, the eval gate's
+`evaluate_gate`): both load MLX models of their own, and the runtime's model thread in
+the demo process must stay the only thread of it that touches MLX. The gate's suite is
+built from held-out tasks the collection never saw: each row is a task's first request,
+scored on the first tool call (right function, right arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tinygpt.runtime.contracts.base import Contract
+
+from .fs import TOOLS
+from .tasks import SYSTEM_PROMPT, Task
+
+GATE_SUITE = "fileops-first-call"
+GATE_ENTRY = "import sys; from tinygpt.runtime.demo.specialist import gate_main; sys.exit(gate_main(sys.argv[1:]))"
+
+
+class TrainSettings(Contract):
+    steps: int = 60
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    # Adapting only the top blocks keeps the backward pass short on a CPU.
+    num_layers: int = 16
+    lora_rank: int = 8
+    seed: int = 0
+
+
+class Trained(Contract):
+    adapter_dir: str
+    command: list[str]
+    steps_done: int
+    best_step: int
+    metrics: dict[str, float]
+    seconds: float
+
+
+class GateOutcome(Contract):
+    """The eval gate's verdict on the candidate against the base model."""
+
+    verdict: str
+    candidate: float
+    baseline: float | None
+    delta: float | None
+    n: int
+    result_file: str
+    message: str = ""
+
+
+def train_command(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings) -> list[str]:
+    """The `tinygpt train` command line the demo runs (printed, so it can be rerun by hand)."""
+    return [
+        sys.executable, "-m", "tinygpt.runtime.cli", "train", "--model", model, "--data", str(dataset_dir),
+        "--out", str(out), "--name", name, "--no-progress", "--seed", str(s.seed), "--steps", str(s.steps),
+        "--batch-size", str(s.batch_size), "--learning-rate", str(s.learning_rate), "--num-layers", str(s.num_layers),
+        "--lora-rank", str(s.lora_rank), "--warmup-steps", str(max(1, s.steps // 10)),
+        "--eval-every", str(max(1, s.steps // 3)), "--checkpoint-every", str(max(1, s.steps // 3)),
+        "--report-every", str(max(1, s.steps // 6)),
+    ]  # fmt: skip
+
+
+def train(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings) -> Trained:
+    """Run `tinygpt train` in its own process and read back its training record."""
+    import time
+
+    from tinygpt.runtime.contracts.io import read_json
+    from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingRecord
+
+    cmd = train_command(model, dataset_dir, out, name, s)
+    started = time.perf_counter()
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training failed (exit {done.returncode}); its error is printed above")
+    record = read_json(out / TRAINING_RECORD, TrainingRecord)
+    return Trained(
+        adapter_dir=str(out), command=cmd, steps_done=record.steps_done, best_step=record.best_step,
+        metrics=dict(record.metrics), seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def _acceptable_paths(path: str, *, folder_ok: bool = False) -> list[str]:
+    # The sandbox reads "docs/a.txt" as "/docs/a.txt", and `mv` semantics accept the folder.
+    options = [path, path.lstrip("/")]
+    if folder_ok:
+        folder = path.rsplit("/", 1)[0]
+        options += [folder, folder.lstrip("/")]
+    return options
+
+
+def gate_row(task: Task) -> dict[str, Any]:
+    """One eval-gate row: the task's first request and its acceptable first calls."""
+    first = task.solution[0]
+    expected: dict[str, Any] = {}
+    for key, value in first.arguments.items():
+        if key in ("path", "source"):
+            expected[key] = _acceptable_paths(value)
+        elif key == "destination":
+            expected[key] = _acceptable_paths(value, folder_ok=task.kind == "move")
+        else:
+            expected[key] = [value]
+    return {
+        "id": task.id,
+        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": task.prompt}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "expected": [{"name": first.name, "arguments": expected}],
+        "metadata": {"kind": task.kind},
+    }
+
+
+def write_gate_project(work: Path, model: str, tasks: list[Task], project: str) -> Path:
+    """A project file in `work` whose one suite is the held-out gate tasks; returns its path."""
+    from tinygpt.runtime.contracts.evals import EvalSuite
+    from tinygpt.runtime.contracts.io import write_json
+    from tinygpt.runtime.contracts.project import GateSettings, ProjectPins
+
+    data = work / "gate.jsonl"
+    data.write_text("".join(json.dumps(gate_row(t)) + "\n" for t in tasks))
+    pins = ProjectPins(
+        name=project,
+        base_model=model,
+        registries=[],
+        # Greedy, one pass: the same decoding the agent uses on held-out tasks. A candidate
+        # may not be worse than the base model at all (threshold 0).
+        eval_suites=[EvalSuite(name=GATE_SUITE, kind="tool_call", data=data.name, threshold=0.0, max_tokens=96)],
+        gate=GateSettings(baseline="base", cache=False),
+    )
+    path = work / "tinygpt.project.json"
+    write_json(path, pins)
+    return path
+
+
+def gate(project_file: Path, adapter_dir: Path, name: str, out: Path) -> GateOutcome:
+    """Run the eval gate in its own process: the candidate adapter against the base model."""
+    cmd = [sys.executable, "-c", GATE_ENTRY, str(project_file), str(adapter_dir), name, str(out)]
+    done = subprocess.run(cmd, check=False)
+    if not out.is_file():
+        raise RuntimeError(f"the eval gate wrote no result (exit {done.returncode}); its error is printed above")
+    from tinygpt.runtime.contracts.evals import GateResult
+    from tinygpt.runtime.contracts.io import read_json
+
+    result = read_json(out, GateResult)
+    verdict = next((v for v in result.suites if v.suite == GATE_SUITE), None)
+    report = result.candidate.suite(GATE_SUITE)
+    return GateOutcome(
+        verdict=result.verdict,
+        candidate=verdict.candidate if verdict else float("nan"),
+        baseline=verdict.baseline if verdict else None,
+        delta=verdict.delta if verdict else None,
+        n=report.n if report else 0,
+        result_file=str(out),
+        message=result.message or (verdict.reason if verdict else ""),
+    )
+
+
+def gate_main(argv: list[str]) -> int:
+    """Entry point of the gate process: PROJECT_FILE ADAPTER_DIR NAME OUT."""
+    import logging
+
+    import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
+    from tinygpt.workers.evalgate import GateInputError, error_result, evaluate_gate
+
+    logging.basicConfig(level=logging.WARNING)
+    project_file, adapter_dir, name, out = Path(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
+    try:
+        result = evaluate_gate(project_file, candidate=adapter_dir, specialist=name, baseline="base", use_cache=False, out=out)
+    except GateInputError as e:
+        from tinygpt.runtime.contracts.io import write_json
+
+        write_json(out, error_result(str(e)))
+        return 2
+    return 0 if result.verdict == "pass" else 1

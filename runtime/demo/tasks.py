@@ -1,0 +1,231 @@
+"""Varied file-operation tasks with a checker that knows what the right outcome is.
+
+`generate(n, seed, split)` builds tasks: a small random workspace (a `FakeFS`), an
+instruction in one of several phrasings, a reference solution (the calls a good agent
+makes) and the files the workspace must hold afterwards. Train and held-out tasks draw
+folder names, file names, words and texts from disjoint pools, so a specialist that does
+better on held-out tasks learned the skill, not the names.
+
+`check(task, fs, calls, finished)` decides whether an agent's run achieved the goal: the
+workspace ends exactly as expected (nothing else touched), no call failed, and the agent
+stopped on its own with an answer. It also says whether the first call was the right
+function with the right arguments, the per-call view of the same question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import random
+from typing import Any, Literal
+
+from tinygpt.runtime.contracts.base import Contract
+
+from .fs import FakeFS, ToolError, execute, normalize
+
+Split = Literal["train", "test"]
+Kind = Literal["delete", "move", "rename", "write", "copy", "find_delete"]
+KINDS: tuple[Kind, ...] = ("delete", "move", "rename", "write", "copy", "find_delete")
+# Single-call tasks dominate: a 135M model solves some of them from the start, which is
+# what rejection sampling needs; the two-call kinds show whether multi-turn use improves.
+DEFAULT_MIX: dict[Kind, float] = {"delete": 1.0, "move": 1.0, "rename": 1.0, "write": 1.0, "copy": 0.5, "find_delete": 0.5}
+
+SYSTEM_PROMPT = (
+    "You are a file assistant working in a sandboxed workspace. Use the tools to do exactly "
+    "what the user asks, one call at a time. When the task is done, reply with one short sentence."
+)
+
+
+class Call(Contract):
+    name: str
+    arguments: dict[str, Any]
+
+
+class Task(Contract):
+    """One task: the starting workspace, the instruction, and what must hold afterwards."""
+
+    id: str
+    kind: Kind
+    split: Split
+    prompt: str
+    files: dict[str, str]
+    # The workspace's files once the task is done (path -> text).
+    expected: dict[str, str]
+    # A reference solution: executing it on `files` yields `expected`.
+    solution: list[Call]
+
+    def workspace(self) -> FakeFS:
+        return FakeFS(self.files)
+
+
+class Outcome(Contract):
+    """What the checker found about one agent run on one task."""
+
+    task_id: str
+    kind: Kind
+    success: bool
+    state_ok: bool
+    first_call_ok: bool
+    finished: bool
+    calls: int = 0
+    failed_calls: int = 0
+    reason: str = ""
+
+
+_POOLS: dict[Split, dict[str, list[str]]] = {
+    "train": {
+        "dirs": ["docs", "notes", "drafts", "reports", "photos", "music", "projects", "backup", "archive", "work"],
+        "stems": ["todo", "budget", "resume", "plan", "ideas", "summary", "minutes", "draft", "letter", "report",
+                  "schedule", "contacts", "goals", "diary", "checklist", "outline"],
+        "exts": [".txt", ".md", ".csv"],
+        "words": ["pineapple", "volcano", "saxophone", "glacier", "lantern", "falcon", "meadow", "harbor"],
+        "texts": ["Call the bank on Friday.", "Buy milk, eggs and bread.", "Q3 numbers look good.",
+                  "Remember to water the plants.", "Meeting moved to 3pm.", "Book flights for May.",
+                  "Draft the intro section.", "Pay the electricity bill."],
+    },
+    "test": {
+        "dirs": ["invoices", "recipes", "letters", "scripts", "videos", "research", "old", "shared"],
+        "stems": ["agenda", "travel", "inventory", "poem", "receipts", "notes2024", "memo", "quotes",
+                  "packing", "playlist", "grades", "menu"],
+        "exts": [".txt", ".md", ".log"],
+        "words": ["cactus", "trombone", "avalanche", "compass", "orchid", "walrus"],
+        "texts": ["Renew the passport.", "Soup needs more salt.", "Server restarted at noon.",
+                  "Ship the parcel on Monday.", "Tickets are on the fridge.", "Lunch with Sam at one."],
+    },
+}
+
+_PHRASES: dict[Kind, list[str]] = {
+    "delete": ["Delete {path}.", "Please remove the file {path}.", "Get rid of {path}, I don't need it anymore."],
+    "move": ["Move {path} into the folder /{dir}.", "Put {path} in /{dir}.", "Please move the file {path} to the /{dir} folder."],
+    "rename": ["Rename {path} to {new}.", "Rename {path} to {dst}.", "Please rename the file {path} so it is called {new}."],
+    "write": ['Create the file {path} with the text "{text}"', 'Write "{text}" into a new file {path}',
+              'Make a file {path} that says "{text}"'],
+    "copy": ["Copy {path} to {dst}.", "Make a copy of {path} at {dst}.", "Duplicate the file {path} as {dst}."],
+    "find_delete": ['One file mentions the word "{word}". Find it and delete it.',
+                    'Delete the file that contains the word "{word}".',
+                    'Search for the file mentioning "{word}" and remove it.'],
+}
+
+
+def _workspace(rng: random.Random, pool: dict[str, list[str]], n_files: int) -> dict[str, str]:
+    dirs = rng.sample(pool["dirs"], 3)
+    files: dict[str, str] = {}
+    while len(files) < n_files:
+        path = f"/{rng.choice(dirs)}/{rng.choice(pool['stems'])}{rng.choice(pool['exts'])}"
+        files.setdefault(path, rng.choice(pool["texts"]))
+    return files
+
+
+def _make(rng: random.Random, kind: Kind, pool: dict[str, list[str]]) -> tuple[str, dict[str, str], list[Call]]:
+    """(prompt, starting files, reference solution) of one task of `kind`."""
+    files = _workspace(rng, pool, rng.randint(3, 5))
+    path = rng.choice(sorted(files))
+    used_dirs = {posixpath.dirname(p).lstrip("/") for p in files}
+    phrase = rng.choice(_PHRASES[kind])
+
+    def fresh_name() -> str:
+        for _ in range(100):
+            name = f"{rng.choice(pool['stems'])}{rng.choice(pool['exts'])}"
+            if posixpath.join(posixpath.dirname(path), name) not in files:
+                return name
+        raise RuntimeError("no fresh file name left in the pool")
+
+    if kind == "delete":
+        return phrase.format(path=path), files, [Call(name="delete_file", arguments={"path": path})]
+    if kind == "move":
+        target = rng.choice([d for d in pool["dirs"] if f"/{d}" != posixpath.dirname(path)])
+        dst = f"/{target}/{posixpath.basename(path)}"
+        files = {p: t for p, t in files.items() if p != dst}
+        return phrase.format(path=path, dir=target), files, [Call(name="move_file", arguments={"source": path, "destination": dst})]
+    if kind == "rename":
+        new = fresh_name()
+        dst = posixpath.join(posixpath.dirname(path), new)
+        return phrase.format(path=path, new=new, dst=dst), files, [Call(name="move_file", arguments={"source": path, "destination": dst})]
+    if kind == "write":
+        new = f"/{rng.choice(sorted(used_dirs))}/{fresh_name()}"
+        while new in files:
+            new = f"/{rng.choice(sorted(used_dirs))}/{fresh_name()}"
+        text = rng.choice(pool["texts"])
+        return phrase.format(path=new, text=text), files, [Call(name="write_file", arguments={"path": new, "content": text})]
+    if kind == "copy":
+        dst = f"/{rng.choice(pool['dirs'])}/{fresh_name()}"
+        while dst in files:
+            dst = f"/{rng.choice(pool['dirs'])}/{fresh_name()}"
+        solution = [Call(name="read_file", arguments={"path": path}),
+                    Call(name="write_file", arguments={"path": dst, "content": files[path]})]  # fmt: skip
+        return phrase.format(path=path, dst=dst), files, solution
+    # find_delete: exactly one file holds the word.
+    word = rng.choice(pool["words"])
+    files[path] = f"{files[path]} Note: {word}."
+    solution = [Call(name="search", arguments={"query": word}), Call(name="delete_file", arguments={"path": path})]
+    return phrase.format(word=word), files, solution
+
+
+def generate(n: int, seed: int, split: Split = "train", mix: dict[Kind, float] | None = None) -> list[Task]:
+    """`n` tasks, the same for the same (n, seed, split, mix); kinds drawn by `mix` weights."""
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    mix = mix or DEFAULT_MIX
+    unknown = set(mix) - set(KINDS)
+    if unknown or not any(w > 0 for w in mix.values()):
+        raise ValueError(f"mix needs positive weights for kinds among {', '.join(KINDS)}; got {mix}")
+    rng = random.Random(f"{split}:{seed}")
+    kinds = [k for k in KINDS if mix.get(k, 0) > 0]
+    weights = [mix[k] for k in kinds]
+    tasks = []
+    for i in range(n):
+        # Cycle through the kinds first so even a handful of tasks covers each of them.
+        kind = kinds[i] if i < len(kinds) else rng.choices(kinds, weights)[0]
+        prompt, files, solution = _make(rng, kind, _POOLS[split])
+        fs = FakeFS(files)
+        for call in solution:
+            result = execute(fs, call.name, call.arguments)
+            if not result["ok"]:  # a generator bug, never a property of the model
+                raise AssertionError(f"reference solution fails on {kind}: {result['error']}")
+        digest = hashlib.sha256(json.dumps([prompt, files], sort_keys=True).encode()).hexdigest()[:8]
+        tasks.append(Task(id=f"{split}-{seed}-{i}-{digest}", kind=kind, split=split, prompt=prompt,
+                          files=files, expected=fs.snapshot(), solution=solution))  # fmt: skip
+    return tasks
+
+
+def _same_call(got_name: str, got_args: str | dict[str, Any], want: Call) -> bool:
+    """Right function and arguments that mean the same (paths normalized, text stripped)."""
+    if got_name != want.name:
+        return False
+    try:
+        args = json.loads(got_args) if isinstance(got_args, str) else got_args
+    except ValueError:
+        return False
+    if not isinstance(args, dict) or set(args) != set(want.arguments):
+        return False
+    for key, value in want.arguments.items():
+        given = args[key]
+        try:
+            if key in ("path", "source", "destination"):
+                if normalize(given) != normalize(value):
+                    return False
+            elif not isinstance(given, str) or given.strip().lower() != str(value).strip().lower():
+                return False
+        except ToolError:
+            return False
+    return True
+
+
+def check(task: Task, fs: FakeFS, calls: list[tuple[str, str]], results: list[dict[str, Any]], finished: bool) -> Outcome:
+    """Judge one run: `calls` made in order (name, JSON arguments), their `results`, and
+    whether the agent ended with an answer of its own (not the turn limit)."""
+    state_ok = fs.snapshot() == dict(sorted(task.expected.items()))
+    failed = sum(1 for r in results if not r.get("ok"))
+    first_ok = bool(calls) and _same_call(calls[0][0], calls[0][1], task.solution[0])
+    reasons = []
+    if not state_ok:
+        reasons.append("workspace differs from the goal")
+    if failed:
+        reasons.append(f"{failed} failed call(s)")
+    if not finished:
+        reasons.append("no final answer within the turn limit")
+    return Outcome(
+        task_id=task.id, kind=task.kind, success=not reasons, state_ok=state_ok, first_call_ok=first_ok,
+        finished=finished, calls=len(calls), failed_calls=failed, reason="; ".join(reasons),
+    )  # fmt: skip
