@@ -131,3 +131,25 @@ def test_rollback_goes_back_one_version_at_a_time(tiny_model_dir, tmp_path, proj
         assert rollback.run(argparse.Namespace(name="mail", to="3", project=str(project), timeout=5.0)) == 0
         wait_until(lambda: serving(swapper) == "3", "--to 3 swapped 3 back in")
         assert rollback.run(argparse.Namespace(name="sql", to=None, project=str(project), timeout=5.0)) == 2
+
+
+def test_after_redis_comes_back_the_listener_catches_up_on_what_it_missed(tiny_model_dir, tmp_path, project, adapters):
+    from tinygpt.queue.embedded import EmbeddedRedis
+    from tinygpt.runtime.registry.watch import NoticeListener
+
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    with following(tiny_model_dir, tmp_path, project, watch=False) as (rt, swapper):
+        listener = NoticeListener(swapper, server.url, retry_s=0.2)
+        listener.start()
+        try:
+            assert listener.ready.wait(60)
+            server.stop()
+            # Published while Redis is down: no notice can reach the runtime.
+            publish_version(tmp_path / "reg", "2", adapters[1], tiny_model_dir)
+            server = EmbeddedRedis(tmp_path / "redis").start()
+            wait_until(lambda: serving(swapper) == "2", "the resubscribed listener synced and swapped mail@2 in")
+            assert listener.subscriptions >= 2
+        finally:
+            listener.stop()
+            listener.join(30)
+            server.stop()

@@ -42,21 +42,27 @@ class PinFileWatcher(threading.Thread):
     def run(self) -> None:
         from watchfiles import watch
 
-        # A change between the start-up sync and the first event must not be lost: the
-        # watch is running before `ready` is set, and the swapper syncs on demand anyway.
-        gen = watch(self.file.parent, watch_filter=self._is_pin_file, recursive=False, debounce=self.debounce_ms,
-                    step=50, stop_event=self._halt, rust_timeout=500, yield_on_timeout=True,
-                    raise_interrupt=False)  # fmt: skip
-        for changes in gen:
-            self.ready.set()
-            if self._halt.is_set():
-                break
-            if not changes:
-                continue
+        while not self._halt.is_set():
             try:
-                self.swapper.sync("pin file changed")
-            except Exception:  # a watcher that dies silently would stop all swaps
-                log.exception("syncing after a pin file change failed; still watching")
+                # `ready` is set on the first (timeout) yield: the watch is running by then.
+                gen = watch(self.file.parent, watch_filter=self._is_pin_file, recursive=False,
+                            debounce=self.debounce_ms, step=50, stop_event=self._halt, rust_timeout=500,
+                            yield_on_timeout=True, raise_interrupt=False)  # fmt: skip
+                for changes in gen:
+                    self.ready.set()
+                    if changes and not self._halt.is_set():
+                        self._sync()
+            except Exception:  # e.g. the folder went away: say so, and watch again shortly
+                log.exception("watching %s failed; retrying", self.file)
+                self._halt.wait(2.0)
+            else:
+                return
+
+    def _sync(self) -> None:
+        try:
+            self.swapper.sync("pin file changed")
+        except Exception:  # a watcher that dies silently would stop all swaps
+            log.exception("syncing after a pin file change failed; still watching")
 
     def stop(self) -> None:
         self._halt.set()
@@ -86,7 +92,7 @@ class NoticeListener(threading.Thread):
                 self.subscriptions += 1
                 if self.subscriptions > 1:
                     # Notices published while we were away are gone: look for ourselves.
-                    self.swapper.sync("resubscribed to published notifications")
+                    self._resync()
                 self.ready.set()
                 while not self._halt.is_set():
                     message = pubsub.get_message(timeout=0.5)
@@ -102,6 +108,12 @@ class NoticeListener(threading.Thread):
                     pubsub.close()
                 if conn is not None:
                     conn.close()
+
+    def _resync(self) -> None:
+        try:
+            self.swapper.sync("resubscribed to published notifications")
+        except Exception:  # keep listening whatever the sync did
+            log.exception("syncing after resubscribing failed; still listening")
 
     def _handle(self, data: bytes) -> None:
         try:
