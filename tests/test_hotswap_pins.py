@@ -153,3 +153,19 @@ def test_after_redis_comes_back_the_listener_catches_up_on_what_it_missed(tiny_m
             listener.stop()
             listener.join(30)
             server.stop()
+
+
+def test_a_registry_that_goes_down_leaves_the_last_good_version_serving_even_after_a_restart(
+    tiny_model_dir, tmp_path, project, adapters
+):
+    with http_registry(tmp_path / "reg") as url:
+        write_project(tmp_path, [{"name": "mail"}], [url])
+        with following(tiny_model_dir, tmp_path, project, watch=False) as (rt, swapper):
+            assert serving(swapper) == "1"
+    # The registry is gone now (its server stopped), and the runtime starts again.
+    with following(tiny_model_dir, tmp_path, project, watch=False) as (rt, swapper):
+        assert serving(swapper) == "1" and ask(rt)[1] == "mail@1"
+        error = swapper.last.errors["mail"]
+        assert f"registry {url} is unreachable" in error
+        assert any("serving the last good mail@1" in m for m in swapper.messages)
+        assert "unreachable" in state.project_state(project).specialist("mail").error
