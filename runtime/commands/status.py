@@ -153,7 +153,14 @@ def machine_section(console, args: argparse.Namespace) -> dict:
     return data
 
 
-SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, pipeline_section]
+def specialists_section(console, args: argparse.Namespace) -> dict:
+    """What the pins resolved to (pins.lock.json): no MLX, no Redis."""
+    from tinygpt.runtime.registry.status import section
+
+    return section(console, args)
+
+
+SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, specialists_section, pipeline_section]
 
 
 def run(args: argparse.Namespace) -> int:

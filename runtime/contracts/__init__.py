@@ -11,7 +11,7 @@ from .evals import EvalReport, EvalSuite, GateResult
 from .io import atomic_write_bytes, decode_json, decode_msgpack, read_any, read_json, to_msgpack, write_json
 from .jobs import JOB_KINDS
 from .project import PROJECT_FILE, ProjectPins, SpecialistPin
-from .specialist import RegistryIndex, SpecialistLock, SpecialistManifest
+from .specialist import PinsLock, PublishedNotice, RegistryIndex, SpecialistLock, SpecialistManifest
 from .trajectory import Feedback, Step, Trajectory
 
 KINDS: dict[str, type[Contract]] = {
@@ -24,6 +24,8 @@ KINDS: dict[str, type[Contract]] = {
     "specialist-manifest": SpecialistManifest,
     "specialist-lock": SpecialistLock,
     "registry-index": RegistryIndex,
+    "pins-lock": PinsLock,
+    "published-notice": PublishedNotice,
     "eval-suite": EvalSuite,
     "eval-report": EvalReport,
     "gate-result": GateResult,
