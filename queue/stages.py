@@ -54,6 +54,10 @@ STAGES: dict[str, Stage] = {
         Stage("label", "tinygpt.queue.tasks.label", "data", timeout_s=3600, retries=4, backoff_s=(10, 60, 300, 900)),
         Stage("dataset", "tinygpt.queue.tasks.dataset", "data", timeout_s=3600, retries=2, backoff_s=(10, 60)),
         # After the eval gate, on its queue: package, index, notify (seconds; retries cover a Redis blip).
+        # Training holds the machine for hours; a retry only helps after a crash (a killed
+        # worker), never after bad input, which fails permanently (TrainingError).
+        Stage("finetune", "tinygpt.queue.tasks.finetune", "train", timeout_s=12 * 3600, retries=1, backoff_s=(60,)),
+        Stage("eval", "tinygpt.queue.tasks.evalgate", "eval", timeout_s=7200, retries=1, backoff_s=(60,)),
         Stage("publish", "tinygpt.queue.tasks.publish", "eval", timeout_s=600, retries=3, backoff_s=(5, 30, 120)),
     )
 }

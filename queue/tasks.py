@@ -12,7 +12,7 @@ import importlib
 
 from rq import get_current_job
 
-from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, IngestJob, LabelJob, PublishJob
+from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, EvalJob, FinetuneJob, IngestJob, LabelJob, PublishJob
 
 from .errors import PermanentError
 
@@ -41,6 +41,23 @@ def label(payload: LabelJob):
 
 def dataset(payload: DatasetJob):
     return _run("dataset", payload)
+
+
+def finetune(payload: FinetuneJob):
+    """Train on the `train` queue. Bad input (TrainingError) fails at once, no retries."""
+    from tinygpt.workers import finetune as stage
+    from tinygpt.workers.training.errors import TrainingError
+
+    job = get_current_job()
+    try:
+        return stage.run(payload)
+    except TrainingError:
+        job.retries_left = 0
+        raise
+
+
+def evalgate(payload: EvalJob):
+    return _run("evalgate", payload)
 
 
 def publish(payload: PublishJob):

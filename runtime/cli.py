@@ -37,6 +37,7 @@ register("train", "train", "fine-tune a specialist (LoRA, DoRA, QLoRA, distillat
 register("publish", "publish", "publish a specialist into a registry (package, index, notify runtimes)")
 register("pull", "pull", "pull the pinned specialists: resolve, download, verify sha256, record")
 register("rollback", "rollback", "go back to the previous version of a pinned specialist")
+register("build", "build", "enqueue a specialist build: (dataset ▶) finetune ▶ eval gate ▶ publish")
 register("eval-gate", "eval_gate", "gate a specialist on the project's eval suites (exit 0 pass, 1 regression, 2 bad input)")
 register("models", "models", "pull, list and inspect MLX models in the cache")
 register("generate", "generate", "generate text from a cached model (a quick check)")
