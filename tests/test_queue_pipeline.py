@@ -87,8 +87,9 @@ def test_transient_failures_retry_with_backoff_then_succeed(redis_client):
     drain(redis_client)
     assert job.get_status(refresh=True) == JobStatus.FINISHED and job.return_value() == 3
     at = [float(x) for x in redis_client.lrange("flaky:a:at", 0, -1)]
-    # The scheduled registry counts whole seconds, so a wait may be up to 1 s shorter.
-    assert at[1] > at[0] and at[2] - at[1] >= 1.0  # the backoff was waited out
+    # The scheduled registry counts whole seconds, so the 2 s wait may come out up to
+    # ~1.5 s shorter on a loaded machine; an immediate retry takes milliseconds.
+    assert at[1] > at[0] and at[2] - at[1] >= 0.4  # the backoff was waited out
 
 
 def test_dead_letters_keep_the_reason_and_can_be_retried_or_dropped(redis_client):
