@@ -92,7 +92,12 @@ def test_demo_command_runs_the_loop_end_to_end(tiny_model_dir, tmp_path, redis_u
     assert summary["gate"]["verdict"] == "pass" and summary["gate"]["n"] == 2
     assert (work / "gate-result.json").is_file()
     published = summary["published"]["model"]
-    assert published.startswith("fileops@")
+    assert published == "fileops@1" and summary["published"]["via"].startswith("pin + registry pull")
+    # Published as a package (lock written last) and pinned to exactly that lock digest.
+    package = work / "specialists" / "fileops" / "1"
+    assert (package / "lock.json").is_file() and (package / "README.md").is_file()
+    pins = json.loads((work / "tinygpt.project.json").read_text())["specialists"]
+    assert pins == [{"name": "fileops", "version": "1", "sha256": summary["published"]["digest"]}]
     # The held-out runs after the swap were answered by the specialist, in the same runtime.
     assert summary["before"]["served_by"] == tiny_model_dir.name and summary["after"]["served_by"] == published
     assert summary["before"]["n"] == summary["after"]["n"] == 2

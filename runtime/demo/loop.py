@@ -33,7 +33,7 @@ from tinygpt.runtime.contracts.base import Contract
 from . import report, tasks
 from .agent import AgentConfig, Episode, make_client, run_many
 from .pipeline import PipelineError, run_pipeline, trajectory_file
-from .specialist import TrainSettings, gate, train, write_gate_project
+from .specialist import TrainSettings, gate, publish, train, write_gate_project
 
 log = logging.getLogger("tinygpt.demo")
 
@@ -77,7 +77,8 @@ class Served:
     base_name: str
     trajectories_dir: Path
     seal: Callable[[], None]
-    load: Callable[[str, str], dict[str, Any]]
+    # (project file, name, published version, its package dir) -> what the swap did.
+    swap: Callable[[Path, str, str, str], dict[str, Any]]
 
 
 @contextlib.contextmanager
@@ -94,14 +95,19 @@ def local_runtime(cfg: DemoConfig, work: Path, project: str) -> Iterator[Served]
     # No queue hook: the demo puts the collection files on the pipeline itself, so eval
     # sessions (recorded too) never reach a training set.
     rt = Runtime(config).start()
+
+    def swap(project_file: Path, name: str, version: str, package: str) -> dict[str, Any]:
+        # What `tinygpt up` does when a pin changes: pull from the registry, verify, hot-swap.
+        from tinygpt.runtime.registry.swap import Swapper
+
+        report = Swapper(rt, project_file, say=log.info).sync("demo: published")
+        if name in report.errors or f"{name}@{version}" not in report.loaded + report.kept:
+            raise DemoError(f"the runtime did not swap in {name}@{version}: {report.errors.get(name, 'not loaded')}")
+        return {"via": "pin + registry pull + hot swap (Swapper)", "swap_seconds": report.swap_seconds.get(f"{name}@{version}")}
+
     try:
-        yield Served(
-            url=rt.url,
-            base_name=rt.registry.base_name,
-            trajectories_dir=traj,
-            seal=lambda: rt.recorder.seal_all().result(),
-            load=lambda name, path: rt.load_adapter(name, path),
-        )
+        yield Served(url=rt.url, base_name=rt.registry.base_name, trajectories_dir=traj,
+                     seal=lambda: rt.recorder.seal_all().result(), swap=swap)  # fmt: skip
     finally:
         rt.stop()
 
@@ -127,16 +133,13 @@ def remote_runtime(cfg: DemoConfig) -> Iterator[Served]:
     if base is None:
         raise DemoError(f"{root}/v1/models lists no base model")
 
-    def load(name: str, path: str) -> dict[str, Any]:
-        return _http_json(f"{root}/admin/adapters", key=cfg.admin_key or cfg.api_key, body={"name": name, "path": path})
+    def swap(project_file: Path, name: str, version: str, package: str) -> dict[str, Any]:
+        # That runtime follows its own project's pins; load the published package directly.
+        body = {"name": name, "path": package, "version": version}
+        result = _http_json(f"{root}/admin/adapters", key=cfg.admin_key or cfg.api_key, body=body)
+        return {"via": "POST /admin/adapters (hot swap)", "swap_seconds": result.get("seconds")}
 
-    yield Served(url=root, base_name=base, trajectories_dir=Path(cfg.trajectories_dir), seal=lambda: None, load=load)
-
-
-def _episodes(client, task_list: list[tasks.Task], attempts: int, agent: AgentConfig, concurrency: int, progress) -> list[Episode]:
-    jobs = [(t, a) for t in task_list for a in range(attempts)]
-    advance = progress(len(jobs))
-    return run_many(client, jobs, agent, concurrency=concurrency, on_done=lambda e: advance())
+    yield Served(url=root, base_name=base, trajectories_dir=Path(cfg.trajectories_dir), seal=lambda: None, swap=swap)
 
 
 def _no_progress(total: int) -> Callable[[], None]:
@@ -152,112 +155,121 @@ def run_demo(
     """Run the loop and write `<work>/demo-summary.json`; raises DemoError when it cannot finish.
 
     `progress(total)` is called at the start of each agent phase and returns the
-    function called once per finished run (for a progress bar).
+    function called once per finished run (for a progress bar). Whatever was measured
+    before a DemoError is in the summary file too.
     """
     work = Path(cfg.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     project = cfg.project or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    test = tasks.generate(cfg.test_tasks, cfg.seed, "test")
-    gate_set = tasks.generate(cfg.gate_tasks, cfg.seed + 1, "test")
-    train_set = tasks.generate(cfg.tasks, cfg.seed, "train")
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(phase: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[phase] = round(now - clock, 2)
-        clock = now
-
-    served_ctx = remote_runtime(cfg) if cfg.url else local_runtime(cfg, work, project)
-    with served_ctx as srv:
-        lap("start")
-        say(f"runtime {srv.url}/v1 serving {srv.base_name}; work dir {work}")
-        client = make_client(srv.url, cfg.api_key)
-        greedy = AgentConfig(model=srv.base_name, temperature=0.0, max_turns=cfg.max_turns)
-
-        say(f"1/6 baseline: {len(test)} held-out tasks, greedy, on the base model")
-        before_eps = _episodes(client, test, 1, greedy, cfg.concurrency, progress)
-        lap("before")
-        before = report.score(srv.base_name, before_eps, seconds["before"])
-
-        say(f"2/6 collect: {len(train_set)} training tasks x {cfg.attempts} attempts at temperature {cfg.temperature}")
-        sampled = msgspec.structs.replace(greedy, temperature=cfg.temperature, seed=cfg.seed + 1)
-        collect_eps = _episodes(client, train_set, cfg.attempts, sampled, cfg.concurrency, progress)
-        srv.seal()
-        lap("collect")
-        collected = report.collection(len(train_set), cfg.attempts, cfg.temperature, collect_eps, seconds["collect"])
-        say(f"   {collected.successes}/{collected.episodes} runs succeeded ({collected.tasks_solved} of {collected.tasks} tasks solved)")
-
-        summary = report.DemoSummary(
-            model=cfg.model, specialist=cfg.name, project=project, runtime_url=srv.url, before=before, after=None,
-            collection=collected, pipeline={}, training=None, gate=None, published=None,
-            settings=msgspec.to_builtins(cfg), seconds=seconds,
-        )  # fmt: skip
+    served = remote_runtime(cfg) if cfg.url else local_runtime(cfg, work, project)
+    with served as srv:
+        run = _Loop(cfg, srv, work, project, say, progress)
         try:
-            _specialize(cfg, srv, client, work, project, collect_eps, gate_set, test, summary, say, progress, lap)
+            run.measure_before_and_collect()
+            run.specialize()
         except DemoError as e:
-            summary.note = str(e)
+            if run.summary is not None:
+                run.summary.note = str(e)
             raise
         finally:
-            write_summary(work, summary)
-    return summary
+            if run.summary is not None:
+                write_summary(work, run.summary)
+    return run.summary
 
 
-def _specialize(cfg, srv: Served, client, work: Path, project: str, collect_eps, gate_set, test, summary, say, progress, lap) -> None:
-    """Steps 3-7; fills `summary` as it goes (so a failure still leaves what was measured)."""
-    files = [trajectory_file(srv.trajectories_dir, e.trajectory_id) for e in collect_eps if e.trajectory_id]
-    missing = sum(f is None for f in files)
-    if missing:
-        raise DemoError(f"{missing} recorded sessions are not in {srv.trajectories_dir} (is it the runtime's --trajectories-dir?)")
-    if cfg.url:
-        from tinygpt.runtime.contracts.io import read_any
-        from tinygpt.runtime.contracts.trajectory import Trajectory
+class _Loop:
+    """One demo run: the steps in order, each filling in the summary as it goes."""
 
-        # A runtime started elsewhere records under its own --project.
-        project = summary.project = read_any(files[0], Trajectory).project
-    redis_url = cfg.redis_url or _redis_url()
-    say(f"3/6 pipeline: {len(files)} recorded sessions ▶ ingest ▶ dedupe ▶ label ▶ dataset (burst worker, {redis_url})")
-    try:
-        run = run_pipeline(files, base_model=srv.base_name, project=project, dataset_name=project, redis_url=redis_url, seed=cfg.seed)
-    except PipelineError as e:
-        raise DemoError(f"pipeline: {e}") from None
-    summary.pipeline = {k: v for k, v in vars(run).items()}
-    lap("pipeline")
-    say(f"   kept {run.kept_by_label} of {run.ingested} sessions; dataset {run.dataset_dir} rows {run.rows}")
-    if not run.rows.get("train"):
-        raise DemoError("the dataset has no training rows: more --tasks or --attempts give the sampler more chances to succeed")
+    def __init__(self, cfg: DemoConfig, srv: Served, work: Path, project: str, say, progress):
+        self.cfg, self.srv, self.work, self.project, self.say, self.progress = cfg, srv, work, project, say, progress
+        self.client = make_client(srv.url, cfg.api_key)
+        self.test = tasks.generate(cfg.test_tasks, cfg.seed, "test")
+        self.gate_set = tasks.generate(cfg.gate_tasks, cfg.seed + 1, "test")
+        self.train_set = tasks.generate(cfg.tasks, cfg.seed, "train")
+        self.summary: report.DemoSummary | None = None
+        self.collected: list[Episode] = []
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
 
-    adapter = work / "adapter"
-    say(f"4/6 train: LoRA, {cfg.train.steps} steps on {run.rows.get('train', 0)} rows")
-    trained = train(cfg.model, Path(run.dataset_dir), adapter, cfg.name, cfg.train)
-    summary.training = msgspec.to_builtins(trained)
-    lap("train")
+    def lap(self, phase: str) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._clock, 2)
+        self._clock = now
+        return self.seconds[phase]
 
-    say(f"5/6 gate: candidate vs base model on {len(gate_set)} other held-out tasks (first call)")
-    project_file = write_gate_project(work, cfg.model, gate_set, project)
-    verdict = gate(project_file, adapter, cfg.name, work / "gate-result.json")
-    summary.gate = msgspec.to_builtins(verdict)
-    lap("gate")
-    if verdict.verdict != "pass":
-        raise DemoError(f"the eval gate refused the specialist ({verdict.verdict}: {verdict.message}); the base model keeps serving")
+    def episodes(self, task_list: list[tasks.Task], attempts: int, agent: AgentConfig) -> list[Episode]:
+        jobs = [(t, a) for t in task_list for a in range(attempts)]
+        advance = self.progress(len(jobs))
+        return run_many(self.client, jobs, agent, concurrency=self.cfg.concurrency, on_done=lambda e: advance())
 
-    say(f"6/6 publish: hot-swapping {cfg.name} into the running runtime, then the held-out tasks again")
-    loaded = srv.load(cfg.name, str(adapter))
-    info = loaded.get("loaded", {})
-    summary.published = {
-        "via": "runtime.load_adapter" if not cfg.url else "POST /admin/adapters",
-        "model": f"{info.get('name', cfg.name)}@{info.get('version', '?')}",
-        "digest": info.get("digest", ""),
-        "swap_seconds": loaded.get("seconds"),
-        "adapter_dir": str(adapter),
-    }
-    lap("publish")
-    specialist = AgentConfig(model=cfg.name, temperature=0.0, max_turns=cfg.max_turns)
-    after_eps = _episodes(client, test, 1, specialist, cfg.concurrency, progress)
-    lap("after")
-    summary.after = report.score(cfg.name, after_eps, summary.seconds["after"])
-    summary.improved = summary.after.success_rate > summary.before.success_rate
+    def measure_before_and_collect(self) -> None:
+        cfg, srv = self.cfg, self.srv
+        self.say(f"runtime {srv.url}/v1 serving {srv.base_name}; work dir {self.work}")
+        greedy = AgentConfig(model=srv.base_name, temperature=0.0, max_turns=cfg.max_turns)
+        self.say(f"1/6 baseline: {len(self.test)} held-out tasks, greedy, on the base model")
+        before = report.score(srv.base_name, self.episodes(self.test, 1, greedy))
+        before.seconds = self.lap("before")
+        self.say(f"   {before.successes}/{before.n} succeeded")
+
+        self.say(f"2/6 collect: {len(self.train_set)} training tasks x {cfg.attempts} attempts at temperature {cfg.temperature}")
+        sampled = msgspec.structs.replace(greedy, temperature=cfg.temperature, seed=cfg.seed + 1)
+        self.collected = self.episodes(self.train_set, cfg.attempts, sampled)
+        srv.seal()
+        c = report.collection(len(self.train_set), cfg.attempts, cfg.temperature, self.collected, self.lap("collect"))
+        self.say(f"   {c.successes}/{c.episodes} runs succeeded ({c.tasks_solved} of {c.tasks} tasks solved)")
+        self.summary = report.DemoSummary(
+            model=cfg.model, specialist=cfg.name, project=self.project, runtime_url=srv.url, before=before,
+            after=None, collection=c, pipeline={}, training=None, gate=None, published=None,
+            settings=msgspec.to_builtins(cfg), seconds=self.seconds,
+        )  # fmt: skip
+
+    def specialize(self) -> None:
+        """Steps 3-6, then the held-out tasks again on the specialist."""
+        cfg, srv, summary = self.cfg, self.srv, self.summary
+        files = [trajectory_file(srv.trajectories_dir, e.trajectory_id) for e in self.collected if e.trajectory_id]
+        if None in files:
+            raise DemoError(f"recorded sessions are missing from {srv.trajectories_dir} (is it the runtime's --trajectories-dir?)")
+        if cfg.url:
+            from tinygpt.runtime.contracts.io import read_any
+            from tinygpt.runtime.contracts.trajectory import Trajectory
+
+            # A runtime started elsewhere records under its own --project.
+            self.project = summary.project = read_any(files[0], Trajectory).project
+        redis_url = cfg.redis_url or _redis_url()
+        self.say(f"3/6 pipeline: {len(files)} recorded sessions ▶ ingest ▶ dedupe ▶ label ▶ dataset (burst worker)")
+        try:
+            run = run_pipeline(files, base_model=srv.base_name, project=self.project, dataset_name=self.project,
+                               redis_url=redis_url, seed=cfg.seed)  # fmt: skip
+        except PipelineError as e:
+            raise DemoError(f"pipeline: {e}") from None
+        summary.pipeline = dict(vars(run))
+        self.lap("pipeline")
+        self.say(f"   kept {run.kept_by_label} of {run.ingested} sessions; dataset {run.dataset_dir} rows {run.rows}")
+        if not run.rows.get("train"):
+            raise DemoError("the dataset has no training rows: more --tasks or --attempts give the sampler more chances")
+
+        adapter = self.work / "adapter"
+        self.say(f"4/6 train: LoRA, {cfg.train.steps} steps on {run.rows['train']} rows")
+        summary.training = msgspec.to_builtins(train(cfg.model, Path(run.dataset_dir), adapter, cfg.name, cfg.train))
+        self.lap("train")
+
+        self.say(f"5/6 gate: candidate vs base model on {len(self.gate_set)} other held-out tasks (first call)")
+        project_file = write_gate_project(self.work, cfg.model, self.gate_set, self.project, cfg.name)
+        verdict = gate(project_file, adapter, cfg.name, self.work / "gate-result.json")
+        summary.gate = msgspec.to_builtins(verdict)
+        self.lap("gate")
+        if verdict.verdict != "pass":
+            raise DemoError(f"the eval gate refused the specialist ({verdict.verdict}: {verdict.message}); the base model keeps serving")
+
+        self.say(f"6/6 publish {cfg.name} to the registry in {self.work / 'specialists'}, pin it, hot-swap it in")
+        published = publish(self.work, project_file, adapter, cfg.name, redis_url)
+        summary.published = {**published, **srv.swap(project_file, cfg.name, published["version"], published["path"])}
+        self.lap("publish")
+        specialist = AgentConfig(model=cfg.name, temperature=0.0, max_turns=cfg.max_turns)
+        after = report.score(cfg.name, self.episodes(self.test, 1, specialist))
+        after.seconds = self.lap("after")
+        summary.after = after
+        summary.improved = after.success_rate > summary.before.success_rate
 
 
 def _redis_url() -> str:

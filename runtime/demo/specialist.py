@@ -21,6 +21,8 @@ from .fs import TOOLS
 from .tasks import SYSTEM_PROMPT, Task
 
 GATE_SUITE = "fileops-first-call"
+# The demo's registry, relative to its project file (the work directory).
+REGISTRY = "specialists"
 GATE_ENTRY = "import sys; from tinygpt.runtime.demo.specialist import gate_main; sys.exit(gate_main(sys.argv[1:]))"
 
 
@@ -120,18 +122,21 @@ def gate_row(task: Task) -> dict[str, Any]:
     }
 
 
-def write_gate_project(work: Path, model: str, tasks: list[Task], project: str) -> Path:
-    """A project file in `work` whose one suite is the held-out gate tasks; returns its path."""
+def write_gate_project(work: Path, model: str, tasks: list[Task], project: str, name: str) -> Path:
+    """The demo's `tinygpt.project.json` in `work`: the base model, a pin for the specialist
+    (any version until one is published), the registry `work/specialists`, and one eval
+    suite made of the held-out gate tasks. Returns its path."""
     from tinygpt.runtime.contracts.evals import EvalSuite
     from tinygpt.runtime.contracts.io import write_json
-    from tinygpt.runtime.contracts.project import GateSettings, ProjectPins
+    from tinygpt.runtime.contracts.project import GateSettings, ProjectPins, SpecialistPin
 
     data = work / "gate.jsonl"
     data.write_text("".join(json.dumps(gate_row(t)) + "\n" for t in tasks))
     pins = ProjectPins(
         name=project,
         base_model=model,
-        registries=[],
+        specialists=[SpecialistPin(name=name)],
+        registries=[REGISTRY],
         # Greedy, one pass: the same decoding the agent uses on held-out tasks. A candidate
         # may not be worse than the base model at all (threshold 0).
         eval_suites=[EvalSuite(name=GATE_SUITE, kind="tool_call", data=data.name, threshold=0.0, max_tokens=96)],
@@ -182,3 +187,23 @@ def gate_main(argv: list[str]) -> int:
         write_json(out, error_result(str(e)))
         return 2
     return 0 if result.verdict == "pass" else 1
+
+
+def publish(work: Path, project_file: Path, adapter_dir: Path, name: str, redis_url: str) -> dict[str, Any]:
+    """The publish stage on the gated adapter (package, index, "published" notice on Redis),
+    then the project's pin set to exactly that version and lock digest."""
+    from tinygpt.queue.connection import connect
+    from tinygpt.runtime.contracts.jobs import PublishJob
+    from tinygpt.runtime.registry.pinfile import set_pin
+    from tinygpt.workers.publish import run as publish_stage
+
+    job = PublishJob(specialist=name, version="", candidate_dir=str(adapter_dir), registry=str(work / REGISTRY),
+                     gate_result=str(work / "gate-result.json"))  # fmt: skip
+    conn = connect(redis_url)
+    try:
+        result = publish_stage(job, conn)
+    finally:
+        conn.close()
+    set_pin(project_file, name, result.version, result.digest)
+    return {"model": f"{name}@{result.version}", "version": result.version, "digest": result.digest,
+            "path": result.path, "registry": result.registry, "notified": result.notified}  # fmt: skip
