@@ -39,6 +39,7 @@ register("pull", "pull", "pull the pinned specialists: resolve, download, verify
 register("rollback", "rollback", "go back to the previous version of a pinned specialist")
 register("build", "build", "enqueue a specialist build: (dataset ▶) finetune ▶ eval gate ▶ publish")
 register("eval-gate", "eval_gate", "gate a specialist on the project's eval suites (exit 0 pass, 1 regression, 2 bad input)")
+register("demo", "demo", "run the bundled demo: an agent's sessions become a specialist that does better")
 register("models", "models", "pull, list and inspect MLX models in the cache")
 register("generate", "generate", "generate text from a cached model (a quick check)")
 register("schema", "schema", "print the JSON Schema of a contract (e.g. the project pin file)")
