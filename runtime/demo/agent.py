@@ -21,7 +21,7 @@ from typing import Any, Callable
 from tinygpt.runtime.contracts.base import Contract
 
 from .fs import TOOLS, execute
-from .tasks import SYSTEM_PROMPT, Outcome, Task, check
+from .tasks import Outcome, Task, check, opening
 
 log = logging.getLogger("tinygpt.demo")
 
@@ -87,7 +87,7 @@ def run_episode(client, task: Task, cfg: AgentConfig, *, attempt: int = 0) -> Ep
     """Work `task` through the runtime, check the result, and report it as feedback."""
     started = time.perf_counter()
     fs = task.workspace()
-    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": task.prompt}]
+    messages = opening(task.prompt)
     headers = {SESSION_HEADER: f"demo-{uuid.uuid4().hex}"}
     calls: list[tuple[str, str]] = []
     results: list[dict[str, Any]] = []

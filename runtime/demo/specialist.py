@@ -18,7 +18,7 @@ from typing import Any
 from tinygpt.runtime.contracts.base import Contract
 
 from .fs import TOOLS
-from .tasks import SYSTEM_PROMPT, Task
+from .tasks import Task, opening
 
 GATE_SUITE = "fileops-first-call"
 # The demo's registry, relative to its project file (the work directory).
@@ -113,7 +113,7 @@ def gate_row(task: Task) -> dict[str, Any]:
             expected[key] = [value]
     return {
         "id": task.id,
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": task.prompt}],
+        "messages": opening(task.prompt),
         "tools": TOOLS,
         "tool_choice": "required",
         "parallel_tool_calls": False,

@@ -37,6 +37,36 @@ SYSTEM_PROMPT = (
 )
 
 
+def _worked_example(i: int, ask: str, name: str, arguments: dict[str, Any], result: dict[str, Any], answer: str) -> list[dict[str, Any]]:
+    call_id = f"call_example_{i}"
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+    return [
+        {"role": "user", "content": ask},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+# Two worked examples open every conversation, as agent prompts often do. Without them the
+# 135M base model almost never copies a path from the request (about 5% of sampled runs
+# succeeded); with them it solves some task kinds sometimes, which rejection sampling needs.
+# They show a read (no task is one) and a move, on paths outside every task pool.
+PRIMER: list[dict[str, Any]] = _worked_example(
+    0, "What is in the file /tmp/example.txt?", "read_file", {"path": "/tmp/example.txt"},
+    {"ok": True, "content": "Hello."}, "It says: Hello.",
+) + _worked_example(
+    1, "Move /inbox/photo.jpg into the folder /album.", "move_file",
+    {"source": "/inbox/photo.jpg", "destination": "/album/photo.jpg"},
+    {"ok": True, "moved_to": "/album/photo.jpg"}, "Moved it to /album/photo.jpg.",
+)  # fmt: skip
+
+
+def opening(prompt: str) -> list[dict[str, Any]]:
+    """The first request's messages for a task: system prompt, worked examples, the task."""
+    return [{"role": "system", "content": SYSTEM_PROMPT}, *PRIMER, {"role": "user", "content": prompt}]
+
+
 class Call(Contract):
     name: str
     arguments: dict[str, Any]
