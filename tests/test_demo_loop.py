@@ -113,3 +113,23 @@ def test_demo_command_refuses_bad_options(capsys):
     assert "--tasks must be at least 1" in capsys.readouterr().err
     assert demo.run(_demo_args(temperature=0)) == 2
     assert "--temperature" in capsys.readouterr().err
+
+
+def test_demo_against_a_running_runtime(tiny_model_dir, tmp_path, redis_url, monkeypatch, capsys):
+    """--url: sessions go through a runtime started elsewhere; the specialist arrives by the admin API."""
+    from tinygpt.runtime.commands import demo
+
+    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
+    real_check = T.check
+    monkeypatch.setattr(agent_mod, "check", lambda *a, **k: msgspec.structs.replace(real_check(*a, **k), success=True, reason=""))
+    with running(tiny_model_dir, tmp_path / "served", admin_key="admin-secret", project="elsewhere") as rt:
+        args = _demo_args(url=f"{rt.url}/v1", admin_key="admin-secret", trajectories_dir=tmp_path / "served" / "trajectories",
+                          work=tmp_path / "demo", tasks=2, attempts=2, test_tasks=2, gate_tasks=2, iters=1, batch_size=2,
+                          max_turns=2, lora_layers=2, json=True, model=tiny_model_dir)  # fmt: skip
+        assert demo.run(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        # The runtime's own project, read from its recordings; the swap went through its admin API.
+        assert summary["project"] == "elsewhere" and summary["pipeline"]["ingested"] == 4
+        assert summary["published"]["via"].startswith("POST /admin/adapters")
+        assert rt.adapters_state()["current"] == {"fileops": "fileops@1"}
+        assert summary["after"]["served_by"] == "fileops@1"
