@@ -160,9 +160,16 @@ class PipelineWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         if not self.drain:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        idle_checks = 0
         while True:
             result = super().dequeue_job_and_maintain_ttl(None, max_idle_time)
-            if result is not None or self._stop_requested or not self.work_pending():
+            if result is not None or self._stop_requested:
+                return result
+            # RQ moves a finished job's dependents onto the queue just after the
+            # transaction that retires the job, so one empty look can fall between the
+            # two while another worker finishes; only two in a row mean drained.
+            idle_checks = 0 if self.work_pending() else idle_checks + 1
+            if idle_checks >= 2:
                 return result
             time.sleep(min(1.0, self.heartbeat_s))
             for q in self.queues:
