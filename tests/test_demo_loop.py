@@ -133,3 +133,18 @@ def test_demo_against_a_running_runtime(tiny_model_dir, tmp_path, redis_url, mon
         assert summary["published"]["via"].startswith("POST /admin/adapters")
         assert rt.adapters_state()["current"] == {"fileops": "fileops@1"}
         assert summary["after"]["served_by"] == "fileops@1"
+
+
+def test_demo_stops_cleanly_when_nothing_succeeds(tiny_model_dir, tmp_path, redis_url, monkeypatch, capsys):
+    """A random model solves nothing: the label stage keeps nothing, the loop stops with a reason."""
+    from tinygpt.runtime.commands import demo
+
+    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
+    work = tmp_path / "demo"
+    args = _demo_args(model=tiny_model_dir, work=work, tasks=2, attempts=1, test_tasks=1, gate_tasks=1, max_turns=1)
+    assert demo.run(args) == 1
+    err = capsys.readouterr().err
+    assert "the loop stopped" in err and "nothing to train on" in err
+    summary = json.loads((work / "demo-summary.json").read_text())
+    assert summary["collection"]["successes"] == 0 and summary["pipeline"] == {} and summary["after"] is None
+    assert "nothing to train on" in summary["note"]

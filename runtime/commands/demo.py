@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from openai import OpenAIError
+
     import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
+    from tinygpt.queue.connection import RedisUnavailable
     from tinygpt.runtime.demo import loop, report
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             summary = loop.run_demo(cfg, say=lambda m: err.print(escape(m), highlight=False), progress=progress)
     except loop.DemoError as e:
         err.print(f"[yellow]the loop stopped[/]: {escape(str(e))}")
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, RedisUnavailable, OpenAIError) as e:
+        # A runtime or Redis that cannot be reached, a model that cannot be loaded.
         err.print(f"[red]error[/]: {escape(str(e))}")
         return 1
     path = Path(cfg.work).resolve() / loop.SUMMARY_FILE

@@ -32,6 +32,7 @@ from tinygpt.runtime.contracts.base import Contract
 
 from . import report, tasks
 from .agent import AgentConfig, Episode, make_client, run_many
+from .errors import DemoError
 from .pipeline import PipelineError, run_pipeline, trajectory_file
 from .specialist import TrainSettings, gate, publish, train, write_gate_project
 
@@ -63,10 +64,6 @@ class DemoConfig(Contract):
     concurrency: int = 8
     seed: int = 0
     train: TrainSettings = msgspec.field(default_factory=TrainSettings)
-
-
-class DemoError(RuntimeError):
-    """The loop could not go on (nothing to train on, a stage failed); the message says why."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 
 from tinygpt.runtime.contracts.base import Contract
 
+from .errors import DemoError
 from .fs import TOOLS
 from .tasks import Task, opening
 
@@ -80,7 +81,7 @@ def train(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings)
     started = time.perf_counter()
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"training failed (exit {done.returncode}); its error is printed above")
+        raise DemoError(f"training failed (exit {done.returncode}); its error is printed above")
     record = read_json(out / TRAINING_RECORD, TrainingRecord)
     return Trained(
         adapter_dir=str(out), command=cmd, steps_done=record.steps_done, best_step=record.best_step,
@@ -152,7 +153,7 @@ def gate(project_file: Path, adapter_dir: Path, name: str, out: Path) -> GateOut
     cmd = [sys.executable, "-c", GATE_ENTRY, str(project_file), str(adapter_dir), name, str(out)]
     done = subprocess.run(cmd, check=False)
     if not out.is_file():
-        raise RuntimeError(f"the eval gate wrote no result (exit {done.returncode}); its error is printed above")
+        raise DemoError(f"the eval gate wrote no result (exit {done.returncode}); its error is printed above")
     from tinygpt.runtime.contracts.evals import GateResult
     from tinygpt.runtime.contracts.io import read_json
 
