@@ -124,7 +124,10 @@ def run_loop(
             total += lvalue.item() * toks.item()
             count += int(toks.item())
         model.train()
-        return total / max(count, 1)
+        value = total / max(count, 1)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the validation loss became {value} at step {state.step}; no adapter was written")
+        return value
 
     # mlx-lm checkpoints one layer class by patching it; undo that when the run ends so
     # other models in this process (a teacher, the next test) are unaffected.
