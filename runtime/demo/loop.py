@@ -58,7 +58,7 @@ class DemoConfig(Contract):
     tasks: int = 24
     attempts: int = 4
     test_tasks: int = 24
-    gate_tasks: int = 16
+    gate_tasks: int = 12
     temperature: float = 0.7
     max_turns: int = 3
     concurrency: int = 8

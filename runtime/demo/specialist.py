@@ -28,11 +28,14 @@ GATE_ENTRY = "import sys; from tinygpt.runtime.demo.specialist import gate_main;
 
 
 class TrainSettings(Contract):
-    steps: int = 60
-    batch_size: int = 4
+    # About two passes over the twenty-odd distinct successes a default run keeps. Every
+    # row is ~850 tokens (tool list and worked examples) for ~50 trained ones, so steps
+    # are what costs: ~20 s each with batch 2 on 2 shared cores.
+    steps: int = 24
+    batch_size: int = 2
     learning_rate: float = 1e-4
     # Adapting only the top blocks keeps the backward pass short on a CPU.
-    num_layers: int = 16
+    num_layers: int = 8
     lora_rank: int = 8
     seed: int = 0
 
@@ -65,7 +68,9 @@ def train_command(model: str, dataset_dir: Path, out: Path, name: str, s: TrainS
         "--out", str(out), "--name", name, "--no-progress", "--seed", str(s.seed), "--steps", str(s.steps),
         "--batch-size", str(s.batch_size), "--learning-rate", str(s.learning_rate), "--num-layers", str(s.num_layers),
         "--lora-rank", str(s.lora_rank), "--warmup-steps", str(max(1, s.steps // 10)),
-        "--eval-every", str(max(1, s.steps // 3)), "--checkpoint-every", str(max(1, s.steps // 3)),
+        # Validate at the end only: a handful of validation rows would pick an early
+        # checkpoint by noise (the gate is the real check), and each pass costs minutes here.
+        "--eval-every", "0", "--checkpoint-every", str(max(1, s.steps // 2)),
         "--report-every", str(max(1, s.steps // 6)),
     ]  # fmt: skip
 
@@ -138,10 +143,11 @@ def write_gate_project(work: Path, model: str, tasks: list[Task], project: str, 
         base_model=model,
         specialists=[SpecialistPin(name=name)],
         registries=[REGISTRY],
-        # Greedy, one pass: the same decoding the agent uses on held-out tasks. A candidate
-        # may not be worse than the base model at all (threshold 0).
+        # Greedy, one pass: the same decoding the agent uses on held-out tasks. Any drop below
+        # the base model counts, but only when it is statistically clear: with a dozen or two
+        # items, one flipped answer is noise, not a regression.
         eval_suites=[EvalSuite(name=GATE_SUITE, kind="tool_call", data=data.name, threshold=0.0, max_tokens=96)],
-        gate=GateSettings(baseline="base", cache=False),
+        gate=GateSettings(baseline="base", cache=False, require_significance=True),
     )
     path = work / "tinygpt.project.json"
     write_json(path, pins)
