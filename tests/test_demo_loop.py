@@ -94,7 +94,7 @@ def test_demo_command_runs_the_loop_end_to_end(tiny_model_dir, tmp_path, redis_u
     published = summary["published"]["model"]
     assert published == "fileops@1" and summary["published"]["via"].startswith("pin + registry pull")
     # Published as a package (lock written last) and pinned to exactly that lock digest.
-    package = work / "specialists" / "fileops" / "1"
+    package = tmp_path / "home" / "demo" / "specialists" / "fileops" / "1"
     assert (package / "lock.json").is_file() and (package / "README.md").is_file()
     pins = json.loads((work / "tinygpt.project.json").read_text())["specialists"]
     assert pins == [{"name": "fileops", "version": "1", "sha256": summary["published"]["digest"]}]

@@ -7,7 +7,9 @@
    burst worker process): only successful runs are kept (rejection sampling).
 4. `tinygpt train` fits a LoRA specialist on the kept runs' token ids.
 5. The eval gate compares it with the base model on other held-out tasks.
-6. If it passes, the runtime loads it while serving (no restart, no base reload), and
+6. If it passes, the publish stage packages it into a registry in the work directory, the
+   demo's project pins that version, and the runtime pulls, verifies and hot-swaps it in
+   while serving (no restart, no base reload), as `tinygpt up` does on a pin change;
 7. the agent works the held-out tasks again, now asking for the specialist (the "after").
 
 Eval runs are recorded like any session but never enqueued, so held-out tasks cannot
@@ -34,7 +36,7 @@ from . import report, tasks
 from .agent import AgentConfig, Episode, make_client, run_many
 from .errors import DemoError
 from .pipeline import PipelineError, run_pipeline, trajectory_file
-from .specialist import TrainSettings, gate, publish, train, write_gate_project
+from .specialist import TrainSettings, gate, publish, registry_dir, train, write_gate_project
 
 log = logging.getLogger("tinygpt.demo")
 
@@ -258,7 +260,7 @@ class _Loop:
         if verdict.verdict != "pass":
             raise DemoError(f"the eval gate refused the specialist ({verdict.verdict}: {verdict.message}); the base model keeps serving")
 
-        self.say(f"6/6 publish {cfg.name} to the registry in {self.work / 'specialists'}, pin it, hot-swap it in")
+        self.say(f"6/6 publish {cfg.name} to the registry {registry_dir()}, pin it, hot-swap it in")
         published = publish(self.work, project_file, adapter, cfg.name, redis_url)
         summary.published = {**published, **srv.swap(project_file, cfg.name, published["version"], published["path"])}
         self.lap("publish")

@@ -22,9 +22,19 @@ from .fs import TOOLS
 from .tasks import Task, opening
 
 GATE_SUITE = "fileops-first-call"
-# The demo's registry, relative to its project file (the work directory).
-REGISTRY = "specialists"
 GATE_ENTRY = "import sys; from tinygpt.runtime.demo.specialist import gate_main; sys.exit(gate_main(sys.argv[1:]))"
+
+
+def registry_dir() -> Path:
+    """The demo's registry, `<tinygpt home>/demo/specialists`, shared by every demo run.
+
+    One registry per home keeps versions unique (fileops@1, @2, ...): the runtime caches
+    pulled packages by name and version, so two work-dir registries each holding a
+    different fileops@1 would make it re-download on every swap.
+    """
+    from tinygpt.runtime import paths
+
+    return paths.subdir("demo") / "specialists"
 
 
 class TrainSettings(Contract):
@@ -130,7 +140,7 @@ def gate_row(task: Task) -> dict[str, Any]:
 
 def write_gate_project(work: Path, model: str, tasks: list[Task], project: str, name: str) -> Path:
     """The demo's `tinygpt.project.json` in `work`: the base model, a pin for the specialist
-    (any version until one is published), the registry `work/specialists`, and one eval
+    (any version until one is published), the demo's registry, and one eval
     suite made of the held-out gate tasks. Returns its path."""
     from tinygpt.runtime.contracts.evals import EvalSuite
     from tinygpt.runtime.contracts.io import write_json
@@ -142,7 +152,7 @@ def write_gate_project(work: Path, model: str, tasks: list[Task], project: str, 
         name=project,
         base_model=model,
         specialists=[SpecialistPin(name=name)],
-        registries=[REGISTRY],
+        registries=[str(registry_dir())],
         # Greedy, one pass: the same decoding the agent uses on held-out tasks. Any drop below
         # the base model counts, but only when it is statistically clear: with a dozen or two
         # items, one flipped answer is noise, not a regression.
@@ -204,7 +214,7 @@ def publish(work: Path, project_file: Path, adapter_dir: Path, name: str, redis_
     from tinygpt.runtime.registry.pinfile import set_pin
     from tinygpt.workers.publish import run as publish_stage
 
-    job = PublishJob(specialist=name, version="", candidate_dir=str(adapter_dir), registry=str(work / REGISTRY),
+    job = PublishJob(specialist=name, version="", candidate_dir=str(adapter_dir), registry=str(registry_dir()),
                      gate_result=str(work / "gate-result.json"))  # fmt: skip
     conn = connect(redis_url)
     try:
