@@ -25,7 +25,7 @@ from pathlib import Path
 
 EXAMPLE = (
     "tinygpt demo\n"
-    "  tinygpt demo --tasks 48 --attempts 6 --iters 120          # more data, longer training\n"
+    "  tinygpt demo --tasks 48 --attempts 4 --iters 48            # more data, longer training\n"
     "  tinygpt demo --tasks 8 --attempts 2 --test-tasks 8 --iters 10   # a quick look\n"
     "  tinygpt demo --url http://127.0.0.1:8000 --admin-key KEY --trajectories-dir /srv/traj"
 )
@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     d, t = DemoConfig(work=""), TrainSettings()
     parser.add_argument("--model", default=d.model, help=f"base model: a cached name or a model directory (default: {d.model})")
-    parser.add_argument("--work", type=Path, help="where trajectories, the dataset link, the adapter and the summary go "
+    parser.add_argument("--work", type=Path, help="where trajectories, the adapter, the registry, the gate result and the summary go "
                         "(default: <tinygpt home>/demo/<timestamp>)")  # fmt: skip
     parser.add_argument("--tasks", type=int, default=d.tasks, help=f"training tasks (default: {d.tasks})")
     parser.add_argument("--attempts", type=int, default=d.attempts, help=f"sampled attempts per training task (default: {d.attempts})")
@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-tasks", type=int, default=d.gate_tasks, help=f"other held-out tasks for the eval gate (default: {d.gate_tasks})")
     parser.add_argument("--iters", type=int, default=t.steps, help=f"LoRA training steps (default: {t.steps})")
     parser.add_argument("--batch-size", type=int, default=t.batch_size, help=f"training batch size (default: {t.batch_size})")
-    parser.add_argument("--learning-rate", type=float, default=t.learning_rate, help=f"(default: {t.learning_rate})")
+    parser.add_argument("--learning-rate", type=float, default=t.learning_rate, help=f"peak learning rate (default: {t.learning_rate})")
     parser.add_argument("--lora-layers", type=int, default=t.num_layers, help=f"adapt the last N blocks, -1 all (default: {t.num_layers})")
     parser.add_argument("--temperature", type=float, default=d.temperature, help=f"sampling temperature of the attempts (default: {d.temperature})")
     parser.add_argument("--max-turns", type=int, default=d.max_turns, help=f"requests per task before the agent gives up (default: {d.max_turns})")
