@@ -101,3 +101,8 @@ def datasets() -> str:
     """HASH dataset name -> msgpack DatasetManifest of its latest build."""
     return f"{PREFIX}:datasets"
 
+
+
+def progress(job_id: str) -> str:
+    """STRING JobProgress (JSON) of a running job; expires unless refreshed."""
+    return f"{PREFIX}:progress:{job_id}"

@@ -17,9 +17,10 @@ from rq import Worker
 
 from tinygpt.runtime import paths
 from tinygpt.runtime.contracts.dataset import DatasetManifest
+from tinygpt.runtime.contracts.jobs import JobProgress
 from tinygpt.runtime.contracts.pipeline import DedupeRecord, FileRecord, LabelRecord
 
-from . import keys, stages
+from . import keys, progress, stages
 from .failed import DeadLetter, dead_letters
 from .serializer import MsgpackSerializer
 
@@ -52,6 +53,8 @@ class Running:
     stage: str
     worker: str
     started_at: datetime | None
+    # What the job last reported about itself (training and evaluation do), if anything.
+    progress: JobProgress | None = None
 
 
 @dataclass
@@ -161,6 +164,9 @@ def _running(conn: redis.Redis) -> list[Running]:
                 continue
             stage = next((s.name for s in stages.STAGES.values() if s.func == job.func_name), job.func_name or "?")
             out.append(Running(job_id, short, stage, job.worker_name or "", job.started_at))
+    reported = progress.read(conn, [r.job_id for r in out])
+    for r in out:
+        r.progress = reported.get(r.job_id)
     return out
 
 

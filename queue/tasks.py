@@ -48,16 +48,43 @@ def finetune(payload: FinetuneJob):
     from tinygpt.workers import finetune as stage
     from tinygpt.workers.training.errors import TrainingError
 
+    from tinygpt.workers.training.loop import Callbacks
+
+    from .progress import for_current_job
+
     job = get_current_job()
+    tick = for_current_job("finetune", label=f"{payload.specialist}: {payload.method}", unit="step")
+
+    class Progress(Callbacks):
+        def on_step(self, step: int, total: int, loss: float, tokens_per_second: float) -> None:
+            tick(step, total, f"loss {loss:.3f} · {tokens_per_second:,.0f} tok/s")
+
     try:
-        return stage.run(payload)
+        return stage.run(payload, callbacks=Progress() if tick else None)
     except TrainingError:
         job.retries_left = 0
         raise
+    finally:
+        if tick:
+            tick.clear()
 
 
 def evalgate(payload: EvalJob):
-    return _run("evalgate", payload)
+    """Gate on the `eval` queue, reporting answered requests as the job's progress."""
+    from tinygpt.workers import evalgate as stage
+
+    from .progress import for_current_job
+
+    job = get_current_job()
+    tick = for_current_job("evalgate", label=f"{payload.specialist}: gate", unit="answer")
+    try:
+        return stage.run(payload, job.connection, progress=tick)
+    except PermanentError:
+        job.retries_left = 0
+        raise
+    finally:
+        if tick:
+            tick.clear()
 
 
 def publish(payload: PublishJob):

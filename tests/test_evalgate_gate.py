@@ -120,8 +120,13 @@ def test_a_worse_adapter_fails_the_gate(world, capsys):
 
 
 def test_an_equal_adapter_passes(world):
-    result = evaluate_gate(world["project"], candidate=world["equal"], specialist="weather")
+    ticks = []
+    result = evaluate_gate(world["project"], candidate=world["equal"], specialist="weather",
+                           progress=lambda done, total: ticks.append((done, total)))  # fmt: skip
     assert result.verdict == "pass", result.message
+    # One tick per answered request, counted up to a total fixed from the start.
+    total = ticks[0][1]
+    assert ticks == [(i, total) for i in range(total + 1)] and total > 0
     assert result.candidate.adapter_digest != result.baseline.adapter_digest  # other bytes: really run
     assert result.extra["cache"]["ran"] == ["candidate:echo", "candidate:tools"]
     for v in result.suites:

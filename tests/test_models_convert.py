@@ -32,8 +32,18 @@ def mlx_logits(model_dir, ids):
 def tiny(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     hf = write_tiny_gguf(root / "tiny.gguf", tied=request.param, seed=1)
-    result = convert_gguf(root / "tiny.gguf", root / "mlx")
+    ticks = []
+    result = convert_gguf(root / "tiny.gguf", root / "mlx", progress=lambda done, total: ticks.append((done, total)))
+    # The pull's progress bar: one tick per tensor, ending complete once the weights are written.
+    n = len(ticks) - 1
+    assert ticks == [(i, n) for i in range(n + 1)] and n == len(list(mx_load(root / "mlx")))
     return root / "tiny.gguf", root / "mlx", hf, result
+
+
+def mx_load(model_dir):
+    import mlx.core as mx
+
+    return mx.load(str(model_dir / "model.safetensors"))
 
 
 @pytest.mark.parametrize("n_head", [1, 3, 4])

@@ -8,7 +8,7 @@ import pytest
 from rq.job import Job, JobStatus
 
 from tests.finetune_fixtures import TOOLS, import_task, task_records
-from tinygpt.queue import builds, stages
+from tinygpt.queue import builds, progress, stages
 from tinygpt.queue.serializer import MsgpackSerializer
 from tinygpt.queue.worker import PipelineWorker
 from tinygpt.runtime.contracts import GateResult, SpecialistLock, read_json
@@ -35,8 +35,10 @@ def project(root, model):
     return root / "tinygpt.project.json"
 
 
-def test_a_build_trains_gates_and_publishes_once(tmp_path, tiny_model_dir, redis_client):
+def test_a_build_trains_gates_and_publishes_once(tmp_path, tiny_model_dir, redis_client, monkeypatch):
     conn = redis_client
+    # Keep the jobs' last progress records (they are cleared when a job ends) to read them below.
+    monkeypatch.setattr(progress.JobReporter, "clear", lambda self: None)
     data = import_task(tiny_model_dir, tmp_path / "data", n=32, tools=True)
     pins = project(tmp_path, tiny_model_dir)
     spec = dict(specialist="calls", base_model=str(tiny_model_dir), dataset_dir=data, project_file=pins,
@@ -59,6 +61,13 @@ def test_a_build_trains_gates_and_publishes_once(tmp_path, tiny_model_dir, redis
     assert read_json(build.gate_result, GateResult).verdict == "pass"
     lock = read_json(tmp_path / "registry" / "calls" / "1" / "lock.json", SpecialistLock)
     assert lock.name == "calls" and "adapters.safetensors" in lock.files
+
+    # What `tinygpt up` and `tinygpt status` draw as bars: each long job's last report.
+    reported = progress.read(conn, [build.jobs["finetune"], build.jobs["eval"]])
+    train, gate = reported[build.jobs["finetune"]], reported[build.jobs["eval"]]
+    assert (train.stage, train.unit, train.done, train.total) == ("finetune", "step", 8, 8)
+    assert train.label.startswith("calls") and "loss" in train.detail and train.updated >= train.started
+    assert (gate.stage, gate.unit) == ("evalgate", "answer") and gate.done == gate.total >= 6
 
 
 def test_build_command_enqueues_the_chain_after_a_dataset(tmp_path, tiny_model_dir, redis_client, monkeypatch):

@@ -72,3 +72,27 @@ def test_up_refuses_a_bad_project_file_with_exit_2(tmp_path):
     assert "tinygpt.project.json" in out and "$.base_model" in out
     # Nothing was started: no Redis data directory with a running server.
     assert not (tmp_path / "home" / "redis" / "server.json").exists()
+
+
+def test_the_status_screen_draws_a_bar_per_running_long_job(monkeypatch):
+    import argparse
+
+    from rich.console import Console
+
+    from tinygpt.queue import overview
+    from tinygpt.runtime.commands.up_stack import Stack
+    from tinygpt.runtime.contracts.jobs import JobProgress
+
+    now = time.time()
+    train = JobProgress(job_id="j1", stage="finetune", done=12, total=24, label="fileops: lora", unit="step",
+                        detail="loss 0.812 · 410 tok/s", started=now - 30, updated=now)  # fmt: skip
+    ov = overview.Overview(redis=overview.RedisInfo(url="redis://x", reachable=True))
+    ov.running = [overview.Running("j1", "train", "finetune", "w1", None, train),
+                  overview.Running("j2", "data", "dedupe", "w1", None)]  # fmt: skip
+    monkeypatch.setattr(overview, "collect", lambda limit=5: ov)
+    stack = Stack(args=argparse.Namespace(), console=None, model="tiny", project_name="default")
+    console = Console(width=160, record=True)
+    console.print(stack._screen())
+    text = console.export_text()
+    assert "fileops: lora" in text and "12/24 step" in text and "ETA 30s" in text and "loss 0.812" in text
+    assert re.search(r"dedupe\s+│?\s*j2", text)  # a job without progress still shows, by id

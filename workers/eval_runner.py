@@ -21,6 +21,7 @@ import hashlib
 import http.client
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -187,11 +188,16 @@ def _load(rt, target: Target, served: dict) -> str:
     return served[target.adapter_digest]
 
 
-def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callable[[str], None] | None = None) -> list[SuiteReport]:
-    """Run every job (grouped by base model, one server each); reports in the jobs' order."""
+def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callable[[str], None] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[SuiteReport]:
+    """Run every job (grouped by base model, one server each); reports in the jobs' order.
+
+    `progress(done, total)` is called after every answered request (from pool threads).
+    """
     from tinygpt.runtime.serving.app import Runtime, ServerConfig
 
     say = say or log.info
+    answered = _Counter(sum(len(j.items) * j.suite.passes + (j.suite.kind == "latency") for j in jobs), progress)
     reports: dict[int, SuiteReport] = {}
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
@@ -204,26 +210,46 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
             models = {i: _load(rt, jobs[i].target, served) for i in indices}
             batch = [i for i in indices if jobs[i].suite.kind != "latency"]
             if batch:
-                _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], concurrency, say, reports, batch)
+                _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], concurrency, say, reports,
+                                batch, answered)  # fmt: skip
             for i in (i for i in indices if jobs[i].suite.kind == "latency"):
                 job = jobs[i]
                 say(f"{job.suite.name}: {len(job.items)} rows x {job.suite.passes} on {job.target.describe} (one at a time)")
                 start = time.perf_counter()
-                _answer(rt.port, job, models[i], job.items[0], 0)  # warm-up: grammar compile, caches
-                outputs = {(it.id, k): _answer(rt.port, job, models[i], it, k) for it in job.items for k in range(job.suite.passes)}
+                answered(_answer(rt.port, job, models[i], job.items[0], 0))  # warm-up: grammar compile, caches
+                outputs = {(it.id, k): answered(_answer(rt.port, job, models[i], it, k))
+                           for it in job.items for k in range(job.suite.passes)}  # fmt: skip
                 reports[i] = _report(job, outputs, time.perf_counter() - start)
         finally:
             rt.stop()
     return [reports[i] for i in range(len(jobs))]
 
 
-def _run_concurrent(port: int, jobs: list[RunJob], models: list[str], concurrency: int, say, reports: dict, indices: list[int]) -> None:
+class _Counter:
+    """Counts answered requests across threads and passes the count on."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None):
+        self.total, self.done, self.progress = total, 0, progress
+        self._lock = threading.Lock()
+        if progress is not None:
+            progress(0, total)
+
+    def __call__(self, output: Output) -> Output:
+        if self.progress is not None:
+            with self._lock:
+                self.done += 1
+                self.progress(self.done, self.total)
+        return output
+
+
+def _run_concurrent(port: int, jobs: list[RunJob], models: list[str], concurrency: int, say, reports: dict,
+                    indices: list[int], answered: _Counter) -> None:  # fmt: skip
     work = [(j, it, k) for j, job in enumerate(jobs) for it in job.items for k in range(job.suite.passes)]
     for job in jobs:
         say(f"{job.suite.name}: {len(job.items)} rows x {job.suite.passes} on {job.target.describe}")
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        answers = list(pool.map(lambda w: _answer(port, jobs[w[0]], models[w[0]], w[1], w[2]), work))
+        answers = list(pool.map(lambda w: answered(_answer(port, jobs[w[0]], models[w[0]], w[1], w[2])), work))
     seconds = time.perf_counter() - start
     per_job: list[dict] = [{} for _ in jobs]
     for (j, it, k), out in zip(work, answers):

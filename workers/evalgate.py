@@ -151,11 +151,13 @@ def evaluate_gate(
     concurrency: int = 8,
     out: Path | None = None,
     say: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> GateResult:
     """Run (or read from the cache) every suite for candidate and baseline and decide.
 
     Raises GateInputError for bad configuration or input. Writes `out` (atomically) when
     given; with `update_baseline`, records the candidate as its subject's baseline.
+    `progress(done, total)` hears about every answered request of the suites that run.
     """
     say = say or log.info
     started = time.perf_counter()
@@ -197,7 +199,7 @@ def evaluate_gate(
         # Run each key once: a baseline identical to the candidate shares its runs.
         unique = list({key: (s, t) for _, s, t, key in todo}.items())
         jobs = [RunJob(t, s, specs[s.name], items[s.name], key, str(files[s.name][0])) for key, (s, t) in unique]
-        done = {rep.key: rep for rep in run_jobs(jobs, concurrency=concurrency, say=say)}
+        done = {rep.key: rep for rep in run_jobs(jobs, concurrency=concurrency, say=say, progress=progress)}
         for rep in done.values():
             cache.put(rep)
         for role, s, _, key in todo:
@@ -246,7 +248,8 @@ def summary_lines(result: GateResult) -> list[str]:
     return lines
 
 
-def run(job: EvalJob, conn=None, *, say: Callable[[str], None] | None = None) -> GateResult:
+def run(job: EvalJob, conn=None, *, say: Callable[[str], None] | None = None,
+        progress: Callable[[int, int], None] | None = None) -> GateResult:
     """The pipeline's eval stage: gate `job.candidate_dir` for `job.specialist`.
 
     Writes `<output_dir>/gate-result.json` whatever the verdict (an "error" result for
@@ -256,7 +259,7 @@ def run(job: EvalJob, conn=None, *, say: Callable[[str], None] | None = None) ->
     out = Path(job.output_dir) / RESULT_FILE
     try:
         result = evaluate_gate(Path(job.project_file), candidate=Path(job.candidate_dir), specialist=job.specialist,
-                               out=out, say=say)  # fmt: skip
+                               out=out, say=say, progress=progress)  # fmt: skip
     except GateInputError as e:
         write_json(out, error_result(str(e)))
         raise

@@ -78,12 +78,16 @@ def run(args: argparse.Namespace) -> int:
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     say = (lambda msg: None) if args.quiet or args.json else (lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
     logging.getLogger("tinygpt").setLevel(logging.WARNING)
+    from ..progress_bar import progress_bar
+
     try:
-        result = evaluate_gate(
-            args.project, candidate=args.candidate, specialist=args.specialist, baseline=args.baseline,
-            passes=args.passes, temperature=args.temperature, update_baseline=args.update_baseline,
-            use_cache=False if args.no_cache else None, out=args.out, say=say,
-        )  # fmt: skip
+        # A bar on a terminal only: a pre-commit hook's log or CI keeps the plain lines.
+        with progress_bar(err, "evaluating", show=err.is_terminal and not (args.quiet or args.json)) as progress:
+            result = evaluate_gate(
+                args.project, candidate=args.candidate, specialist=args.specialist, baseline=args.baseline,
+                passes=args.passes, temperature=args.temperature, update_baseline=args.update_baseline,
+                use_cache=False if args.no_cache else None, out=args.out, say=say, progress=progress,
+            )  # fmt: skip
     except GateInputError as e:
         result = error_result(str(e))
         try:

@@ -53,11 +53,13 @@ def _pull(args, console, err) -> int:
     from rich.markup import escape
 
     from ..models.pull import pull
+    from ..progress_bar import progress_bar
 
-    result = pull(
-        args.name, from_dir=args.from_dir, force=args.force, dtype=args.dtype,
-        revision=args.revision, say=lambda msg: err.print(f"[dim]{msg}[/]"),
-    )
+    with progress_bar(err, f"pulling {args.name}") as progress:
+        result = pull(
+            args.name, from_dir=args.from_dir, force=args.force, dtype=args.dtype,
+            revision=args.revision, say=lambda msg: err.print(f"[dim]{msg}[/]"), progress=progress,
+        )
     verb = "pulled" if result.pulled else "already cached"
     err.print(f"[green]{verb}[/] {result.name} ({result.source}, {result.dtype}) in {result.seconds:.1f} s")
     console.print(result.path, soft_wrap=True, highlight=False)

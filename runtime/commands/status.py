@@ -62,10 +62,12 @@ def pipeline_section(console, args: argparse.Namespace) -> dict:
             console.print("no workers: start some with `tinygpt worker --queues data`")
     if ov.running:
         t = Table(title="running jobs")
-        for col in ("job", "queue", "stage", "worker", "started"):
+        from ..progress_bar import job_progress
+
+        for col in ("job", "queue", "stage", "worker", "started", "progress"):
             t.add_column(col, overflow="fold")
         for j in ov.running:
-            t.add_row(j.job_id, j.queue, j.stage, j.worker or "-", _when(j.started_at))
+            t.add_row(j.job_id, j.queue, j.stage, j.worker or "-", _when(j.started_at), job_progress(j.progress))
         console.print(t)
     if ov.failed:
         t = Table(title=f"failed jobs ({ov.failed_total}; `tinygpt jobs retry|drop`)")

@@ -83,10 +83,12 @@ class Stack:
 
     def _pull_model(self) -> Path:
         from tinygpt.runtime.models.resolve import resolve_model
+        from tinygpt.runtime.progress_bar import progress_bar
 
         self._say(f"Model: resolving {self.model} (first start pulls and converts it)")
         try:
-            path = resolve_model(self.model, say=self._say)
+            with progress_bar(self.console, f"converting {self.model}", show=self.console.is_terminal and not self.args.plain) as progress:
+                path = resolve_model(self.model, say=self._say, progress=progress)
         except (ValueError, OSError) as e:
             raise StartError(f"model {self.model!r}: {e}") from None
         self._say(f"Model: {path}")
@@ -200,6 +202,16 @@ class Stack:
         for q in ov.queues:
             t.add_row(q.name, str(q.queued), str(q.running), str(q.failed), str(q.finished))
         parts.append(t)
+        if ov.running:
+            from tinygpt.runtime.progress_bar import job_progress
+
+            work = Table(title="running")
+            for col in ("stage", "what", "progress"):
+                work.add_column(col)
+            for j in ov.running:
+                what = j.progress.label if j.progress and j.progress.label else j.job_id
+                work.add_row(j.stage, what, job_progress(j.progress))
+            parts.append(work)
         return Group(*parts)
 
     # ------------------------------------------------------------------- stop

@@ -140,3 +140,25 @@ JOB_KINDS: dict[str, type[Contract]] = {
     "eval": EvalJob,
     "publish": PublishJob,
 }
+
+
+class JobProgress(Contract):
+    """How far a long job (training, evaluation) is, as its worker last reported it.
+
+    Written by the worker under `tinygpt:progress:<job_id>` and read by `tinygpt up`'s
+    screen and `tinygpt status` in other processes; `updated` (epoch seconds) tells a
+    stalled job from a moving one.
+    """
+
+    job_id: str
+    stage: str
+    done: int
+    total: int
+    schema_version: int = JOBS_VERSION
+    # What the bar is about ("fileops: train 24 steps") and its unit ("step", "answer").
+    label: str = ""
+    unit: str = ""
+    # Latest numbers worth a glance: loss, tokens/s.
+    detail: str = ""
+    started: float = 0.0
+    updated: float = 0.0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -167,11 +168,13 @@ def convert_gguf(
     *,
     dtype: str = "float32",
     rope_theta: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ConvertedModel:
     """Convert the llama GGUF at `gguf_path` into an mlx-lm directory `out_dir`.
 
     `dtype` is the stored weight type (float32 | bfloat16 | float16); `rope_theta`
-    overrides the GGUF's own `llama.rope.freq_base`.
+    overrides the GGUF's own `llama.rope.freq_base`; `progress(done, total)` hears about
+    every converted tensor.
     """
     import mlx.core as mx
     import numpy as np
@@ -193,7 +196,10 @@ def convert_gguf(
 
     weights: dict[str, mx.array] = {}
     parameters = 0
-    for t in reader.tensors:
+    total = len(reader.tensors)
+    for i, t in enumerate(reader.tensors):
+        if progress is not None:
+            progress(i, total)
         name = _hf_name(t.name)
         # numpy shape is the reverse of GGUF's ne[]: (rows, cols) like a torch Linear.
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
@@ -217,6 +223,8 @@ def convert_gguf(
     config["dtype"] = dtype
 
     mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "mlx"})
+    if progress is not None:
+        progress(total, total)
     del weights
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}

@@ -69,6 +69,8 @@ class PullResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Log = Callable[[str], None]
+# (done, total) of a long step: the GGUF conversion, tensor by tensor.
+Progress = Callable[[int, int], None]
 
 
 def find_gguf(package: GGUFPackage, say: Log) -> Path:
@@ -145,12 +147,12 @@ def _copy_model_files(src: Path, dest: Path, *, link: bool = False) -> None:
         shutil.copy2(source, target)
 
 
-def _from_gguf(package: GGUFPackage, staging: Path, dtype: str, say: Log) -> str:
+def _from_gguf(package: GGUFPackage, staging: Path, dtype: str, say: Log, progress: Progress | None = None) -> str:
     from .gguf_convert import convert_gguf
 
     gguf = find_gguf(package, say)
     say(f"converting {gguf.name} to MLX ({dtype})")
-    result = convert_gguf(gguf, staging, dtype=dtype)
+    result = convert_gguf(gguf, staging, dtype=dtype, progress=progress)
     say(f"converted {result.parameters / 1e6:.0f}M parameters in {result.seconds:.1f} s")
     return f"gguf:{package.filename}@{package.distribution}=={_installed_version(package.distribution)}"
 
@@ -195,12 +197,14 @@ def pull(
     dtype: str = "float32",
     revision: str | None = None,
     say: Log | None = None,
+    progress: Progress | None = None,
 ) -> PullResult:
     """Put model `name` into the cache and return where it is.
 
     `name` is the offline default (`smollm2-135m-instruct`), any name together with
     `from_dir`, or a Hub repo id "org/repo". An already complete copy is kept unless
-    `force`. `dtype` applies to GGUF conversion only; `revision` to Hub repos only.
+    `force`. `dtype` applies to GGUF conversion only; `revision` to Hub repos only;
+    `progress(done, total)` follows the GGUF conversion, tensor by tensor.
     """
     say = say or log.info
     folder = cache.cache_name(name)
@@ -225,7 +229,7 @@ def pull(
             if from_dir is not None:
                 source = _from_dir(Path(from_dir), staging, say)
             elif name in OFFLINE_MODELS:
-                source = _from_gguf(OFFLINE_MODELS[name], staging, dtype, say)
+                source = _from_gguf(OFFLINE_MODELS[name], staging, dtype, say, progress)
             else:
                 source = _from_hub(name, staging, revision, say)
             manifest = write_manifest(staging, name=folder, source=source, dtype=weights_dtype(staging))

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from .. import paths
 from . import cache
-from .pull import DEFAULT_MODEL, OFFLINE_MODELS, Log, check_model_dir, pull
+from .pull import DEFAULT_MODEL, OFFLINE_MODELS, Log, Progress, check_model_dir, pull
 
 
-def resolve_model(name_or_path: str | Path, *, say: Log | None = None) -> Path:
+def resolve_model(name_or_path: str | Path, *, say: Log | None = None, progress: Progress | None = None) -> Path:
     """The directory of a model given as a path or a cached name.
 
     An existing directory is used as is (after checking it is an mlx-lm model). A name is
@@ -30,7 +30,7 @@ def resolve_model(name_or_path: str | Path, *, say: Log | None = None) -> Path:
     if found is not None:
         return found
     if text in OFFLINE_MODELS:
-        return Path(pull(text, say=say).path)
+        return Path(pull(text, say=say, progress=progress).path)
     names = [m.name for m in cache.list_models() if m.manifest is not None]
     raise cache.ModelNotFound(
         f"unknown model {text!r}: not a directory and not in the cache ({paths.models_dir()}). "

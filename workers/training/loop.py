@@ -48,6 +48,9 @@ class Callbacks:
     def on_checkpoint(self, step: int, folder: Path) -> None:
         """Called after checkpoint `step` is complete on disk."""
 
+    def on_step(self, step: int, total: int, loss: float, tokens_per_second: float) -> None:
+        """Called after every optimizer step (the queue reports it as the job's progress)."""
+
 
 @dataclass
 class LoopResult:
@@ -174,6 +177,7 @@ def run_loop(
             window_time += elapsed
             tps = window_tokens / max(window_time, 1e-9)
             reporter.step(state.step, step_loss, tps)
+            callbacks.on_step(state.step, cfg.steps, step_loss, tps)
             if state.step % cfg.report_every == 0 or state.step == cfg.steps:
                 reporter.write(
                     {
