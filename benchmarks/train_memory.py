@@ -65,6 +65,9 @@ def main() -> None:
     for method, peak, rss, tps in rows:
         print(f"| {method} | {peak:.2f} | {rss:.2f} | {tps:.0f} |")
     print(f"\nQLoRA / LoRA: {rows[1][1] / rows[0][1]:.2f} (MLX peak), {rows[1][2] / rows[0][2]:.2f} (RSS)")
+    print(json.dumps({"benchmark": "train_memory", "model": args.model, "steps": args.steps,
+                      "methods": {m: {"mlx_peak_gb": p, "rss_gb": r, "input_tok_s": t} for m, p, r, t in rows},
+                      "ratio_mlx_peak": rows[1][1] / rows[0][1], "ratio_rss": rows[1][2] / rows[0][2]}))  # fmt: skip
 
 
 if __name__ == "__main__":

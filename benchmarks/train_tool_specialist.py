@@ -187,6 +187,10 @@ def main() -> None:
         f"\nval loss {m['initial_val_loss']:.3f} -> {m['val_loss']:.3f} (best step {record['best_step']}); "
         f"train {train_s / 60:.1f} min, {m['tokens_per_second']:.0f} trained tok/s, peak {m['peak_memory_gb']:.2f} GB"
     )
+    print(json.dumps({"benchmark": "train_tool_specialist", "model": args.model, "train_examples": args.train,
+                      "held_out": len(test), "steps": args.steps, "base_accuracy": base_acc, "specialist_accuracy": spec_acc,
+                      "ratio": spec_acc / base_acc if base_acc else None, "val_loss": [m["initial_val_loss"], m["val_loss"]],
+                      "train_seconds": train_s}))  # fmt: skip
 
 
 if __name__ == "__main__":
