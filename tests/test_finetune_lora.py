@@ -61,7 +61,10 @@ def test_method_reduces_validation_loss_and_writes_an_mlx_lm_adapter(method, tin
 def test_qlora_trains_on_a_cached_4bit_base_with_its_digest_recorded(tiny_base, task_data, tmp_path, tinygpt_home):
     from tinygpt.runtime.models.manifest import read_manifest
 
-    first = run(job(tiny_base, task_data, tmp_path / "a", "qlora", steps=2))
+    said = []
+    first = run(job(tiny_base, task_data, tmp_path / "a", "qlora", steps=2), say=said.append)
+    # On the CPU backend the user hears that QLoRA buys memory, not speed.
+    assert any("QLoRA on the CPU backend" in line for line in said)
     quantized = first.trained_base_path
     assert quantized != first.base_path and quantized.startswith(str(tinygpt_home))
     assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["model"] == quantized

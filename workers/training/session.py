@@ -104,6 +104,11 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
         trained_path, trained_digest = quantized_base(
             base_path, base_digest, bits=cfg.quant_bits, group_size=cfg.quant_group_size, say=say
         )
+        if mx.default_device() == mx.cpu:
+            # Measured (benchmarks/RESULTS.md): MLX's CPU quantized matmul has no BLAS path,
+            # so a QLoRA step is many times slower than a LoRA step. Worth saying up front.
+            say("QLoRA on the CPU backend saves memory but trains much slower than LoRA (MLX's CPU "
+                "quantized matmul is ~40x slower than its BLAS matmul); prefer --method lora unless memory is short")
     model, tokenizer = models.load(trained_path)
     vocab = models.vocab_size(model)
     train_rows, val_rows = dataset.rows("train"), dataset.rows("valid")
