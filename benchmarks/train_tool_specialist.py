@@ -6,7 +6,10 @@ Builds a two-tool task (get_weather / convert_currency, many phrasings), imports
 `tinygpt dataset import`, trains with `tinygpt train` (the exact commands are printed),
 then scores base and specialist on held-out prompts whose cities and currency codes never
 appear in training: a prompt counts when the greedy answer holds exactly one tool call
-with the right name and arguments. CPU-only and deterministic (seeded data and training).
+with the right name and arguments. Then the same prompts go through `tinygpt eval-gate`
+(the runtime, grammar-constrained with tool_choice=required): there the base model always
+emits a valid call, so only the choice of function and arguments separates the two.
+CPU-only and deterministic (seeded data and training).
 """
 
 from __future__ import annotations
@@ -135,6 +138,33 @@ def accuracy(model_dir: str, adapter: str | None, records: list[dict], max_token
     return hits / len(records), samples
 
 
+def constrained_gate(tinygpt: list[str], model_dir: str, adapter: Path, records: list[dict], work: Path) -> dict:
+    """Base and specialist on the same held-out prompts through the product's eval gate:
+    the runtime with `tool_choice: required`, so both always emit a schema-valid call and
+    only choosing the right function and arguments counts (BFCL-style scoring)."""
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"id": f"t{i}", "prompt": r["messages"][0]["content"], "tools": TOOLS, "tool_choice": "required",
+         "parallel_tool_calls": False, "max_tokens": 64,
+         "expected": [{"name": c["function"]["name"], "arguments": {k: [v] for k, v in c["function"]["arguments"].items()}}
+                      for c in r["messages"][1]["tool_calls"]]}
+        for i, r in enumerate(records)
+    ]  # fmt: skip
+    (work / "held-out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suite = {"name": "held-out", "kind": "tool_call", "data": "held-out.jsonl", "threshold": 0.0}
+    project = {"name": "tool-specialist", "base_model": model_dir, "eval_suites": [suite], "gate": {"baseline": "base"}}
+    (work / "tinygpt.project.json").write_text(json.dumps(project))
+    cmd = [*tinygpt, "eval-gate", "--project", str(work / "tinygpt.project.json"), "--candidate", str(adapter),
+           "--specialist", "tools", "--no-cache", "--quiet", "--out", str(work / "gate-result.json")]  # fmt: skip
+    print("$", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"eval-gate failed with exit code {done.returncode}")
+    result = json.loads((work / "gate-result.json").read_text())
+    return {"verdict": result["verdict"], "base": result["baseline"]["suites"][0]["mean"],
+            "specialist": result["candidate"]["suites"][0]["mean"]}
+
+
 def sh(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -176,6 +206,7 @@ def main() -> None:
 
     base_acc, base_samples = accuracy(model_dir, None, test)
     spec_acc, spec_samples = accuracy(model_dir, str(out), test)
+    gated = constrained_gate(tinygpt, model_dir, out, test, args.work / f"gate-{args.steps}")
     print("\nbase samples:", *base_samples, sep="\n  ")
     print("specialist samples:", *spec_samples, sep="\n  ")
     m = record["metrics"]
@@ -183,12 +214,15 @@ def main() -> None:
     print("|---|---:|")
     print(f"| {args.model} (base) | {base_acc:.1%} |")
     print(f"| + LoRA specialist ({args.steps} steps, {args.train} examples) | {spec_acc:.1%} |")
+    print(f"\nconstrained (runtime, tool_choice=required, eval gate): base {gated['base']:.1%} -> "
+          f"specialist {gated['specialist']:.1%} ({gated['verdict']})")
     print(
         f"\nval loss {m['initial_val_loss']:.3f} -> {m['val_loss']:.3f} (best step {record['best_step']}); "
         f"train {train_s / 60:.1f} min, {m['tokens_per_second']:.0f} trained tok/s, peak {m['peak_memory_gb']:.2f} GB"
     )
     print(json.dumps({"benchmark": "train_tool_specialist", "model": args.model, "train_examples": args.train,
                       "held_out": len(test), "steps": args.steps, "base_accuracy": base_acc, "specialist_accuracy": spec_acc,
+                      "constrained": gated,
                       "ratio": spec_acc / base_acc if base_acc else None, "val_loss": [m["initial_val_loss"], m["val_loss"]],
                       "train_seconds": train_s}))  # fmt: skip
 
