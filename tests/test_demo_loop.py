@@ -101,6 +101,9 @@ def test_demo_command_runs_the_loop_end_to_end(tiny_model_dir, tmp_path, redis_u
     # The held-out runs after the swap were answered by the specialist, in the same runtime.
     assert summary["before"]["served_by"] == tiny_model_dir.name and summary["after"]["served_by"] == published
     assert summary["before"]["n"] == summary["after"]["n"] == 2
+    before, after, paired = summary["before"], summary["after"], summary["paired"]
+    assert len(before["solved"]) == before["successes"] and len(after["solved"]) == after["successes"]
+    assert paired["gained"] - paired["lost"] == after["successes"] - before["successes"]
     assert set(summary["seconds"]) >= {"before", "collect", "pipeline", "train", "gate", "publish", "after", "total"}
     # Eval sessions are recorded but never reach the dataset: only the six collected ones were enqueued.
     assert len(list((work / "trajectories").glob("*.msgpack"))) == 6 + 2 + 2
@@ -148,3 +151,18 @@ def test_demo_stops_cleanly_when_nothing_succeeds(tiny_model_dir, tmp_path, redi
     summary = json.loads((work / "demo-summary.json").read_text())
     assert summary["collection"]["successes"] == 0 and summary["pipeline"] == {} and summary["after"] is None
     assert "nothing to train on" in summary["note"]
+
+
+def test_the_paired_sign_test():
+    from tinygpt.runtime.demo.report import Score, paired, sign_test
+
+    assert sign_test(7, 0) == 2 / 2**7  # the default-model demo run: 7 tasks gained, none lost
+    assert sign_test(5, 1) == 2 * (1 + 6) / 2**6 and sign_test(1, 5) == sign_test(5, 1)
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+
+    def score(solved):
+        return Score(model="m", served_by="m", n=5, successes=len(solved), success_rate=len(solved) / 5, ci95=(0, 1),
+                     first_call_accuracy=0, solved=solved)  # fmt: skip
+
+    p = paired(score(["a", "b", "c"]), score(["b", "c", "d", "e"]))
+    assert (p.gained, p.lost) == (2, 1) and p.p_value == 1.0

@@ -269,6 +269,7 @@ class _Loop:
         after.seconds = self.lap("after")
         summary.after = after
         summary.improved = after.success_rate > summary.before.success_rate
+        summary.paired = report.paired(summary.before, after)
 
 
 def _redis_url() -> str:

@@ -24,6 +24,19 @@ class Score(Contract):
     first_call_accuracy: float
     per_kind: dict[str, tuple[int, int]] = {}
     seconds: float = 0.0
+    # Ids of the tasks that succeeded: before and after run the same tasks, so the
+    # comparison can be paired (which tasks flipped), not just two rates side by side.
+    solved: list[str] = []
+
+
+class Paired(Contract):
+    """Before vs after on the same tasks: tasks gained, tasks lost, and a sign test."""
+
+    gained: int
+    lost: int
+    # Exact two-sided sign test on the flipped tasks: the chance of a split at least this
+    # lopsided if the specialist were no better than the base.
+    p_value: float
 
 
 class Collection(Contract):
@@ -57,6 +70,7 @@ class DemoSummary(Contract):
     seconds: dict[str, float]
     improved: bool = False
     note: str = ""
+    paired: Paired | None = None
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -84,8 +98,24 @@ def score(model: str, episodes: list[Episode], seconds: float = 0.0) -> Score:
     return Score(
         model=model, served_by=", ".join(served), n=n, successes=k, success_rate=k / n if n else 0.0,
         ci95=wilson(k, n), first_call_accuracy=sum(e.outcome.first_call_ok for e in episodes) / n if n else 0.0,
-        per_kind=_per_kind(episodes), seconds=seconds,
+        per_kind=_per_kind(episodes), seconds=seconds, solved=sorted({e.task_id for e in episodes if e.outcome.success}),
     )  # fmt: skip
+
+
+def paired(before: Score, after: Score) -> Paired:
+    """Which of the same tasks flipped between `before` and `after`."""
+    b, a = set(before.solved), set(after.solved)
+    gained, lost = len(a - b), len(b - a)
+    return Paired(gained=gained, lost=lost, p_value=sign_test(gained, lost))
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign (binomial, p = 1/2) test; 1.0 when nothing flipped."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def collection(tasks: int, attempts: int, temperature: float, episodes: list[Episode], seconds: float) -> Collection:
@@ -113,6 +143,9 @@ def before_after_table(summary: DemoSummary):
     table.add_row("task success", _pct(b.successes, b.n), _pct(a.successes, a.n) if a else "-")
     table.add_row("95% interval", f"{b.ci95[0]:.0%}–{b.ci95[1]:.0%}", f"{a.ci95[0]:.0%}–{a.ci95[1]:.0%}" if a else "-")
     table.add_row("first call right", f"{b.first_call_accuracy:.0%}", f"{a.first_call_accuracy:.0%}" if a else "-")
+    if summary.paired is not None:
+        p = summary.paired
+        table.add_row("same tasks flipped", "", f"+{p.gained} / −{p.lost} (sign test p={p.p_value:.3g})")
     for kind in sorted(set(b.per_kind) | set(a.per_kind if a else {})):
         after = _pct(*a.per_kind[kind]) if a and kind in a.per_kind else "-"
         table.add_row(f"  {kind}", _pct(*b.per_kind.get(kind, (0, 0))), after)
