@@ -166,3 +166,21 @@ def test_the_paired_sign_test():
 
     p = paired(score(["a", "b", "c"]), score(["b", "c", "d", "e"]))
     assert (p.gained, p.lost) == (2, 1) and p.p_value == 1.0
+
+
+def test_a_crashed_gate_process_is_run_once_more_then_named(tmp_path, monkeypatch):
+    import subprocess
+
+    from tinygpt.runtime.demo import specialist
+    from tinygpt.runtime.demo.errors import DemoError
+
+    calls = []
+
+    def crashes(cmd, check=False):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, -11)
+
+    monkeypatch.setattr(specialist.subprocess, "run", crashes)
+    with pytest.raises(DemoError, match="killed by SIGSEGV"):
+        specialist.gate(tmp_path / "p.json", tmp_path / "adapter", "fileops", tmp_path / "gate-result.json")
+    assert len(calls) == 2 and "faulthandler" in calls[0]

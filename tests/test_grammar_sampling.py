@@ -45,13 +45,16 @@ def tiny_info():
     return TokenizerInfo.from_tokenizer(_tiny_tokenizer(), vocab_size=PADDED_VOCAB)
 
 
-_DISTANCES: dict[int, dict[int, int]] = {}
+# id(grammar) -> (grammar, distances). The grammar is kept so its id cannot be reused by
+# another grammar after this one is freed (the cache evicts): a stale table for another
+# grammar's states sent the end-walk in circles ("sampling did not finish") now and then.
+_DISTANCES: dict[int, tuple[object, dict[int, int]]] = {}
 
 
 def distances_to_end(grammar) -> dict[int, int]:
     """Tokens needed from each DFA state to a final state (reverse BFS over the index)."""
     key = id(grammar)
-    if key not in _DISTANCES:
+    if key not in _DISTANCES or _DISTANCES[key][0] is not grammar:
         transitions = grammar.index.get_transitions()
         eos = set(grammar.info.eos_token_ids)
         reverse: dict[int, set[int]] = {}
@@ -68,8 +71,8 @@ def distances_to_end(grammar) -> dict[int, int]:
                 if previous not in dist:
                     dist[previous] = dist[state] + 1
                     queue.append(previous)
-        _DISTANCES[key] = dist
-    return _DISTANCES[key]
+        _DISTANCES[key] = (grammar, dist)
+    return _DISTANCES[key][1]
 
 
 def sample(constraint, rng: np.random.Generator, *, budget: int = 120, eos_bias: float = 0.0) -> list[int]:

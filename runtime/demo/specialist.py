@@ -166,10 +166,17 @@ def write_gate_project(work: Path, model: str, tasks: list[Task], project: str, 
 
 def gate(project_file: Path, adapter_dir: Path, name: str, out: Path) -> GateOutcome:
     """Run the eval gate in its own process: the candidate adapter against the base model."""
-    cmd = [sys.executable, "-c", GATE_ENTRY, str(project_file), str(adapter_dir), name, str(out)]
+    cmd = [sys.executable, "-X", "faulthandler", "-c", GATE_ENTRY, str(project_file), str(adapter_dir), name, str(out)]
     done = subprocess.run(cmd, check=False)
+    if done.returncode < 0 and not out.is_file():
+        # Killed by a signal (a native crash, or the OOM killer), not a verdict: the gate is
+        # deterministic, so running it again costs time but cannot change what it decides.
+        print(f"the eval gate process died ({_signal_name(-done.returncode)}; its stack is printed above); "
+              "running it once more", file=sys.stderr)
+        done = subprocess.run(cmd, check=False)
     if not out.is_file():
-        raise DemoError(f"the eval gate wrote no result (exit {done.returncode}); its error is printed above")
+        why = _signal_name(-done.returncode) if done.returncode < 0 else f"exit {done.returncode}"
+        raise DemoError(f"the eval gate wrote no result ({why}); its error is printed above")
     from tinygpt.runtime.contracts.evals import GateResult
     from tinygpt.runtime.contracts.io import read_json
 
@@ -185,6 +192,15 @@ def gate(project_file: Path, adapter_dir: Path, name: str, out: Path) -> GateOut
         result_file=str(out),
         message=result.message or (verdict.reason if verdict else ""),
     )
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return f"killed by {signal.Signals(number).name}"
+    except ValueError:
+        return f"killed by signal {number}"
 
 
 def gate_main(argv: list[str]) -> int:
