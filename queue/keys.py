@@ -102,7 +102,6 @@ def datasets() -> str:
     return f"{PREFIX}:datasets"
 
 
-
 def progress(job_id: str) -> str:
     """STRING JobProgress (JSON) of a running job; expires unless refreshed."""
     return f"{PREFIX}:progress:{job_id}"

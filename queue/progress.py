@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import msgspec
 import redis
@@ -26,9 +27,6 @@ log = logging.getLogger(__name__)
 # A running job refreshes its record at least this often while it moves; an older one
 # is dropped by Redis (the job finished, died, or stalled far longer than any step).
 TTL_SECONDS = 900
-
-# (done, total, detail): what long loops call; the reporter decides when to write.
-Tick = Callable[..., None]
 
 _decoder = msgspec.json.Decoder(JobProgress)
 
@@ -76,6 +74,17 @@ def for_current_job(stage: str, *, label: str = "", unit: str = "") -> JobReport
     if job is None:
         return None
     return JobReporter(job.connection, job.id, stage, label=label, unit=unit)
+
+
+@contextmanager
+def reporting(stage: str, *, label: str = "", unit: str = "") -> Iterator[JobReporter | None]:
+    """`for_current_job` for the span of a job: its record goes when the job ends, however it ends."""
+    tick = for_current_job(stage, label=label, unit=unit)
+    try:
+        yield tick
+    finally:
+        if tick is not None:
+            tick.clear()
 
 
 def read(conn: redis.Redis, job_ids: Iterable[str]) -> dict[str, JobProgress]:

@@ -17,11 +17,11 @@ from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, EvalJob, Finet
 from .errors import PermanentError
 
 
-def _run(stage: str, payload):
+def _run(stage: str, payload, **options):
     job = get_current_job()
     module = importlib.import_module(f"tinygpt.workers.{stage}")
     try:
-        return module.run(payload, job.connection)
+        return module.run(payload, job.connection, **options)
     except PermanentError:
         job.retries_left = 0  # read by the worker when it handles this failure
         raise
@@ -44,47 +44,36 @@ def dataset(payload: DatasetJob):
 
 
 def finetune(payload: FinetuneJob):
-    """Train on the `train` queue. Bad input (TrainingError) fails at once, no retries."""
+    """Train on the `train` queue, reporting steps as the job's progress. Bad input
+    (TrainingError) fails at once, no retries."""
     from tinygpt.workers import finetune as stage
     from tinygpt.workers.training.errors import TrainingError
-
     from tinygpt.workers.training.loop import Callbacks
 
-    from .progress import for_current_job
-
-    job = get_current_job()
-    tick = for_current_job("finetune", label=f"{payload.specialist}: {payload.method}", unit="step")
+    from .progress import reporting
 
     class Progress(Callbacks):
-        def on_step(self, step: int, total: int, loss: float, tokens_per_second: float) -> None:
-            tick(step, total, f"loss {loss:.3f} · {tokens_per_second:,.0f} tok/s")
+        def __init__(self, tick):
+            self.tick = tick
 
-    try:
-        return stage.run(payload, callbacks=Progress() if tick else None)
-    except TrainingError:
-        job.retries_left = 0
-        raise
-    finally:
-        if tick:
-            tick.clear()
+        def on_step(self, step: int, total: int, loss: float, tokens_per_second: float) -> None:
+            self.tick(step, total, f"loss {loss:.3f} · {tokens_per_second:,.0f} tok/s")
+
+    job = get_current_job()
+    with reporting("finetune", label=f"{payload.specialist}: {payload.method}", unit="step") as tick:
+        try:
+            return stage.run(payload, callbacks=Progress(tick) if tick else None)
+        except TrainingError:
+            job.retries_left = 0
+            raise
 
 
 def evalgate(payload: EvalJob):
     """Gate on the `eval` queue, reporting answered requests as the job's progress."""
-    from tinygpt.workers import evalgate as stage
+    from .progress import reporting
 
-    from .progress import for_current_job
-
-    job = get_current_job()
-    tick = for_current_job("evalgate", label=f"{payload.specialist}: gate", unit="answer")
-    try:
-        return stage.run(payload, job.connection, progress=tick)
-    except PermanentError:
-        job.retries_left = 0
-        raise
-    finally:
-        if tick:
-            tick.clear()
+    with reporting("evalgate", label=f"{payload.specialist}: gate", unit="answer") as tick:
+        return _run("evalgate", payload, progress=tick)
 
 
 def publish(payload: PublishJob):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import redis
@@ -44,6 +45,22 @@ def test_a_redis_outage_never_fails_the_job(caplog):
 
 def test_outside_a_job_there_is_no_reporter():
     assert progress.for_current_job("finetune") is None
+    with progress.reporting("finetune") as tick:
+        assert tick is None
+
+
+def test_a_local_bar_draws_on_a_terminal_and_is_silent_elsewhere():
+    from tinygpt.runtime.progress_bar import progress_bar
+
+    stream = io.StringIO()
+    with progress_bar(Console(file=stream, width=120, force_terminal=True), "evaluating") as tick:
+        for done in range(4):
+            tick(done, 3)
+    assert "evaluating" in stream.getvalue() and "3/3" in stream.getvalue()  # the final frame is drawn
+    stream = io.StringIO()
+    with progress_bar(Console(file=stream, width=120, force_terminal=False), "evaluating") as tick:
+        tick(1, 3)
+    assert stream.getvalue() == ""  # logs and CI keep their plain lines
 
 
 def _text(renderable) -> str:
