@@ -50,9 +50,9 @@ def test_summaries_pass_fail_items_continuous_items_and_percentiles():
 def test_paired_comparison_sees_a_clear_drop_and_not_noise():
     base = {f"i{k}": 1.0 for k in range(20)}
     worse = {f"i{k}": float(k % 4 == 0) for k in range(20)}  # 5 of 20 still right
-    clear = compare(worse, base)
-    assert clear.delta == pytest.approx(-0.75) and clear.significant and clear.p_value < 1e-6
-    assert clear.ci95[1] < 0 and clear.method == "paired t-test"
+    clear = compare(worse, base)  # 15 lost, none gained: exact p = 2 / 2**15
+    assert clear.delta == pytest.approx(-0.75) and clear.significant and clear.p_value == pytest.approx(2 / 2**15)
+    assert clear.ci95[1] < 0 and clear.method == "exact McNemar"
     noisy = compare({**base, "i0": 0.0}, base)  # one item flipped: could be noise
     assert noisy.delta == pytest.approx(-0.05) and not noisy.significant and noisy.ci95[0] < 0 < noisy.ci95[1]
     same = compare(base, base)
@@ -67,3 +67,32 @@ def test_unpaired_and_percentile_comparisons():
     pct = compare(slow, fast, q=95)
     assert pct.method == "paired bootstrap" and pct.significant and pct.delta == pytest.approx(90.0)
     assert compare({"a": 1.0}, {"a": 0.0}).ci95 is None  # one item: no interval, never "clear"
+
+
+def test_pass_fail_items_use_the_exact_mcnemar_test():
+    """Known values: the binomial test on the discordant pairs, not a t-test on 0/±1 differences."""
+    base = {f"i{k}": float(k < 30) for k in range(60)}
+    better = {**base, **{f"i{k}": 1.0 for k in range(30, 35)}}  # 5 gained, 0 lost of 60
+    c = compare(better, base)
+    assert c.method == "exact McNemar" and c.p_value == pytest.approx(0.0625) and not c.significant
+    assert c.delta == pytest.approx(5 / 60) and c.ci95[0] < 0 < c.ci95[1]  # the interval agrees with p
+    seven = compare({**better, "i35": 1.0, "i36": 1.0}, base)  # 7 / 0: p = 2 / 128
+    assert seven.p_value == pytest.approx(0.015625) and seven.significant and seven.ci95[0] > 0
+    both = compare({"a": 1.0, "b": 1.0}, {"a": 0.0, "b": 0.0})  # two items, both flipped
+    assert both.p_value == pytest.approx(0.5) and not both.significant
+    mixed = compare({**base, "i0": 0.0, "i31": 1.0, "i32": 1.0}, base)  # 2 gained, 1 lost
+    assert mixed.p_value == pytest.approx(1.0) and mixed.delta == pytest.approx(1 / 60)
+    assert compare(base, base).p_value == 1.0 and compare(base, base).ci95 == (0.0, 0.0)
+    # 5 / 1: p = 2 * (1 + 6) / 64, as every table of the sign test has it.
+    assert compare({**better, "i0": 0.0}, base).p_value == pytest.approx(14 / 64)
+
+
+def test_continuous_scores_keep_the_paired_t_test():
+    """Known value: paired t on differences [1, 2, 3, 4] (t = 3.873, df = 3) gives p = 0.0305."""
+    base = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    cand = {"a": 2.0, "b": 4.0, "c": 6.0, "d": 8.0}
+    c = compare(cand, base)
+    assert c.method == "paired t-test" and c.delta == pytest.approx(2.5)
+    assert c.p_value == pytest.approx(0.030466, abs=1e-5) and c.significant
+    # K-pass means (0, 1/3, 2/3, 1) are not pass/fail: still the t-test.
+    assert compare({"a": 2 / 3, "b": 1.0}, {"a": 1 / 3, "b": 0.0}).method == "paired t-test"

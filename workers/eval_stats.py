@@ -11,7 +11,12 @@ as one observation (their noise is averaged, not mistaken for more data). Interv
 Wilson's score interval for pass/fail items (every score 0 or 1: it does not collapse
 to a point at 0% or 100%), Student's t otherwise, a seeded bootstrap over items for
 percentile metrics (p95 latency). Comparisons are paired when both sides scored the
-same items (a paired t-test or paired bootstrap), else Welch's t-test.
+same items, else Welch's t-test. Paired pass/fail items (every score 0 or 1 on both
+sides) get the exact McNemar test: a two-sided binomial test on the discordant pairs
+(items gained vs lost), since a t-test on 0/±1 differences overstates the evidence (5
+gained / 0 lost of 60: t gives p = 0.024, the exact test 0.0625) and calls any constant
+difference certain (two items both flipped: p = 0). Continuous scores keep the paired
+t-test, percentiles the paired bootstrap.
 """
 
 from __future__ import annotations
@@ -171,6 +176,57 @@ def summarize(scores: list[float], q: float | None = None) -> Summary:
     return Summary(m, m, s, se, ci)
 
 
+# ---------------------------------------------------------------- exact tests
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided binomial (p = 1/2) test of `wins` vs `losses`; 1.0 when both are 0."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = math.fsum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def _beta_quantile(p: float, a: float, b: float) -> float:
+    """x with I_x(a, b) = p, by bisection (the CDF is monotone)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2.0
+        if _betainc(a, b, mid) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
+
+
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    """Exact 95% interval of a binomial proportion k / n."""
+    if n == 0:
+        return (0.0, 1.0)
+    lo = 0.0 if k == 0 else _beta_quantile(ALPHA / 2, k, n - k + 1)
+    hi = 1.0 if k == n else _beta_quantile(1 - ALPHA / 2, k + 1, n - k)
+    return (lo, hi)
+
+
+def mcnemar(gained: int, lost: int, n: int) -> Comparison:
+    """Exact McNemar test of paired pass/fail items: `gained` items went 0 -> 1, `lost` 1 -> 0.
+
+    The p-value is the two-sided binomial test on the discordant pairs. The interval is
+    the exact conditional one that goes with it: Clopper-Pearson on the share of gains
+    among the discordant pairs, mapped to a difference in pass rate ((g - l) / n).
+    """
+    d = gained + lost
+    delta = (gained - lost) / n if n else 0.0
+    p = sign_test(gained, lost)
+    if d == 0:
+        ci = (0.0, 0.0)
+    else:
+        lo, hi = clopper_pearson(gained, d)
+        ci = (d / n * (2 * lo - 1), d / n * (2 * hi - 1))
+    return Comparison(delta, ci, p, p < ALPHA, "exact McNemar")
+
+
 # ---------------------------------------------------------------- comparisons
 
 
@@ -216,6 +272,8 @@ def compare(
         n = len(diffs)
         if n < 2:
             return Comparison(mean(diffs), None, None, False, "too few items")
+        if is_binary(cand) and is_binary(base):
+            return mcnemar(sum(d > 0 for d in diffs), sum(d < 0 for d in diffs), n)
         return _t_result(mean(diffs), std(diffs) / math.sqrt(n), n - 1, "paired t-test")
     n1, n2 = len(cand), len(base)
     delta = mean(cand) - mean(base)
