@@ -40,6 +40,9 @@ class Stage:
     retries: int
     # Seconds before each retry; the last one repeats.
     backoff_s: tuple[int, ...]
+    # Former import paths of `func`: jobs already in Redis under an old name still run
+    # (as `func`). Add the old path here whenever an entry point moves.
+    aliases: tuple[str, ...] = ()
 
     def retry(self) -> Retry:
         return Retry(max=self.retries, interval=list(self.backoff_s))
@@ -61,6 +64,17 @@ STAGES: dict[str, Stage] = {
         Stage("publish", "tinygpt.queue.tasks.publish", "eval", timeout_s=600, retries=3, backoff_s=(5, 30, 120)),
     )
 }
+
+
+def entry_points() -> dict[str, str]:
+    """Every function name a worker may call -> the stage function it runs now.
+
+    Derived from STAGES, so a new stage (or a moved one, with its old path in `aliases`)
+    is covered without a second list to keep in step; see `admission`.
+    """
+    allowed = {alias: s.func for s in STAGES.values() for alias in s.aliases}
+    allowed.update({s.func: s.func for s in STAGES.values()})
+    return allowed
 
 
 def queue_name(short: str) -> str:

@@ -5,6 +5,9 @@ loads MLX keeps it loaded and nothing forks a process whose MLX is initialised. 
 workers are more processes started fresh (`subprocess`, i.e. spawned), on this host or
 any other that reaches the same Redis (REDIS_URL).
 
+Before RQ imports anything for a job, the worker checks it against the stage graph's
+entry points (`admission`): a job calling anything else fails at once with the reason.
+
 Each worker also runs a housekeeping thread that
 - heartbeats the running job with a short lease (`grace_s`): when a worker is killed,
   its job is seen as abandoned within the lease, and the next registry cleanup by any
@@ -38,11 +41,13 @@ from rq import SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
+from rq import utils
 from rq.utils import current_timestamp
 
 from tinygpt.runtime import paths
 
 from . import stages
+from .admission import Admission, JobRefused
 from .serializer import MsgpackSerializer
 
 log = logging.getLogger("tinygpt.worker")
@@ -85,7 +90,8 @@ def move_due_retries(conn: redis.Redis, queue: Queue) -> int:
 class PipelineWorker(SimpleWorker):
     """A SimpleWorker with short job leases, in-process retry scheduling and drain mode."""
 
-    def __init__(self, queues, *args, heartbeat_s: float = 10.0, grace_s: float | None = None, drain: bool = False, **kwargs):
+    def __init__(self, queues, *args, heartbeat_s: float = 10.0, grace_s: float | None = None, drain: bool = False,
+                 allow_jobs: tuple[str, ...] = (), **kwargs):  # fmt: skip
         kwargs.setdefault("serializer", MsgpackSerializer)
         kwargs.setdefault("job_monitoring_interval", max(1, int(heartbeat_s)))
         kwargs.setdefault("maintenance_interval", 30)
@@ -97,6 +103,8 @@ class PipelineWorker(SimpleWorker):
         # The lease must outlast a few missed beats (a long C call holding the GIL).
         self.grace_s = grace_s if grace_s is not None else max(3 * heartbeat_s, heartbeat_s + 5)
         self.drain = drain
+        # Stage entry points, plus functions the operator named (`--allow-job`).
+        self.admission = Admission(allow_jobs)
         self._running: tuple[Job, object] | None = None
         self._house_stop = threading.Event()
         self._house: threading.Thread | None = None
@@ -117,6 +125,30 @@ class PipelineWorker(SimpleWorker):
             return super().execute_job(job, queue)
         finally:
             self._running = None
+
+    # --- admission -----------------------------------------------------------------------
+    def perform_job(self, job: Job, queue: Queue, execution) -> bool:
+        try:
+            self.admission.check(job)
+        except Exception as e:  # JobRefused, or job data our serializer cannot decode
+            reason = e if isinstance(e, JobRefused) else JobRefused(f"job {job.id}: unreadable job data ({e.__cause__ or e})")
+            return self._refuse(job, queue, execution, reason)
+        return super().perform_job(job, queue, execution)
+
+    def _refuse(self, job: Job, queue: Queue, execution, reason: JobRefused) -> bool:
+        """Fail `job` with `reason` through RQ's own failure path, importing nothing it names."""
+        log.warning("worker %s: %s", self.name, reason)
+        # RQ imports and calls a job's callbacks on failure: drop them, and never retry.
+        job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+        job._success_callback = job._failure_callback = job._stopped_callback = None
+        job.retries_left = 0
+        try:
+            self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+            job.started_at = utils.now()
+            raise reason
+        except JobRefused:
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+        return False
 
     def _housekeep(self) -> None:
         while not self._house_stop.wait(self.heartbeat_s):
@@ -206,6 +238,7 @@ def run_worker(
     grace_s: float | None = None,
     maintenance_s: int = 30,
     log_level: str = "INFO",
+    allow_jobs: tuple[str, ...] = (),
 ) -> int:
     """Run one worker in this process until stopped (or drained, with `burst`)."""
     from .connection import connect
@@ -229,6 +262,7 @@ def run_worker(
         grace_s=grace_s,
         drain=burst,
         maintenance_interval=maintenance_s,
+        allow_jobs=allow_jobs,
     )
     worker.work(burst=burst, logging_level=log_level)
     return 0
@@ -282,6 +316,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, default=None, help="lease length in seconds: a killed worker's job is retried after this (default 3x heartbeat)")
     p.add_argument("--maintenance", type=int, default=30, help="seconds between registry cleanups that find abandoned jobs (default 30)")
     p.add_argument("--log-level", default="INFO", help="worker log level (default INFO)")
+    p.add_argument("--allow-job", action="append", default=[], metavar="MODULE.FUNCTION",
+                   help="also run jobs calling this function (repeatable); by default a worker runs only the pipeline's "
+                        "stage entry points and fails any other job unrun")  # fmt: skip
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -290,7 +327,8 @@ def run_args(args: argparse.Namespace) -> int:
         stages.queue_name(q)  # a clear error for a typo, before anything starts
     if args.count < 1:
         raise ValueError(f"--count must be at least 1, got {args.count}")
-    common = dict(burst=args.burst, heartbeat_s=args.heartbeat, grace_s=args.grace, maintenance_s=args.maintenance, log_level=args.log_level)
+    common = dict(burst=args.burst, heartbeat_s=args.heartbeat, grace_s=args.grace, maintenance_s=args.maintenance,
+                  log_level=args.log_level, allow_jobs=tuple(args.allow_job))  # fmt: skip
     if args.count == 1:
         return run_worker(queues, url=args.url, **common)
 
@@ -300,6 +338,8 @@ def run_args(args: argparse.Namespace) -> int:
             argv += ["--grace", str(args.grace)]
         if args.burst:
             argv.append("--burst")
+        for name in args.allow_job:
+            argv += ["--allow-job", name]
         if args.url:
             argv += ["--url", args.url]
         return argv
