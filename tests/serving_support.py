@@ -45,13 +45,13 @@ def raw(port: int, data: bytes, *, read: bool = True) -> tuple[int, bytes]:
 
 def post(port: int, path: str, body: bytes | dict, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-    lines = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(payload)}", "Connection: close"]
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    lines = [f"GET {path} HTTP/1.1", "Host: test", "Connection: close"]
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
 

@@ -28,9 +28,10 @@ def adapters(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture
-def rt(tiny_model_dir, tmp_path):
+def rt(tiny_model_dir, tmp_path, adapters):
     # No prefix cache: greedy outputs compared across runs must come from identical prefills.
-    with running(tiny_model_dir, tmp_path, admin_key="admin", prefix_cache_mb=0, max_tokens=64) as rt:
+    dirs = [str(adapters["v1"].parent), str(tmp_path)]
+    with running(tiny_model_dir, tmp_path, admin_key="admin", prefix_cache_mb=0, max_tokens=64, adapter_dirs=dirs) as rt:
         yield rt
 
 
@@ -115,9 +116,9 @@ def test_unload_frees_the_adapter_and_404s_new_requests(rt, adapters):
     ref = weakref.ref(rt.engine._models["mail@1"])
     status, body = get(rt.port, "/admin/adapters", ADMIN)
     assert status == 200 and json.loads(body)["current"] == {"mail": "mail@1"}
-    status, body = post(rt.port, "/admin/adapters", {"name": "x", "path": "/nonexistent"}, ADMIN)
+    status, body = post(rt.port, "/admin/adapters", {"name": "x", "path": str(adapters["v1"].parent / "nonexistent")}, ADMIN)
     assert status == 400
-    req = "DELETE /admin/adapters/mail HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin\r\nConnection: close\r\n\r\n"
+    req = "DELETE /admin/adapters/mail HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer admin\r\nConnection: close\r\n\r\n"
     from tests.serving_support import raw
 
     status, body = raw(rt.port, req.encode())

@@ -143,8 +143,9 @@ def test_api_key_is_required_and_health_is_open(rt):
     assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
     status, body = get(rt.port, "/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
-    status, _ = get(rt.port, "/admin/adapters", {"Authorization": "Bearer wrong"})
-    assert status == 401
+    # No --admin-key: the admin API is off, and the API key does not open it.
+    assert get(rt.port, "/admin/adapters", {"Authorization": "Bearer wrong"})[0] == 403
+    assert get(rt.port, "/admin/adapters", AUTH)[0] == 403
 
 
 def test_raw_http_errors(rt):
@@ -152,7 +153,7 @@ def test_raw_http_errors(rt):
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
     status, _ = post(rt.port, "/v1/chat/completions", b"x" * (1 << 17), AUTH)
     assert status == 413
-    status, _ = raw(rt.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n\r\n")
+    status, _ = raw(rt.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer test-key\r\n\r\n")
     assert status == 411
     status, _ = raw(rt.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
     assert status == 400
@@ -175,7 +176,7 @@ def test_metrics_count_requests_and_tokens(client, rt):
 def _stream_then_drop(rt, max_tokens: int) -> None:
     port = rt.port
     body = json.dumps(endless(rt, max_tokens=max_tokens, stream=True)).encode()
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(head.encode() + body)
     assert s.recv(4096).startswith(b"HTTP/1.1 200")
@@ -193,7 +194,7 @@ def test_disconnect_mid_stream_frees_the_slot(rt, client):
 def test_disconnect_while_waiting_non_streaming_frees_the_slot(rt):
     before = rt.metrics.rejected.value(reason="client_gone")
     body = json.dumps(endless(rt, max_tokens=1500)).encode()
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
     s = socket.create_connection(("127.0.0.1", rt.port))
     s.sendall(head.encode() + body)
     while not rt.engine.n_active:
@@ -219,7 +220,7 @@ def test_full_queue_answers_503_with_retry_after(tiny_model_dir, tmp_path):
             time.sleep(0.005)
         status, body = raw(
             rt.port,
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
             % (len(json.dumps(chat()).encode()), json.dumps(chat()).encode()),
         )
         head_ok = status == 503 and json.loads(body)["error"]["code"] == "server_busy"
@@ -234,7 +235,7 @@ def test_slow_clients_do_not_block_others(rt, client):
     stalled = []
     for _ in range(20):
         s = socket.create_connection(("127.0.0.1", rt.port))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"mo")
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"mo")
         stalled.append(s)
     try:
         assert client.chat.completions.create(model="base", messages=HELLO, max_tokens=2).choices

@@ -11,13 +11,17 @@ trajectory. Responses carry `X-TinyGPT-Trajectory`, `X-TinyGPT-Step` and
 trajectories (idle for --session-idle seconds, or at shutdown) go to the Redis
 pipeline ($REDIS_URL, else the embedded server) unless --no-queue.
 
-Admin endpoints (need --admin-key or --api-key as a Bearer token):
-  POST   /admin/adapters  {"name": "sql", "path": "specialists/sql/3", "version": "3"}
+Admin endpoints (off unless --admin-key is set; that key as a Bearer token):
+  POST   /admin/adapters  {"name": "sql", "path": "/srv/adapters/sql/3", "version": "3"}
          loads a specialist, or hot-swaps to a new version (requests in flight finish
-         on the old one)
+         on the old one); paths only from the specialist cache and --adapter-dir
   DELETE /admin/adapters/NAME[@VERSION]   stop serving it (memory freed when idle)
   GET    /admin/adapters
 Also: GET /v1/models, GET /health, GET /metrics (Prometheus).
+
+Browsers: requests whose Host is not this server (DNS rebinding) or whose Origin is
+not listed with --allow-origin are refused, and POST bodies must be application/json.
+Binding anything but loopback needs --api-key (or --insecure).
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ EXAMPLE = "tinygpt serve --model smollm2-135m-instruct --port 8000 --adapter sql
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def add_security_options(parser: argparse.ArgumentParser) -> None:
+    """Options `serve` and `up` share about who may use the runtime."""
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let web pages from this origin call the API (CORS), e.g. http://localhost:3000 (repeatable); "
+                             "other browser origins are refused")
+    parser.add_argument("--adapter-dir", action="append", default=[], metavar="DIR",
+                        help="a directory POST /admin/adapters may load from, besides the specialist cache (repeatable)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow binding a non-loopback --host without --api-key (anyone who reaches it can use it)")
 
 
 def _adapter(text: str) -> tuple[str, str]:
@@ -46,7 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("TINYGPT_API_KEY"),
                         help="require `Authorization: Bearer KEY` on /v1 (default: $TINYGPT_API_KEY)")
     parser.add_argument("--admin-key", default=os.environ.get("TINYGPT_ADMIN_KEY"),
-                        help="key for /admin endpoints (default: $TINYGPT_ADMIN_KEY, else --api-key)")
+                        help="key for /admin endpoints, which are off without it (default: $TINYGPT_ADMIN_KEY)")
+    add_security_options(parser)
     parser.add_argument("--adapter", action="append", type=_adapter, default=[], metavar="NAME=PATH",
                         help="serve a specialist from an mlx-lm adapter directory (repeatable)")
     parser.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default: 16)")
@@ -89,9 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from tinygpt.runtime.serving.protocol import ApiError
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.host not in LOCAL_HOSTS and not args.api_key:
-        print(f"tinygpt serve: warning: binding {args.host} without --api-key lets anyone on the network use it",
-              file=sys.stderr)
+    if args.insecure and args.host not in LOCAL_HOSTS and not args.api_key:
+        print(f"tinygpt serve: warning: --insecure: anyone who reaches {args.host} can use this runtime", file=sys.stderr)
     config = ServerConfig(
         model=args.model,
         name=args.name,
@@ -99,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         api_key=args.api_key,
         admin_key=args.admin_key,
+        allow_origins=list(args.allow_origin),
+        adapter_dirs=list(args.adapter_dir),
+        insecure=args.insecure,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         max_tokens=args.max_tokens,

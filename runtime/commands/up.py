@@ -27,11 +27,16 @@ EXAMPLE = "tinygpt up\n  tinygpt up --port 8080 --workers 2\n  REDIS_URL=redis:/
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from .serve import add_security_options
+
     parser.add_argument("--project", help="project pin file (default: the nearest tinygpt.project.json, if any)")
     parser.add_argument("--model", help="base model name or directory (default: the project's base_model)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="runtime port (default: 8000; 0 picks a free one)")
     parser.add_argument("--api-key", default=os.environ.get("TINYGPT_API_KEY"), help="require this Bearer key on /v1")
+    parser.add_argument("--admin-key", default=os.environ.get("TINYGPT_ADMIN_KEY"),
+                        help="key for the /admin endpoints, which are off without it (default: $TINYGPT_ADMIN_KEY)")
+    add_security_options(parser)
     parser.add_argument("--workers", type=int, default=1, help="pipeline worker processes (default: 1)")
     parser.add_argument("--no-workers", dest="start_workers", action="store_false",
                         help="run no workers here (e.g. they run on other hosts against $REDIS_URL)")

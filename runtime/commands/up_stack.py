@@ -38,6 +38,10 @@ class Stack:
         """Read the project (if any) before starting anything: a bad pin file stops here."""
         from tinygpt.runtime.project import find_project, load_project
 
+        from tinygpt.runtime.serving.guard import check_bind
+
+        # Before Redis, workers or the model start: a server open to the network needs a key.
+        check_bind(args.host, args.api_key, args.insecure)
         project_file = Path(args.project) if args.project else find_project()
         model, name = "smollm2-135m-instruct", "default"
         if project_file is not None:
@@ -113,6 +117,10 @@ class Stack:
             host=self.args.host,
             port=self.args.port,
             api_key=self.args.api_key,
+            admin_key=self.args.admin_key,
+            allow_origins=list(self.args.allow_origin),
+            adapter_dirs=[*self.args.adapter_dir, *self._registry_dirs()],
+            insecure=self.args.insecure,
             project=self.project_name,
         )
         try:
@@ -121,6 +129,15 @@ class Stack:
             raise StartError(f"runtime: {e}") from None
         self._start_specialists()
         self._say(f"Runtime: {self.runtime.url}/v1 (OpenAI-compatible; Ctrl-C to stop)")
+
+    def _registry_dirs(self) -> list[str]:
+        """The project's directory registries: the admin API may load adapters from them."""
+        if self.project_file is None:
+            return []
+        from tinygpt.runtime.project import load_project
+
+        specs = load_project(self.project_file).registries
+        return [str(self.project_file.parent / s) for s in specs if "://" not in s]
 
     def _start_specialists(self) -> None:
         """Pull and load every pinned specialist, then follow the pin file and Redis notices.

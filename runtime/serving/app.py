@@ -19,6 +19,7 @@ from .. import paths
 from .adapters import Registry, build_adapter_model, read_adapter
 from .completions import Completions
 from .engine import Engine
+from .guard import RequestGuard, check_bind
 from .http import RuntimeHTTPServer
 from .metrics import Metrics
 from .prompts import ChatPrompts
@@ -34,10 +35,16 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
     host: str = "127.0.0.1"
     port: int = 8000
-    # Required on /v1/* when set (Authorization: Bearer ...); admin endpoints need
-    # `admin_key` (default: this key) and are disabled when neither is set.
+    # Required on /v1/* when set (Authorization: Bearer ...). Admin endpoints need
+    # `admin_key` and are off without it (never the API key: see guard.py).
     api_key: str | None = None
     admin_key: str | None = None
+    # Browser origins allowed to call the API (CORS); any other Origin is refused.
+    allow_origins: list[str] = []
+    # Directories (besides the specialist cache) the admin API may load adapters from.
+    adapter_dirs: list[str] = []
+    # Serve a non-loopback address without an API key anyway.
+    insecure: bool = False
     # Name clients use for the base model (default: the model's name or directory name).
     name: str | None = None
     max_batch: int = 16
@@ -86,6 +93,8 @@ class Runtime:
     """The whole server. Construct, `start()`, then `serve_forever()` or use `url`."""
 
     def __init__(self, config: ServerConfig, *, on_trajectory_flushed: Callable[[Path], None] | None = None):
+        check_bind(config.host, config.api_key, config.insecure)  # before anything loads
+        RequestGuard(config.host, config.allow_origins, config.adapter_dirs)  # a bad --allow-origin fails here
         self.config = config
         self.metrics = Metrics()
         self.model_dir = resolve_model_dir(config.model)

@@ -5,6 +5,9 @@ decodes JSON straight into a Struct and hands off to `Completions`; every failur
 OpenAI error object, and every connection error ends only that connection. No framework
 dependency is needed for a handful of routes, SSE and keep-alive.
 
+Every request first passes `guard.RequestGuard.screen` (Host, browser Origin, JSON
+content type; CORS preflights are answered there), and every body `check_body` (depth).
+
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models[/{id}]``, ``GET /health``,
 ``GET /metrics``, ``POST /v1/trajectories/{id}/feedback``, and behind the admin key
 ``GET|POST /admin/adapters`` and ``DELETE /admin/adapters/{name}[@{version}]``.
@@ -27,6 +30,7 @@ import msgspec
 
 from ..contracts.trajectory import Feedback
 from .completions import ClientGone
+from .guard import RequestGuard
 from .protocol import AdapterLoad, ApiError, ChatRequest, FeedbackRequest, decode, encode
 from .recorder import SESSION_HEADER
 
@@ -57,6 +61,8 @@ class RuntimeHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address, runtime: "Runtime"):
         self.runtime = runtime
+        cfg = runtime.config
+        self.guard = RequestGuard(cfg.host, cfg.allow_origins, cfg.adapter_dirs)
         self.max_connections = runtime.config.max_connections
         self._open = 0
         self._open_lock = threading.Lock()
@@ -112,6 +118,8 @@ class Handler(BaseHTTPRequestHandler):
     def send_response(self, code: int, message: str | None = None) -> None:
         self._status = code
         super().send_response(code, message)
+        for k, v in self.server.guard.cors_headers(getattr(self, "headers", None)).items():
+            self.send_header(k, v)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors raised by the stdlib parser (bad request line, huge headers) as JSON too."""
@@ -133,6 +141,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
     # ------------------------------------------------------------ plumbing
 
     @property
@@ -146,6 +157,8 @@ class Handler(BaseHTTPRequestHandler):
         endpoint = "unknown"
         try:
             path = urlsplit(self.path).path
+            if self.server.guard.screen(self, method):
+                return
             route, params, allowed = None, {}, []
             for m, pattern, name, auth in _COMPILED:
                 found = pattern.match(path)
@@ -188,10 +201,11 @@ class Handler(BaseHTTPRequestHandler):
     def _authorize(self, auth: str | None) -> None:
         if auth is None:
             return
-        key = self.rt.config.api_key if auth == "api" else (self.rt.config.admin_key or self.rt.config.api_key)
+        # The admin key never falls back to the API key: API clients must not load adapters.
+        key = self.rt.config.api_key if auth == "api" else self.rt.config.admin_key
         if key is None:
             if auth == "admin":
-                raise ApiError(403, "admin endpoints are disabled: start the server with --api-key or --admin-key")
+                raise ApiError(403, "admin endpoints are off: start the server with --admin-key")
             return
         given = self.headers.get("Authorization", "")
         token = given[7:] if given.startswith("Bearer ") else ""
@@ -216,6 +230,7 @@ class Handler(BaseHTTPRequestHandler):
         data = self.rfile.read(n)
         if len(data) < n:
             raise ClientGone()
+        self.server.guard.check_body(data)
         return data
 
     # Writer (what Completions answers through)
@@ -313,6 +328,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _adapter_load(self) -> None:
         cmd = decode(self._body(), AdapterLoad)
+        self.server.guard.check_adapter_path(cmd.path)
         result = self.rt.load_adapter(cmd.name, cmd.path, cmd.version, keep_previous=cmd.keep_previous)
         self.send_json(200, msgspec.json.encode(result))
 
