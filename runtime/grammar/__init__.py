@@ -39,7 +39,7 @@ _SPECS_MAX = 256
 def grammar_spec(tools=None, tool_choice=None, parallel_tool_calls=True, response_format=None) -> GrammarSpec | None:
     """The grammar a request asks for (memoized by the request's canonical JSON)."""
     # The schema walkers recurse per level: a schema nested hundreds deep is a 400, not a RecursionError.
-    if value_depth([tools, response_format]) > MAX_DEPTH + 1:
+    if max(value_depth(tools), value_depth(response_format)) > MAX_DEPTH:
         raise GrammarError(f"tools/response_format are nested more than {MAX_DEPTH} levels deep")
     try:
         key_text = json.dumps(
