@@ -49,7 +49,8 @@ class Server:
     def __init__(self, model: str, tmp: Path, *extra: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, "--model", model, "--port", "0", "--log-level", "WARNING",
-             "--trajectories-dir", str(tmp / "traj"), "--admin-key", "bench", "--no-queue", *extra],
+             "--trajectories-dir", str(tmp / "traj"), "--admin-key", "bench", "--no-queue",
+             "--adapter-dir", str(tmp), *extra],
             stdout=subprocess.PIPE,
             text=True,
         )

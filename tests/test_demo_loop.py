@@ -125,7 +125,11 @@ def test_demo_against_a_running_runtime(tiny_model_dir, tmp_path, redis_url, mon
     monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
     real_check = T.check
     monkeypatch.setattr(agent_mod, "check", lambda *a, **k: msgspec.structs.replace(real_check(*a, **k), success=True, reason=""))
-    with running(tiny_model_dir, tmp_path / "served", admin_key="admin-secret", project="elsewhere") as rt:
+    from tinygpt.runtime.demo.specialist import registry_dir
+
+    # The admin API loads only from the cache and listed directories: list the demo's registry.
+    with running(tiny_model_dir, tmp_path / "served", admin_key="admin-secret", project="elsewhere",
+                 adapter_dirs=[str(registry_dir())]) as rt:  # fmt: skip
         args = _demo_args(url=f"{rt.url}/v1", admin_key="admin-secret", trajectories_dir=tmp_path / "served" / "trajectories",
                           work=tmp_path / "demo", tasks=2, attempts=2, test_tasks=2, gate_tasks=2, iters=1, batch_size=2,
                           max_turns=2, lora_layers=2, json=True, model=tiny_model_dir)  # fmt: skip

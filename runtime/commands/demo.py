@@ -15,8 +15,9 @@ Exit codes: 0 the loop completed (the summary says whether it improved), 1 it st
 early (nothing to train on, the gate refused), 2 bad options.
 
 With --url the demo uses a runtime that is already running on this machine; start it
-with `tinygpt serve --no-queue --admin-key KEY --trajectories-dir DIR` and pass the same
---admin-key and --trajectories-dir (the demo enqueues only its training sessions)."""
+with `tinygpt serve --no-queue --admin-key KEY --trajectories-dir DIR --adapter-dir
+<tinygpt home>/demo/specialists` (the admin API loads only from listed directories) and
+pass the same --admin-key and --trajectories-dir (the demo enqueues only its training sessions)."""
 
 from __future__ import annotations
 
