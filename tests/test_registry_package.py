@@ -68,7 +68,8 @@ def test_a_package_holds_adapter_card_report_manifest_and_a_lock_of_every_file(t
                      "manifest.json", "training_record.json"]  # fmt: skip
     lock = read_json(pkg / "lock.json", SpecialistLock)
     assert set(lock.files) == set(names) - {"lock.json"}
-    assert lock.digest == lock_digest(lock.files) == built.lock.digest
+    assert lock.digest == lock_digest(lock.files, lock.sizes) == built.lock.digest
+    assert lock.sizes == {n: (pkg / n).stat().st_size for n in lock.files}  # the caps downloads are held to
     # The lock is written last: no other file of the package is newer.
     assert all((pkg / n).stat().st_mtime_ns <= (pkg / "lock.json").stat().st_mtime_ns for n in names)
     manifest = read_json(pkg / "manifest.json", SpecialistManifest)

@@ -46,6 +46,10 @@ class ProjectPins(Contract):
     specialists: list[SpecialistPin] = []
     # Directories or file:// / http(s):// base URLs with an index.json.
     registries: list[str] = msgspec.field(default_factory=lambda: ["specialists"])
+    # Pull from plain http:// registries on other hosts without pinned sha256s. Off: there,
+    # the index, lock and files come unauthenticated from one server, so a hash check
+    # against its own lock proves nothing; use https:// or pin `sha256` instead.
+    allow_insecure_http: bool = False
     eval_suites: list[EvalSuite] = []
     gate: GateSettings = msgspec.field(default_factory=GateSettings)
     # Dedupe threshold, label keep / drop rule, judge and dataset split for the data pipeline.

@@ -54,6 +54,9 @@ class SpecialistLock(Contract):
     files: dict[str, str]
     digest: str
     schema_version: int = SPECIALIST_VERSION
+    # Byte size of every file: a download stops as soon as a file outgrows its size.
+    # Part of the digest when present (locks written before sizes existed keep theirs).
+    sizes: dict[str, int] = {}
 
 
 class RegistryEntry(Contract):

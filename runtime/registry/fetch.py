@@ -1,12 +1,17 @@
 """Registries as sources, and pulling a package into the local cache with every sha256 checked.
 
 A registry is a directory, a `file://` URL or an `http(s)://` base URL; each has an
-`index.json` at its root and packages at the paths the index names. Pulled packages live
+`index.json` at its root and packages at the paths the index names. A plain `http://`
+registry on another host cannot be trusted by itself (index, lock and files come from
+one unauthenticated server, so a lock check proves nothing): pulling from one needs
+the pin's `sha256`, or the project's explicit `allow_insecure_http`. Loopback `http://`
+is this machine's own server and is trusted like a directory. Pulled packages live
 in `<home>/specialists/<name>/<version>/`, an exact, verified copy: later changes in
 the registry never reach what a runtime has loaded.
 
-A pull downloads into a hidden staging folder, hashing every file as it streams, and
-only a package whose every file matches its lock (and whose lock matches the index's
+A pull downloads into a hidden staging folder, hashing every file as it streams and
+stopping as soon as a file outgrows the size its lock declares (or `MAX_FILE_BYTES` for
+locks without sizes), and only a package whose every file matches its lock (and whose lock matches the index's
 digest and the pin's sha256) is renamed into the cache. Anything else raises
 IntegrityError and leaves the cache, and whatever the runtime serves, as it was.
 """
@@ -25,6 +30,7 @@ from urllib.parse import quote, unquote, urlsplit
 import msgspec
 
 from .. import paths
+from ..hosts import is_loopback
 from ..contracts.base import ContractError
 from ..contracts.io import decode_json, write_json
 from ..contracts.specialist import RegistryEntry, RegistryIndex, SpecialistLock
@@ -37,6 +43,8 @@ log = logging.getLogger("tinygpt.registry")
 
 # index.json and lock.json are small; a registry sending more is broken or hostile.
 MAX_METADATA_BYTES = 16 << 20
+# The cap on one file of a package whose lock declares no sizes (older locks).
+MAX_FILE_BYTES = 8 << 30
 _CHUNK = 1 << 20
 
 
@@ -62,6 +70,9 @@ class Source(Protocol):
 
 
 class DirSource:
+    # Files on this machine: what the lock says is what we read.
+    authenticated = True
+
     def __init__(self, root: Path, label: str | None = None):
         self.root = Path(root)
         self.label = label or str(root)
@@ -80,10 +91,13 @@ class DirSource:
 
 
 class HttpSource:
-    def __init__(self, base_url: str, timeout: float = 30.0):
+    def __init__(self, base_url: str, timeout: float = 30.0, *, allow_insecure_http: bool = False):
         self.base = base_url.rstrip("/")
         self.label = self.base
         self.timeout = timeout
+        parts = urlsplit(self.base)
+        # TLS authenticates the server; loopback is this machine; anything else must be opted into.
+        self.authenticated = parts.scheme.lower() == "https" or is_loopback(parts.hostname or "") or allow_insecure_http
 
     def _get(self, rel: str):
         url = f"{self.base}/{quote(rel)}"
@@ -116,11 +130,11 @@ class HttpSource:
         return self._get(str(safe_relative(rel, self.label)))
 
 
-def source_for(spec: str, base_dir: Path, *, timeout: float = 30.0) -> Source:
+def source_for(spec: str, base_dir: Path, *, timeout: float = 30.0, allow_insecure_http: bool = False) -> Source:
     """The source a `registries` entry names; relative directories are relative to `base_dir`."""
     scheme = urlsplit(spec).scheme.lower() if "://" in spec else ""
     if scheme in ("http", "https"):
-        return HttpSource(spec, timeout=timeout)
+        return HttpSource(spec, timeout=timeout, allow_insecure_http=allow_insecure_http)
     if scheme == "file":
         return DirSource(Path(unquote(urlsplit(spec).path)), label=spec)
     if scheme:
@@ -144,18 +158,40 @@ def _read_small(source: Source, rel: str) -> bytes:
     return data
 
 
-def _download(source: Source, rel: str, dest: Path) -> str:
-    """Stream `rel` to `dest`, returning the sha256 of what was written."""
+def _download(source: Source, rel: str, dest: Path, *, sha256: str, size: int | None, what: str) -> None:
+    """Stream `rel` to `dest`, hashing as it goes; stop at the first byte past its size.
+
+    `size` is what the lock declares (None: only `MAX_FILE_BYTES` holds). A file that
+    grows past it, ends short of it or hashes to anything else raises IntegrityError and
+    leaves no file behind.
+    """
+    cap = MAX_FILE_BYTES if size is None else size
+    name = rel.rpartition("/")[2] if "/" in rel else rel
     h = hashlib.sha256()
+    n = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with source.open(rel) as src, open(dest, "wb") as out:
-            while chunk := src.read(_CHUNK):
+            announced = getattr(src, "headers", None) and src.headers.get("Content-Length")
+            if announced and announced.isdigit() and int(announced) > cap:
+                raise IntegrityError(f"{what}: {name} is announced as {announced} bytes, its lock says {cap}: refused")
+            # Never read more than one byte past the cap: that byte is the proof of an overrun.
+            while chunk := src.read(min(_CHUNK, cap + 1 - n)):
+                n += len(chunk)
+                if n > cap:
+                    raise IntegrityError(f"{what}: {name} is larger than the {cap} bytes its lock declares: aborted")
                 h.update(chunk)
                 out.write(chunk)
+        if size is not None and n != size:
+            raise IntegrityError(f"{what}: {name} is {n} bytes, its lock says {size}: refused")
+        if h.hexdigest() != sha256:
+            raise IntegrityError(f"{what}: {name} has sha256 {h.hexdigest()[:12]}, its lock says {sha256[:12]}: refused")
     except (OSError, urllib.error.URLError) as e:
+        dest.unlink(missing_ok=True)
         raise RegistryUnavailable(f"registry {source.label}: downloading {rel} failed ({e})") from None
-    return h.hexdigest()
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
 
 
 def check_entry(entry: RegistryEntry, source: Source) -> None:
@@ -180,6 +216,12 @@ def pull(source: Source, entry: RegistryEntry, *, pin_sha256: str | None = None)
     what = f"{name}@{version} from {source.label}"
     if pin_sha256 and entry.digest != pin_sha256:
         raise IntegrityError(f"{what}: digest {entry.digest[:12]} is not the pinned sha256 {pin_sha256[:12]}: refused")
+    if not pin_sha256 and not getattr(source, "authenticated", False):
+        raise IntegrityError(
+            f"{what}: a plain http:// registry on another host serves the index, lock and files unauthenticated, "
+            "so their hashes prove nothing: use https://, pin the version's sha256, or set allow_insecure_http "
+            "in tinygpt.project.json"
+        )
     dest = cached_dir(name, version)
     if (dest / LOCK).is_file():
         try:
@@ -201,9 +243,8 @@ def pull(source: Source, entry: RegistryEntry, *, pin_sha256: str | None = None)
         if lock.digest != entry.digest:
             raise IntegrityError(f"{what}: its lock has digest {lock.digest[:12]}, the index says {entry.digest[:12]}: refused")
         for rel, expected in sorted(lock.files.items()):
-            got = _download(source, f"{entry.path}/{rel}", stage / safe_relative(rel, what))
-            if got != expected:
-                raise IntegrityError(f"{what}: {rel} has sha256 {got[:12]}, its lock says {expected[:12]}: refused")
+            _download(source, f"{entry.path}/{rel}", stage / safe_relative(rel, what), sha256=expected,
+                      size=lock.sizes.get(rel) if lock.sizes else None, what=what)  # fmt: skip
         manifest = read_manifest(stage)
         if (manifest.name, manifest.version) != (name, version):
             raise PackageError(f"{what}: its manifest is for {manifest.name}@{manifest.version}")

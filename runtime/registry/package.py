@@ -53,8 +53,14 @@ class Built(msgspec.Struct, kw_only=True):
     created: bool
 
 
-def lock_digest(files: dict[str, str]) -> str:
-    """The package's identity: sha256 over sorted "path sha256" lines (like a model digest)."""
+def lock_digest(files: dict[str, str], sizes: dict[str, int] | None = None) -> str:
+    """The package's identity: sha256 over sorted "path sha256[ size]" lines (like a model digest).
+
+    Sizes are part of it when the lock has them, so a pinned digest also pins the caps
+    downloads are held to.
+    """
+    if sizes:
+        return hashlib.sha256("".join(f"{p} {files[p]} {sizes[p]}\n" for p in sorted(files)).encode()).hexdigest()
     return hashlib.sha256("".join(f"{p} {files[p]}\n" for p in sorted(files)).encode()).hexdigest()
 
 
@@ -89,7 +95,9 @@ def check_lock(lock: SpecialistLock, source: str) -> None:
     for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST):
         if required not in lock.files:
             raise PackageError(f"{source}: the package has no {required}")
-    if lock_digest(lock.files) != lock.digest:
+    if lock.sizes and (set(lock.sizes) != set(lock.files) or any(n < 0 for n in lock.sizes.values())):
+        raise PackageError(f"{source}: the lock's sizes do not list exactly its files")
+    if lock_digest(lock.files, lock.sizes) != lock.digest:
         raise IntegrityError(f"{source}: the lock's digest {lock.digest[:12]} does not match the files it lists")
 
 
@@ -119,6 +127,8 @@ def verify_package(package: Path, *, name: str | None = None, version: str | Non
         f = package / rel
         if not f.is_file():
             raise IntegrityError(f"{package}: {rel} is missing (listed in the lock)")
+        if lock.sizes and f.stat().st_size != lock.sizes[rel]:
+            raise IntegrityError(f"{package}: {rel} is {f.stat().st_size} bytes, the lock says {lock.sizes[rel]}: refused")
         got = sha256_file(f)
         if got != expected:
             raise IntegrityError(f"{package}: {rel} has sha256 {got[:12]}, the lock says {expected[:12]}: refused")
@@ -251,8 +261,10 @@ def build_package(adapter_dir: Path, registry: Path, *, name: str, version: str,
             write_json(stage / EVAL_REPORT, gate)
         write_json(stage / MANIFEST, manifest)
         (stage / CARD).write_text(render_card(manifest, gate=gate, record=record, dataset=dataset))
-        files = {p.relative_to(stage).as_posix(): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
-        lock = SpecialistLock(name=name, version=version, files=files, digest=lock_digest(files))
+        paths = [p for p in sorted(stage.rglob("*")) if p.is_file()]
+        files = {p.relative_to(stage).as_posix(): sha256_file(p) for p in paths}
+        sizes = {p.relative_to(stage).as_posix(): p.stat().st_size for p in paths}
+        lock = SpecialistLock(name=name, version=version, files=files, digest=lock_digest(files, sizes), sizes=sizes)
         write_json(stage / LOCK, lock)
         fsync_tree(stage)
     except BaseException:

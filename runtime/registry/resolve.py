@@ -48,7 +48,7 @@ def open_registries(pins: ProjectPins, project_dir: Path, *, timeout: float = 30
     out = []
     for spec in pins.registries:
         try:
-            source = source_for(spec, project_dir, timeout=timeout)
+            source = source_for(spec, project_dir, timeout=timeout, allow_insecure_http=pins.allow_insecure_http)
         except RegistryError as e:
             out.append(Registry(spec, None, None, str(e)))
             continue

@@ -29,26 +29,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..contracts.nesting import MAX_DEPTH, json_depth
+from ..hosts import LOCAL_NAMES, is_loopback
 from .protocol import ApiError
 
-LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # What a listed browser origin may send and read (CORS).
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-TinyGPT-Session"
 CORS_EXPOSED_HEADERS = "X-TinyGPT-Trajectory, X-TinyGPT-Step, X-TinyGPT-Model, Retry-After"
 CORS_MAX_AGE_S = 600
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` keeps the server on this machine."""
-    name = host.strip("[]").lower()
-    if name in LOCAL_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, api_key: str | None, insecure: bool) -> None:
