@@ -317,6 +317,9 @@ def decode(body: bytes, kind: type[Struct]) -> Any:
         raise ApiError(400, f"invalid request: {e}", param=param) from None
     except msgspec.DecodeError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except UnicodeDecodeError as e:
+        # msgspec raises this (not a DecodeError) for bytes that are not UTF-8.
+        raise ApiError(400, f"request body is not valid UTF-8 JSON: {e.reason} at byte {e.start}", code="invalid_json") from None
     except RecursionError:
         # Bodies are depth-checked before this (guard.check_body); this is the backstop.
         raise ApiError(400, "request body is nested too deeply", code="too_deep") from None
