@@ -68,6 +68,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default: 16)")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default: 64)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="default max_tokens of a request (default: 2048)")
+    parser.add_argument("--max-body-kb", type=int, default=8192, help="largest request body in KiB; larger is a 413 (default: 8192)")
     parser.add_argument("--prefix-cache-mb", type=int, default=1024, help="KV prefix cache budget in MiB (default: 1024)")
     parser.add_argument("--no-record", dest="record", action="store_false", help="do not record trajectories")
     parser.add_argument("--no-queue", dest="queue", action="store_false",
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_tokens=args.max_tokens,
         prefix_cache_mb=args.prefix_cache_mb,
+        max_body_bytes=args.max_body_kb << 10,
         record=args.record,
         trajectories_dir=args.trajectories_dir,
         session_idle_s=args.session_idle,
