@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import openai
@@ -29,7 +30,7 @@ parser = argparse.ArgumentParser()
 serve.configure(parser)
 sys.exit(serve.run(parser.parse_args(sys.argv[1:])))
 """
-EVIL = "EVIL-PAGE-WROTE-THIS"
+EVIL = "a web page wrote this"
 APP = "http://app.example:3000"
 
 
@@ -83,16 +84,23 @@ def served(tiny_model_dir, tmp_path_factory):
         assert proc.wait() == 0
 
 
-def recorded_text(traj: Path) -> str:
-    """Everything recorded so far (open and sealed trajectories), decoded strictly."""
-    texts = []
+def recorded(traj: Path) -> dict[str, int]:
+    """Trajectory id -> steps, over every open and sealed file (each decoded strictly)."""
+    out = {}
     for path in sorted(traj.rglob("*.msgpack")):
         t = read_any(path, Trajectory)
-        texts += [s.text for s in t.steps] + [json.dumps(s.prompt_messages) for s in t.steps if hasattr(s, "prompt_messages")]
-    return "\n".join(map(str, texts))
+        out[t.id] = len(t.steps)
+    return out
+
+
+def wait_recorded(traj: Path, tid: str) -> None:
+    """Until the recorder thread has written trajectory `tid` (it writes in request order)."""
+    while tid not in recorded(traj):
+        time.sleep(0.02)
 
 
 def test_a_web_page_cannot_post_to_the_runtime(served):
+    before = recorded(served.traj)
     # The issue's request: a form-style text/plain POST from a foreign page.
     body = json.dumps(chat(EVIL)).encode()
     status, _, payload = served.request("POST", "/v1/chat/completions", body, Content_Type="text/plain",
@@ -115,7 +123,12 @@ def test_a_web_page_cannot_post_to_the_runtime(served):
     status, headers, _ = served.request("OPTIONS", "/v1/chat/completions", Origin="http://evil.example",
                                         Access_Control_Request_Method="POST")  # fmt: skip
     assert status == 403 and "access-control-allow-origin" not in headers
-    assert EVIL not in recorded_text(served.traj)
+    # Nothing reached the recorder: a valid request written after the attacks is the only new step.
+    status, headers, _ = served.request("POST", "/v1/chat/completions", chat(), Content_Type="application/json")
+    assert status == 200
+    wait_recorded(served.traj, headers["x-tinygpt-trajectory"])
+    after = recorded(served.traj)
+    assert {k: v for k, v in after.items() if before.get(k) != v} == {headers["x-tinygpt-trajectory"]: 1}
 
 
 def test_a_listed_origin_gets_proper_cors(served):
@@ -201,15 +214,12 @@ def test_serving_the_network_without_a_key_refuses_to_start(tiny_model_dir, tmp_
     done = subprocess.run([sys.executable, "-c", SCRIPT, "--model", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "0"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 1 and "without --api-key" in done.stderr and "--insecure" in done.stderr
-    from tinygpt.runtime.commands import up
-
     up_script = "import argparse, sys\nfrom tinygpt.runtime.commands import up\np = argparse.ArgumentParser()\nup.configure(p)\nsys.exit(up.run(p.parse_args(sys.argv[1:])))"
     env_home = {"TINYGPT_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", up_script, "--host", "0.0.0.0", "--plain", "--no-workers"],
                           capture_output=True, text=True, timeout=300, env=env_home)  # fmt: skip
     assert done.returncode == 2 and "without --api-key" in done.stderr
     assert not (tmp_path / "home" / "redis").exists()  # refused before Redis started
-    assert up is not None
     # With a key, or with --insecure, it serves.
     for extra in ({"api_key": "k"}, {"insecure": True}):
         with running(tiny_model_dir, tmp_path, host="0.0.0.0", record=False, **extra) as rt:
