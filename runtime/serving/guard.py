@@ -131,7 +131,10 @@ class RequestGuard:
             raise ApiError(405, "OPTIONS is only answered as a CORS preflight (with an Origin header)")
         handler.send_response(204)
         handler.send_header("Access-Control-Allow-Methods", CORS_METHODS)
-        handler.send_header("Access-Control-Allow-Headers", CORS_REQUEST_HEADERS)
+        # A listed origin is trusted: allow the headers it asks for (other routes' clients,
+        # e.g. Anthropic's `x-api-key`), else the ones this API reads.
+        asked = handler.headers.get("Access-Control-Request-Headers")
+        handler.send_header("Access-Control-Allow-Headers", asked or CORS_REQUEST_HEADERS)
         handler.send_header("Access-Control-Max-Age", str(CORS_MAX_AGE_S))
         handler.send_header("Content-Length", "0")
         handler.end_headers()
