@@ -81,8 +81,9 @@ class Daemon:
 
     def tick(self) -> None:
         """One round of watching; cheap when nothing happened."""
+        was_reachable, restarts = self.guard.reachable, self.guard.restarts
         came_back = self.guard.tick()
-        changed = came_back
+        changed = was_reachable != self.guard.reachable or restarts != self.guard.restarts
         if self.pool is not None:
             changed |= bool(self.pool.tick(self.connect if self.guard.reachable else None))
         if came_back:

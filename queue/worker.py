@@ -144,7 +144,11 @@ class PipelineWorker(SimpleWorker):
         self._house_stop.set()
         if self._house is not None:
             self._house.join(timeout=5)
-        super().teardown()
+        try:
+            super().teardown()
+        except redis.RedisError as e:
+            # Stopping while Redis is away: the registration expires by itself (worker_ttl).
+            log.warning("worker %s: stopped without deregistering (Redis: %s)", self.name, e)
 
     # --- drain mode ----------------------------------------------------------------------
     def work_pending(self) -> bool:

@@ -77,10 +77,14 @@ def flush_hook(enabled: bool, *, on_deferred=None):
     import time
 
     log = logging.getLogger("tinygpt.serving.queue")
-    retry_at = [0.0]
+    # One warning per outage, not one per file: a shutdown may seal hundreds.
+    outage = {"retry_at": 0.0, "deferred": 0}
 
     def defer(path, reason: str) -> None:
-        log.warning("trajectory %s waits on disk: %s; it is enqueued when Redis is back", path.name, reason)
+        outage["retry_at"] = time.monotonic() + 5.0
+        outage["deferred"] += 1
+        if outage["deferred"] == 1:
+            log.warning("sealed trajectories wait on disk (first: %s): %s; they are enqueued when Redis is back", path.name, reason)
         if on_deferred is not None:
             on_deferred(path)
 
@@ -90,16 +94,17 @@ def flush_hook(enabled: bool, *, on_deferred=None):
         from tinygpt.queue.connection import RedisUnavailable, redact
         from tinygpt.queue.pipeline import enqueue_trajectory
 
-        if time.monotonic() < retry_at[0]:
+        if time.monotonic() < outage["retry_at"]:
             return defer(path, "Redis was unreachable moments ago")
         try:
             enqueue_trajectory(path)
         except RedisUnavailable as e:
-            retry_at[0] = time.monotonic() + 5.0
-            defer(path, f"Redis at {e.url} is unreachable ({e.reason})")
+            return defer(path, f"Redis at {e.url} is unreachable ({e.reason})")
         except redis.RedisError as e:
-            retry_at[0] = time.monotonic() + 5.0
-            defer(path, f"Redis failed ({type(e).__name__}: {redact(str(e))})")
+            return defer(path, f"Redis failed ({type(e).__name__}: {redact(str(e))})")
+        if outage["deferred"]:
+            log.warning("Redis is back: trajectories are enqueued again (%d waited on disk)", outage["deferred"])
+            outage["deferred"] = 0
 
     return on_trajectory_flushed
 
