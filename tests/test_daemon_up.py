@@ -61,7 +61,7 @@ def test_a_worker_sigkilled_mid_build_is_restarted_the_build_finishes_and_chat_n
         monkeypatch.setitem(stages.STAGES, "finetune", finetune)
         build = builds.enqueue_build(conn, specialist="calls", base_model=str(tiny_model_dir), dataset_dir=data,
                                      project_file=pins, registry=tmp_path / "registry",
-                                     hyperparameters={"steps": 30, "batch_size": 4, "eval_every": 10})  # fmt: skip
+                                     hyperparameters={"steps": 16, "batch_size": 4, "eval_every": 8})  # fmt: skip
         job_id = build.jobs["finetune"]
         with Chatter(url) as chat:
             # Kill it the way the OOM killer does, once training is under way.
