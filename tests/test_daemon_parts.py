@@ -1,0 +1,62 @@
+"""The daemon's parts on their own: the redaction helper, the worker pool's restarts and
+backoff with real worker processes, and its log file."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tinygpt.queue.connection import redact
+from tinygpt.queue.supervisor import WorkerPool, describe_exit
+
+
+@pytest.mark.parametrize(
+    ("shown", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("unix:///tmp/x/redis.sock?db=0", "unix:///tmp/x/redis.sock?db=0"),
+        ("redis://:s3cret@db:6379/0", "redis://:***@db:6379/0"),
+        ("rediss://alice:s3cret@db.example:6380/1", "rediss://alice:***@db.example:6380/1"),
+        # A password with an unencoded "@" runs to the last one, as urlsplit reads it.
+        ("redis://:p@ss@db:6379", "redis://:***@db:6379"),
+        ("unix://:s3cret@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
+        ("redis://db:6379/0?password=s3cret&db=1", "redis://db:6379/0?password=***&db=1"),
+        # Inside a message or a command line: every URL in it.
+        ("cannot reach redis://u:one@a:1/0 nor rediss://:two@b:2 (retrying)", "cannot reach redis://u:***@a:1/0 nor rediss://:***@b:2 (retrying)"),
+        ("python -c ... --url redis://:s3cret@db:6379/0 --queues data", "python -c ... --url redis://:***@db:6379/0 --queues data"),
+    ],
+)
+def test_redact_hides_every_password_and_nothing_else(shown, expected):
+    assert redact(shown) == expected
+    assert redact(expected) == expected  # idempotent
+
+
+def test_describe_exit_names_the_signal():
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(2) == "exited with code 2"
+
+
+def test_a_worker_that_keeps_dying_is_restarted_with_growing_backoff_and_logs_to_its_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
+    secret = "topsecret"
+    # Nothing listens on port 1: every worker exits at once with "cannot reach Redis".
+    env = {**os.environ, "REDIS_URL": f"redis://:{secret}@127.0.0.1:1/0"}
+    said: list[str] = []
+    log = tmp_path / "logs" / "workers.log"
+    pool = WorkerPool(["data"], 1, env=env, log_path=log, say=said.append).start()
+    try:
+        deaths = [line for line in said if "exited" in line]
+        deadline = time.monotonic() + 120
+        while len(deaths) < 3 and time.monotonic() < deadline:
+            pool.tick()
+            deaths = [line for line in said if "exited" in line]
+            time.sleep(0.05)
+    finally:
+        pool.stop(timeout=30)
+    assert [d.rsplit("restarting in ", 1)[1] for d in deaths[:3]] == ["1s", "2s", "4s"], said
+    assert all(d.startswith("Workers: worker 0 (exited with code 2 after ") for d in deaths)
+    assert sum("restarted (pid" in line for line in said) >= 2
+    text = log.read_text()
+    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in text and secret not in text
