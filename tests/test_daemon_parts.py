@@ -60,3 +60,21 @@ def test_a_worker_that_keeps_dying_is_restarted_with_growing_backoff_and_logs_to
     assert sum("restarted (pid" in line for line in said) >= 2
     text = log.read_text()
     assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in text and secret not in text
+
+
+def test_the_screen_warns_about_the_reference_blas_and_says_how_to_get_the_fast_one(monkeypatch):
+    from tinygpt.runtime import blas
+
+    monkeypatch.setattr(blas, "_state", None)
+    monkeypatch.setattr(blas, "candidates", lambda: [])
+    monkeypatch.setattr(blas, "_global_provider", lambda: None)
+    monkeypatch.setattr(blas.sys, "modules", {k: v for k, v in blas.sys.modules.items() if k != "mlx.core"})
+    monkeypatch.setattr(blas.sys, "platform", "linux")
+    monkeypatch.delenv(blas.ENV, raising=False)
+    warning = blas.reference_blas_warning()
+    assert "reference BLAS" in warning and "apt-get install libopenblas0-pthread" in warning and blas.ENV in warning
+    monkeypatch.setattr(blas, "_state", None)
+    monkeypatch.setenv(blas.ENV, "off")
+    assert f"unset {blas.ENV}" in blas.reference_blas_warning()
+    monkeypatch.setattr(blas, "_state", {"active": "/usr/lib/libopenblas.so.0", "source": "auto", "reason": ""})
+    assert blas.reference_blas_warning() is None

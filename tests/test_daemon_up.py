@@ -179,3 +179,45 @@ def test_sigterm_with_redis_down_exits_cleanly_and_the_sealed_file_is_enqueued_o
         assert code == 0 and secret not in up.text, up.text
     finally:
         server.stop()
+
+
+def test_on_a_terminal_worker_logs_go_to_a_file_shown_on_the_live_screen(tmp_path, tiny_model_dir):
+    import pty
+    import select
+
+    home = tmp_path / "home"
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "tinygpt.runtime.cli", "up", "--port", "0", "--refresh", "0.5",
+                             "--model", str(tiny_model_dir)], cwd=tmp_path, env={**env, "TINYGPT_HOME": str(home), "COLUMNS": "200"},
+                            stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
+    os.close(slave)
+    screen = b""
+    log = home / "logs" / "workers.log"
+
+    def read_for(seconds: float) -> None:
+        nonlocal screen
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:
+                    return
+
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (b"workers.log" in screen and log.exists() and "Listening on" in log.read_text()):
+            read_for(0.5)
+            assert proc.poll() is None, screen.decode(errors="replace")
+        read_for(2)  # a few refreshes of the live screen
+    finally:
+        proc.terminate()
+        while proc.poll() is None:
+            read_for(0.5)
+        os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert proc.returncode == 0, text
+    assert f"logs in {home / 'logs'}" in text and "workers.log" in text, text
+    assert "Listening on" in log.read_text() and "Listening on" not in text  # nothing scrolls over the screen
