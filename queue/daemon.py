@@ -62,6 +62,7 @@ class Daemon:
         self._deferred: set[Path] = set()
         self._deferred_lock = threading.Lock()
         self._health_at = 0.0
+        self._last_error = ""
 
     def connect(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=10)
@@ -80,7 +81,17 @@ class Daemon:
             self._deferred.add(Path(path))
 
     def tick(self) -> None:
-        """One round of watching; cheap when nothing happened."""
+        """One round of watching; cheap when nothing happened. Never raises: a bug in
+        supervision is logged (once per distinct error) and must not stop the serving."""
+        try:
+            self._tick()
+            self._last_error = ""
+        except Exception as e:
+            if repr(e) != self._last_error:
+                log.exception("supervision failed; still serving, retrying every tick")
+            self._last_error = repr(e)
+
+    def _tick(self) -> None:
         was_reachable, restarts = self.guard.reachable, self.guard.restarts
         came_back = self.guard.tick()
         changed = was_reachable != self.guard.reachable or restarts != self.guard.restarts
@@ -106,9 +117,9 @@ class Daemon:
                 done = reconcile(self.trajectory_dirs, conn, settings=settings, files=files)
             finally:
                 conn.close()
-        except redis.RedisError as e:
-            # Redis went away again: the next comeback (or start) reconciles.
-            log.warning("reconcile: Redis at %s: %s", redact(self.url), redact(str(e)))
+        except (redis.RedisError, OSError) as e:
+            # Redis went away again (or a disk error): the next comeback (or start) reconciles.
+            log.warning("reconcile: %s (Redis at %s)", redact(f"{type(e).__name__}: {e}"), redact(self.url))
             if files is not None:
                 for f in files:
                     self.defer(f)

@@ -118,7 +118,8 @@ class Stack:
                               log_path=log_dir / "workers.log" if log_dir else None)  # fmt: skip
         settings = (lambda: load_settings(self.project_file)) if self.project_file else None
         self.daemon = Daemon(self.redis_url, trajectory_dirs=[paths.subdir("trajectories")], embedded=self.guarded_redis,
-                             pool=pool, settings_loader=settings, say=self._say, log_dir=log_dir).start()  # fmt: skip
+                             pool=pool, settings_loader=settings, say=self._say, log_dir=log_dir)  # fmt: skip
+        self.daemon.start()  # assigned first: a Ctrl-C in here still stops the workers it started
         if pool is not None:
             pids = ", ".join(str(pid) for _, _, pid, *_ in pool.rows())
             self._say(f"Workers: {self.args.workers} process(es) on queues data, train, eval (pid {pids}); "
