@@ -92,3 +92,26 @@ def test_a_pending_mark_whose_job_is_gone_counts_as_unknown(home, tmp_path, redi
     assert (again.pending, again.enqueued.files) == (0, 3)
     mark = redis_client.hget(keys.pending(), store.sha256_bytes(files[0].read_bytes()))
     assert mark.decode() in again.enqueued.ingest_jobs  # the mark now names the new job
+
+
+def test_ingest_wait_reports_redis_going_away_instead_of_calling_it_finished(home, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tinygpt.queue.embedded import EmbeddedRedis
+
+    files = list(clean_corpus(tmp_path, 2, seed=32).values())
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        env = {**os.environ, "REDIS_URL": server.url, "TINYGPT_HOME": str(home)}
+        # No worker runs: `--wait` polls the jobs until Redis goes away under it.
+        proc = subprocess.Popen([sys.executable, "-m", "tinygpt.runtime.cli", "ingest", "--wait", *map(str, files)],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert "enqueued 2 trajectory file(s)" in proc.stdout.readline()
+    finally:
+        server.stop()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "error: Redis failed (ConnectionError" in err and "Traceback" not in err
+    assert "finished" not in out  # the jobs never ran: nothing may claim they did
