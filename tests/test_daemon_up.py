@@ -127,11 +127,11 @@ def test_sigterm_with_redis_down_exits_cleanly_and_the_sealed_file_is_enqueued_o
     secret = "s3cret-pw"
     # An external Redis (REDIS_URL, over TCP, with a password), which `up` cannot restart.
     server = EmbeddedRedis(tmp_path / "external-redis", port=0).start()
+    port = server.tcp_url.rsplit(":", 1)[1].split("/")[0]
+    external = f"redis://:{secret}@127.0.0.1:{port}/0"
     try:
         with server.client() as admin:
             admin.config_set("requirepass", secret)
-        port = server.tcp_url.rsplit(":", 1)[1].split("/")[0]
-        external = f"redis://:{secret}@127.0.0.1:{port}/0"
         env = {"REDIS_URL": external}
         up = Up(home, tmp_path, "--model", str(tiny_model_dir), env=env)
         try:
@@ -143,7 +143,9 @@ def test_sigterm_with_redis_down_exits_cleanly_and_the_sealed_file_is_enqueued_o
             with Chatter(url) as chat:
                 wait_until(lambda: chat.ok >= 2, "two answers")
                 mark = len(up.lines)
-                server.stop()  # the outage
+                with redis.Redis.from_url(external) as admin:
+                    admin.shutdown()  # the outage (with the password: stop() alone waits out its timeout)
+                server.stop()
                 up.wait(r"Redis: Redis at redis://:\*\*\*@127\.0\.0\.1:\d+/0 is unreachable", after=mark)
                 shown = status(home, tmp_path, env)
                 assert "Redis OUTAGE" in shown and secret not in shown, shown
@@ -178,6 +180,11 @@ def test_sigterm_with_redis_down_exits_cleanly_and_the_sealed_file_is_enqueued_o
             code = up.stop()
         assert code == 0 and secret not in up.text, up.text
     finally:
+        with redis.Redis.from_url(external) as admin:
+            try:
+                admin.shutdown()
+            except redis.ConnectionError:
+                pass  # already down
         server.stop()
 
 
