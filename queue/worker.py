@@ -8,7 +8,8 @@ any other that reaches the same Redis (REDIS_URL).
 Each worker also runs a housekeeping thread that
 - heartbeats the running job with a short lease (`grace_s`): when a worker is killed,
   its job is seen as abandoned within the lease, and the next registry cleanup by any
-  other worker retries it (or, out of retries, moves it to the failed registry);
+  other worker retries it (or, out of retries, moves it to the failed registry); a
+  supervisor that reaped the dead process hands the job back at once (`release_worker`);
 - moves due retries (RQ's backoff parks them in the scheduled registry) back onto their
   queue, claiming each one in a transaction, so no scheduler lock of a dead worker can
   hold retries back.
@@ -316,7 +317,7 @@ def parser(prog: str = "tinygpt worker") -> argparse.ArgumentParser:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queues", default="data", help=f"comma-separated queues to serve, in priority order ({', '.join(stages.QUEUES)}); default: data")
-    p.add_argument("--count", type=int, default=1, help="worker processes to start (default 1); only the first serves an exclusive queue (train)")
+    p.add_argument("--count", type=int, default=1, help="worker processes to start (default 1), each restarted when it dies; only the first serves an exclusive queue (train)")
     p.add_argument("--burst", action="store_true", help="exit once the queues are drained (retries and jobs running elsewhere included)")
     p.add_argument("--url", help="Redis URL (default: $REDIS_URL, else the embedded redis-server)")
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between job lease renewals (default 10)")
