@@ -78,3 +78,30 @@ def test_the_screen_warns_about_the_reference_blas_and_says_how_to_get_the_fast_
     assert f"unset {blas.ENV}" in blas.reference_blas_warning()
     monkeypatch.setattr(blas, "_state", {"active": "/usr/lib/libopenblas.so.0", "source": "auto", "reason": ""})
     assert blas.reference_blas_warning() is None
+
+
+def test_up_s_screen_shows_an_external_redis_outage_without_its_password(tmp_path, monkeypatch):
+    import argparse
+
+    from rich.console import Console
+
+    from tinygpt.queue import health, overview
+    from tinygpt.queue.daemon import Daemon
+    from tinygpt.runtime.commands.up_stack import Stack
+
+    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(overview, "collect", lambda limit=5: (_ for _ in ()).throw(ConnectionError("down")))
+    said: list[str] = []
+    url = "redis://:topsecret@127.0.0.1:1/0"  # nothing listens on port 1
+    daemon = Daemon(url, trajectory_dirs=[tmp_path / "trajectories"], say=said.append)
+    daemon.tick()
+    stack = Stack(args=argparse.Namespace(), console=None, model="tiny", project_name="default", redis_url=url, daemon=daemon)
+    console = Console(width=300, record=True)
+    console.print(stack._screen())
+    text = console.export_text()
+    assert "redis://:***@127.0.0.1:1/0 UNREACHABLE since" in text and "topsecret" not in text, text
+    assert len(said) == 1 and "is unreachable (ConnectionError" in said[0] and "topsecret" not in said[0]
+    report = health.read()  # what `tinygpt status` shows, written on the change
+    assert report is not None and not report.redis.reachable and report.redis.url == "redis://:***@127.0.0.1:1/0"
+    daemon.stop()
+    assert health.read() is None
