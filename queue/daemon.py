@@ -98,6 +98,8 @@ class Daemon:
         if self.pool is not None:
             changed |= bool(self.pool.tick(self.connect if self.guard.reachable else None))
         if came_back:
+            with self._deferred_lock:
+                self._deferred.clear()  # the whole directory is looked at now
             self.reconcile()
         elif self.guard.reachable and self._deferred:
             with self._deferred_lock:

@@ -105,3 +105,38 @@ def test_up_s_screen_shows_an_external_redis_outage_without_its_password(tmp_pat
     assert report is not None and not report.redis.reachable and report.redis.url == "redis://:***@127.0.0.1:1/0"
     daemon.stop()
     assert health.read() is None
+
+
+def test_a_file_sealed_during_an_outage_is_enqueued_when_redis_is_back(tmp_path, monkeypatch):
+    from tests.test_queue_reliability import clean_corpus
+    from tinygpt.queue import keys
+    from tinygpt.queue.daemon import Daemon
+    from tinygpt.queue.embedded import EmbeddedRedis
+    from tinygpt.workers import store
+
+    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
+    root = tmp_path / "home" / "trajectories"
+    root.mkdir(parents=True)
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    said: list[str] = []
+    daemon = Daemon(server.url, trajectory_dirs=[root], say=said.append)
+    try:
+        daemon.guard.check_s = 0.0  # check on every tick
+        daemon.start()
+        server.stop()  # an outage (an external Redis: nobody here restarts it)
+        daemon.tick()
+        assert not daemon.guard.reachable
+        (src,) = clean_corpus(tmp_path, 1, seed=51).values()
+        sealed = root / src.name
+        sealed.write_bytes(src.read_bytes())
+        daemon.defer(sealed)  # what the runtime's hook reports when it cannot enqueue
+        daemon.tick()
+        server = EmbeddedRedis(tmp_path / "redis").start()  # back, same socket
+        daemon.tick()
+        assert daemon.guard.reachable and any("reachable again" in s for s in said), said
+        with server.client() as conn:
+            assert conn.hexists(keys.pending(), store.sha256_bytes(sealed.read_bytes()))
+        assert daemon.reconciled == 1 and "1 put back on the pipeline" in said[-1], said
+    finally:
+        daemon.stop()
+        server.stop()
