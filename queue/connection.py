@@ -8,7 +8,7 @@ under the cache dir starts on first use and is shared by every later process.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+import re
 
 import redis
 
@@ -34,17 +34,17 @@ class RedisUnavailable(RuntimeError):
         super().__init__(f"cannot reach Redis at {url}: {reason}\n  what to do: {hint}")
 
 
-def redact(url: str) -> str:
-    """`url` with its password masked, safe for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return url
+# `scheme://user:password@` (the password runs to the last "@" of the URL, as urlsplit
+# reads it) and redis-py's `?password=` query parameter.
+_USERINFO_SECRET = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*):[^\s/]*@", re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"(?P<head>[?&]password=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every password in it masked: a Redis URL, or a message or command line
+    that contains URLs. The one place TinyGPT hides a Redis password before showing it."""
+    text = _USERINFO_SECRET.sub(lambda m: f"{m['head']}:***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
 
 
 def redis_url() -> str:

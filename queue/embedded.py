@@ -391,6 +391,29 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(f"wait() needs a server started by this object, not one reused at {self.url}")
         return self._process.wait()
 
+    def exit_code(self) -> int | None:
+        """None while the server runs; its exit code once it has exited.
+
+        A server this object started is our child: polling it also reaps it, so a killed
+        server leaves no zombie behind. A reused one is not our child: -1 means it is gone.
+        """
+        if self._process is not None:
+            return self._process.poll()
+        state = self._require_state()
+        return None if _alive_in(state.pid, self.data_dir) else -1
+
+    def restart(self) -> EmbeddedRedis:
+        """Start the server again after it died: same data dir (its AOF brings the data
+        back), same socket and port, so every client's URL still points at it."""
+        state = self._require_state()
+        if self.exit_code() is None:
+            raise EmbeddedRedisError(f"redis-server pid {state.pid} ({self.data_dir}) still runs; stop() it first")
+        if state.port and self.port in (None, 0):
+            self.port = state.port
+        self._state = None
+        self._process = None
+        return self.start()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Shut the server down (SHUTDOWN flushes the AOF), then SIGTERM, then SIGKILL.
 

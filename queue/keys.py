@@ -39,6 +39,12 @@ def recent() -> str:
     return f"{PREFIX}:recent"
 
 
+def pending() -> str:
+    """HASH file sha256 -> id of the ingest job enqueued for it; ingest removes the entry
+    when it records the file. Reconcile reads both to tell what Redis knows of a file."""
+    return f"{PREFIX}:pending"
+
+
 def projects() -> str:
     """SET of project names that have ingested trajectories."""
     return f"{PREFIX}:projects"

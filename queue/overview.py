@@ -130,7 +130,7 @@ def find_redis() -> tuple[str, redis.Redis | None, str]:
         client.ping()
     except redis.RedisError as e:
         client.close()
-        return redact(url), None, f"{type(e).__name__}: {e}"
+        return redact(url), None, redact(f"{type(e).__name__}: {e}")
     return redact(url), client, ""
 
 

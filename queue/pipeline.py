@@ -27,7 +27,7 @@ from rq.job import Job
 from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, IngestJob, LabelJob, TrajectoryRef
 from tinygpt.runtime.contracts.pipeline import PipelineSettings
 
-from . import stages
+from . import keys, stages
 
 TRAJECTORY_SUFFIXES = (".msgpack", ".mpk", ".json")
 DEFAULT_BATCH = 64
@@ -93,6 +93,9 @@ def enqueue_refs(
         ingest = IngestJob(trajectory_path=refs[0].path, sha256=refs[0].sha256, origin=refs[0].origin)
     else:
         ingest = IngestJob(batch=refs)
+    # Marked before the job exists: a crash in between leaves a mark whose job is
+    # missing, which reconcile treats as unknown (and enqueues again), never the reverse.
+    conn.hset(keys.pending(), mapping={sha: ids["ingest"] for sha in shas})
     _enqueue_once(conn, "ingest", ingest, ids["ingest"], [], out)
     _enqueue_once(
         conn, "dedupe", DedupeJob(sha256s=shas, near_threshold=settings.dedupe.near_threshold), ids["dedupe"], [ids["ingest"]], out

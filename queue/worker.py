@@ -11,7 +11,8 @@ entry points (`admission`): a job calling anything else fails at once with the r
 Each worker also runs a housekeeping thread that
 - heartbeats the running job with a short lease (`grace_s`): when a worker is killed,
   its job is seen as abandoned within the lease, and the next registry cleanup by any
-  other worker retries it (or, out of retries, moves it to the failed registry);
+  other worker retries it (or, out of retries, moves it to the failed registry); a
+  supervisor that reaped the dead process hands the job back at once (`release_worker`);
 - moves due retries (RQ's backoff parks them in the scheduled registry) back onto their
   queue, claiming each one in a transaction, so no scheduler lock of a dead worker can
   hold retries back.
@@ -29,12 +30,10 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 import redis
 from rq import SimpleWorker
@@ -89,6 +88,10 @@ def move_due_retries(conn: redis.Redis, queue: Queue) -> int:
 
 class PipelineWorker(SimpleWorker):
     """A SimpleWorker with short job leases, in-process retry scheduling and drain mode."""
+
+    # RQ waits up to 60 s between reconnection attempts while Redis is away; a restarted
+    # embedded server is back in a second, and the pipeline should notice within seconds.
+    max_connection_wait_time = 5.0
 
     def __init__(self, queues, *args, heartbeat_s: float = 10.0, grace_s: float | None = None, drain: bool = False,
                  allow_jobs: tuple[str, ...] = (), **kwargs):  # fmt: skip
@@ -174,7 +177,11 @@ class PipelineWorker(SimpleWorker):
         self._house_stop.set()
         if self._house is not None:
             self._house.join(timeout=5)
-        super().teardown()
+        try:
+            super().teardown()
+        except redis.RedisError as e:
+            # Stopping while Redis is away: the registration expires by itself (worker_ttl).
+            log.warning("worker %s: stopped without deregistering (Redis: %s)", self.name, e)
 
     # --- drain mode ----------------------------------------------------------------------
     def work_pending(self) -> bool:
@@ -211,6 +218,37 @@ class PipelineWorker(SimpleWorker):
                 self.run_maintenance_tasks()
 
 
+def release_worker(conn: redis.Redis, name: str, queues: list[str]) -> list[str]:
+    """Hand back the jobs of worker `name`, known dead (its process was reaped).
+
+    Its lease is expired on the spot and the registry cleaned, so RQ's abandoned-job
+    handling retries each job now (with the stage's backoff, one retry used) instead of
+    after the lease runs out. The dead worker's registration is removed. Returns the ids
+    of the jobs handed back.
+    """
+    from rq import Worker
+
+    handed: list[str] = []
+    for short in queues:
+        queue = stages.get_queue(conn, short)
+        registry = queue.started_job_registry
+        for entry in conn.zrange(registry.key, 0, -1):
+            job_id = registry.parse_job_id(entry)
+            try:
+                job = Job.fetch(job_id, connection=conn, serializer=queue.serializer)
+            except NoSuchJobError:
+                continue
+            if job.worker_name == name:
+                conn.zadd(registry.key, {entry: 1}, xx=True)  # expired long ago
+                handed.append(job_id)
+        if handed:
+            registry.cleanup()
+    dead = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=conn)
+    if dead is not None:
+        dead.register_death()
+    return handed
+
+
 class HostLock:
     """An flock that makes one process per machine the server of an exclusive queue."""
 
@@ -239,6 +277,7 @@ def run_worker(
     maintenance_s: int = 30,
     log_level: str = "INFO",
     allow_jobs: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> int:
     """Run one worker in this process until stopped (or drained, with `burst`)."""
     from .connection import connect
@@ -263,38 +302,41 @@ def run_worker(
         drain=burst,
         maintenance_interval=maintenance_s,
         allow_jobs=allow_jobs,
+        **({"name": name} if name else {}),
     )
     worker.work(burst=burst, logging_level=log_level)
     return 0
 
 
-def _queues_for(index: int, queues: list[str]) -> list[str]:
-    # Exclusive queues (train) go to the first worker only.
-    return queues if index == 0 else [q for q in queues if q not in stages.EXCLUSIVE]
-
-
 def child_command(argv: list[str]) -> list[str]:
-    """The command line of a worker process (spawned, never forked)."""
+    """The command line of a worker process (spawned, never forked).
+
+    The Redis URL never goes on it (`ps` shows command lines to every user): children
+    read REDIS_URL from their environment.
+    """
     return [sys.executable, "-c", CHILD_ENTRY, *argv]
 
 
-def supervise(queues: list[str], count: int, argv_for: Callable[[list[str]], list[str]]) -> int:
-    """Start `count` worker processes, pass SIGINT / SIGTERM on, and wait for them all."""
-    procs: list[subprocess.Popen] = []
-    for i in range(count):
-        qs = _queues_for(i, queues)
-        if not qs:
-            continue
-        procs.append(subprocess.Popen(child_command(argv_for(qs))))
+def supervise(queues: list[str], count: int, argv: list[str], *, url: str | None, burst: bool) -> int:
+    """Keep `count` worker processes running (restarting dead ones) until SIGINT / SIGTERM,
+    or, with `burst`, until every one has drained its queues."""
+    from .connection import connect
+    from .supervisor import WorkerPool
+
+    env = {**os.environ, **({"REDIS_URL": url} if url else {})}
+    pool = WorkerPool(queues, count, argv=argv, env=env, burst=burst)
+    stopping: list[int] = []
 
     def forward(signum, _frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        stopping.append(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        codes = [p.wait() for p in procs]
+        pool.start()
+        while not stopping and not (burst and pool.finished):
+            pool.tick(lambda: connect(url, socket_timeout=5))
+            time.sleep(0.5)
+        codes = pool.stop()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -309,7 +351,7 @@ def parser(prog: str = "tinygpt worker") -> argparse.ArgumentParser:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queues", default="data", help=f"comma-separated queues to serve, in priority order ({', '.join(stages.QUEUES)}); default: data")
-    p.add_argument("--count", type=int, default=1, help="worker processes to start (default 1); only the first serves an exclusive queue (train)")
+    p.add_argument("--count", type=int, default=1, help="worker processes to start (default 1), each restarted when it dies; only the first serves an exclusive queue (train)")
     p.add_argument("--burst", action="store_true", help="exit once the queues are drained (retries and jobs running elsewhere included)")
     p.add_argument("--url", help="Redis URL (default: $REDIS_URL, else the embedded redis-server)")
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between job lease renewals (default 10)")
@@ -319,6 +361,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-job", action="append", default=[], metavar="MODULE.FUNCTION",
                    help="also run jobs calling this function (repeatable); by default a worker runs only the pipeline's "
                         "stage entry points and fails any other job unrun")  # fmt: skip
+    p.add_argument("--name", help="worker name (default: HOST-PID-RANDOM); unique among live workers")
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -330,21 +373,17 @@ def run_args(args: argparse.Namespace) -> int:
     common = dict(burst=args.burst, heartbeat_s=args.heartbeat, grace_s=args.grace, maintenance_s=args.maintenance,
                   log_level=args.log_level, allow_jobs=tuple(args.allow_job))  # fmt: skip
     if args.count == 1:
-        return run_worker(queues, url=args.url, **common)
-
-    def argv_for(qs: list[str]) -> list[str]:
-        argv = ["--queues", ",".join(qs), "--heartbeat", str(args.heartbeat), "--maintenance", str(args.maintenance), "--log-level", args.log_level]
-        if args.grace is not None:
-            argv += ["--grace", str(args.grace)]
-        if args.burst:
-            argv.append("--burst")
-        for name in args.allow_job:
-            argv += ["--allow-job", name]
-        if args.url:
-            argv += ["--url", args.url]
-        return argv
-
-    return supervise(queues, args.count, argv_for)
+        return run_worker(queues, url=args.url, name=args.name, **common)
+    if args.name:
+        raise ValueError("--name names one worker: leave it out with --count above 1")
+    argv = ["--heartbeat", str(args.heartbeat), "--maintenance", str(args.maintenance), "--log-level", args.log_level]
+    if args.grace is not None:
+        argv += ["--grace", str(args.grace)]
+    if args.burst:
+        argv.append("--burst")
+    for job_name in args.allow_job:
+        argv += ["--allow-job", job_name]
+    return supervise(queues, args.count, argv, url=args.url, burst=args.burst)
 
 
 def cli_run(args: argparse.Namespace) -> int:

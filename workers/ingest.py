@@ -193,6 +193,7 @@ def _commit(conn: redis.Redis, records: list[FileRecord]) -> None:
             pipe.zadd(keys.recent(), {rec.sha256: rec.ingested_at})
             pipe.sadd(keys.projects(), rec.project)
             set_if_higher(keys=[keys.versions(rec.project)], args=[rec.trajectory_id, version_rank(rec)], client=pipe)
+        pipe.hdel(keys.pending(), *[rec.sha256 for rec in records])
         pipe.zremrangebyrank(keys.recent(), 0, -RECENT_KEEP - 1)
         pipe.execute()
 
@@ -205,9 +206,11 @@ def run(job: IngestJob, conn: redis.Redis) -> IngestResult:
         chunk = refs[start : start + CHUNK]
         known = conn.hmget(keys.files(), [r.sha256 for r in chunk]) if all(r.sha256 for r in chunk) else [None] * len(chunk)
         records: list[FileRecord] = []
+        skipped: list[str] = []
         for ref, seen in zip(chunk, known):
             if seen is not None:
                 result.skipped += 1
+                skipped.append(ref.sha256)
                 continue
             record, _ = examine(ref)
             if record.status == "quarantined":
@@ -219,6 +222,8 @@ def run(job: IngestJob, conn: redis.Redis) -> IngestResult:
                 records.append(record)
         if records:
             _commit(conn, records)
+        if skipped:
+            conn.hdel(keys.pending(), *skipped)  # recorded before: nothing is pending
     return result
 
 

@@ -79,22 +79,51 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def flush_hook(enabled: bool):
+def flush_hook(enabled: bool, *, on_deferred=None):
     """The queue hand-off for sealed trajectory files (ingest ▶ dedupe ▶ label), or None.
 
-    Runs on the recorder's thread, never on a request; if Redis is unreachable the
-    error is counted in /metrics and the file stays on disk for `tinygpt ingest`.
+    Runs on the recorder's thread, never on a request. With Redis unreachable the file
+    stays sealed on disk (one warning line, no traceback) and `on_deferred(path)` is told,
+    so a daemon can enqueue it once Redis is back; `tinygpt ingest --reconcile` (and the
+    next `tinygpt up`) finds it anyway. After a failure, hand-offs in the next few seconds
+    are deferred without trying: a shutdown sealing many files with Redis gone stays quick.
     """
     if not enabled:
         return None
+    import logging
+    import time
+
+    log = logging.getLogger("tinygpt.serving.queue")
+    # One warning per outage, not one per file: a shutdown may seal hundreds.
+    outage = {"retry_at": 0.0, "deferred": 0}
+
+    def defer(path, reason: str) -> None:
+        outage["retry_at"] = time.monotonic() + 5.0
+        outage["deferred"] += 1
+        if outage["deferred"] == 1:
+            log.warning("sealed trajectories wait on disk (first: %s): %s; they are enqueued when Redis is back", path.name, reason)
+        if on_deferred is not None:
+            on_deferred(path)
 
     def on_trajectory_flushed(path) -> None:
+        import redis
+
+        from tinygpt.queue.connection import RedisUnavailable, redact
         from tinygpt.queue.pipeline import enqueue_trajectory
 
-        enqueue_trajectory(path)
+        if time.monotonic() < outage["retry_at"]:
+            return defer(path, "Redis was unreachable moments ago")
+        try:
+            enqueue_trajectory(path)
+        except RedisUnavailable as e:
+            return defer(path, f"Redis at {e.url} is unreachable ({e.reason})")
+        except redis.RedisError as e:
+            return defer(path, f"Redis failed ({type(e).__name__}: {redact(str(e))})")
+        if outage["deferred"]:
+            log.warning("Redis is back: trajectories are enqueued again (%d waited on disk)", outage["deferred"])
+            outage["deferred"] = 0
 
     return on_trajectory_flushed
-
 
 def run(args: argparse.Namespace) -> int:
     import logging

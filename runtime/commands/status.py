@@ -162,7 +162,14 @@ def specialists_section(console, args: argparse.Namespace) -> dict:
     return section(console, args)
 
 
-SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, specialists_section, pipeline_section]
+def daemon_section(console, args: argparse.Namespace) -> dict:
+    """What a running `tinygpt up` reports about Redis and its workers (even with Redis down)."""
+    from tinygpt.runtime.commands.daemon_status import section
+
+    return section(console, args)
+
+
+SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, specialists_section, daemon_section, pipeline_section]
 
 
 def run(args: argparse.Namespace) -> int:

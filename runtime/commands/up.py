@@ -14,9 +14,16 @@ OpenAI-compatible runtime, with a live status screen.
      without a restart (requests in flight finish on the old version). A pin file
      change that does not validate is rejected and the last good pins stay in force.
 
+While it runs, a worker that dies (the OOM killer's SIGKILL, a crash) is restarted with
+backoff and its job retried; a dead embedded Redis is restarted on its AOF; an external
+Redis's outage is shown here and in `tinygpt status`. On start and whenever Redis comes
+back, sealed trajectories Redis has no record of are put back on the pipeline. With the
+live screen on, worker logs go to <home>/logs/ (shown on the screen).
+
 Ctrl-C or SIGTERM shuts down in order: the watchers stop, the server stops taking
-requests and seals its trajectories into the queue, workers finish their current job,
-the embedded Redis writes its AOF and exits. Queued jobs wait for the next `tinygpt up`."""
+requests and seals its trajectories into the queue (with Redis down they wait on disk
+for the next start), workers finish their current job, the embedded Redis writes its
+AOF and exits. Queued jobs wait for the next `tinygpt up`."""
 
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-workers", dest="start_workers", action="store_false",
                         help="run no workers here (e.g. they run on other hosts against $REDIS_URL)")
     parser.add_argument("--refresh", type=float, default=2.0, help="status screen refresh in seconds (default: 2)")
-    parser.add_argument("--plain", action="store_true", help="log lines instead of the live screen (default when not a TTY)")
+    parser.add_argument("--plain", action="store_true", help="log lines instead of the live screen, worker logs on stderr (default when not a TTY)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,10 @@ class Stack:
     redis_url: str = ""
     embedded: object | None = None
     runtime: object | None = None
-    workers: subprocess.Popen | None = None
+    # Keeps workers and Redis alive, reconciles sealed files (tinygpt.queue.daemon).
+    daemon: object | None = None
+    # The embedded server the daemon guards: ours, or one another process started.
+    guarded_redis: object | None = None
     # The pin file whose specialists the runtime serves and follows (None: no project).
     project_file: Path | None = None
     swapper: object | None = None
@@ -57,12 +59,11 @@ class Stack:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         self._start_redis()
         model_dir = self._pull_model()
-        if self.args.start_workers:
-            self._start_workers()
+        self._start_daemon()
         self._start_runtime(model_dir)
 
     def _start_redis(self) -> None:
-        from tinygpt.queue.connection import RedisUnavailable, connect
+        from tinygpt.queue.connection import RedisUnavailable, connect, redact
         from tinygpt.queue.embedded import EmbeddedRedis, EmbeddedRedisError, find_running
         from tinygpt.runtime import paths
 
@@ -71,17 +72,17 @@ class Stack:
             if url:
                 connect(url).close()
                 self.redis_url = url
-                self._say(f"Redis: {url} (from REDIS_URL)")
+                self._say(f"Redis: {redact(url)} (from REDIS_URL)")
                 return
             running = find_running(paths.redis_dir())
             if running is not None:
-                self.redis_url = running.url
+                self.redis_url, self.guarded_redis = running.url, running
                 self._say(f"Redis: reusing the embedded server at {running.url}")
                 return
             self.embedded = EmbeddedRedis(paths.redis_dir()).start()
         except (RedisUnavailable, EmbeddedRedisError) as e:
             raise StartError(f"Redis: {e}") from None
-        self.redis_url = self.embedded.url
+        self.redis_url, self.guarded_redis = self.embedded.url, self.embedded
         # Children (workers, the runtime's queue hook) find it through REDIS_URL.
         self._say(f"Redis: embedded redis-server at {self.redis_url} (AOF on, data in {paths.redis_dir()})")
 
@@ -96,15 +97,41 @@ class Stack:
         except (ValueError, OSError) as e:
             raise StartError(f"model {self.model!r}: {e}") from None
         self._say(f"Model: {path}")
+        from tinygpt.runtime.blas import reference_blas_warning
+
+        if warning := reference_blas_warning():
+            self._say(f"BLAS: {warning}")
         return path
 
-    def _start_workers(self) -> None:
-        from tinygpt.queue.worker import child_command
+    def _start_daemon(self) -> None:
+        """Workers (restarted when they die), the Redis guard, and sealed files put back."""
+        from tinygpt.queue.daemon import Daemon
+        from tinygpt.queue.pipeline import load_settings
+        from tinygpt.queue.supervisor import WorkerPool
+        from tinygpt.runtime import paths
 
-        argv = ["--queues", "data,train,eval", "--count", str(max(1, self.args.workers)), "--url", self.redis_url]
-        # Spawned, never forked: workers import MLX in their own fresh interpreter.
-        self.workers = subprocess.Popen(child_command(argv), env={**os.environ, "REDIS_URL": self.redis_url})
-        self._say(f"Workers: {self.args.workers} process(es) on queues data, train, eval (pid {self.workers.pid})")
+        # With the live screen on, logs go to files: anything printed would scroll over it.
+        log_dir = paths.subdir("logs") if self.logs_to_files else None
+        if log_dir is not None:
+            _log_to(log_dir / "up.log")
+        pool = None
+        if self.args.start_workers:
+            # The URL (and any password in it) reaches workers through the environment only.
+            pool = WorkerPool(["data", "train", "eval"], max(1, self.args.workers), say=self._say,
+                              env={**os.environ, "REDIS_URL": self.redis_url},
+                              log_path=log_dir / "workers.log" if log_dir else None)  # fmt: skip
+        settings = (lambda: load_settings(self.project_file)) if self.project_file else None
+        self.daemon = Daemon(self.redis_url, trajectory_dirs=[paths.subdir("trajectories")], embedded=self.guarded_redis,
+                             pool=pool, settings_loader=settings, say=self._say, log_dir=log_dir)  # fmt: skip
+        self.daemon.start()  # assigned first: a Ctrl-C in here still stops the workers it started
+        if pool is not None:
+            pids = ", ".join(str(pid) for _, _, pid, *_ in pool.rows())
+            self._say(f"Workers: {self.args.workers} process(es) on queues data, train, eval (pid {pids}); "
+                      f"restarted when they die" + (f"; logs in {log_dir}" if log_dir else ""))  # fmt: skip
+
+    @property
+    def logs_to_files(self) -> bool:
+        return not getattr(self.args, "plain", True) and sys.stderr.isatty()
 
     def _start_runtime(self, model_dir: Path) -> None:
         from tinygpt.runtime.commands.serve import flush_hook
@@ -124,7 +151,8 @@ class Stack:
             project=self.project_name,
         )
         try:
-            self.runtime = Runtime(config, on_trajectory_flushed=flush_hook(True)).start()
+            deferred = self.daemon.defer if self.daemon is not None else None
+            self.runtime = Runtime(config, on_trajectory_flushed=flush_hook(True, on_deferred=deferred)).start()
         except (OSError, ValueError) as e:
             raise StartError(f"runtime: {e}") from None
         self._start_specialists()
@@ -167,24 +195,34 @@ class Stack:
     # ------------------------------------------------------------------ watch
 
     def watch(self, *, live: bool, refresh: float) -> None:
-        """Block, showing status, until interrupted or a component dies."""
+        """Block, keeping the parts alive and showing status, until interrupted or the runtime dies."""
         from rich.live import Live
 
         if not live:
-            while self._healthy():
-                time.sleep(refresh)
+            while self._tick(refresh):
+                pass
             return
         with Live(self._screen(), console=self.console, refresh_per_second=4, transient=False) as screen:
-            while self._healthy():
-                time.sleep(refresh)
+            while self._tick(refresh):
                 screen.update(self._screen())
 
+    def _tick(self, seconds: float) -> bool:
+        """Supervise for `seconds` (a tick every half second); False once the runtime died."""
+        end = time.monotonic() + seconds
+        while True:
+            if self.daemon is not None:
+                self.daemon.tick()
+            if not self._healthy():
+                return False
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(0.5, left))
+
     def _healthy(self) -> bool:
+        # Workers and Redis are the daemon's to restart; only a dead model thread is fatal.
         if self.runtime is not None and not self.runtime.engine.healthy:
             self._say("runtime: the model thread stopped; shutting down")
-            return False
-        if self.workers is not None and self.workers.poll() is not None:
-            self._say(f"workers exited with code {self.workers.returncode}; shutting down")
             return False
         return True
 
@@ -198,7 +236,8 @@ class Stack:
         head = Table.grid(padding=(0, 2))
         head.add_row("runtime", f"{self.runtime.url}/v1" if self.runtime else "-")
         head.add_row("model", self.model)
-        head.add_row("redis", self.redis_url)
+        for name, value, warn in self._daemon_rows():
+            head.add_row(Text(name, style="yellow" if warn else ""), Text(value, style="yellow" if warn else ""))
         head.add_row("uptime", f"{time.time() - self.started:.0f}s")
         if self.swapper is not None:
             served = self.swapper.serving()
@@ -248,22 +287,34 @@ class Stack:
             self._say("stopping the runtime (sealing trajectories into the queue)")
             self.runtime.stop()
             self.runtime = None
-        if self.workers is not None and self.workers.poll() is None:
-            self._say("stopping workers (current jobs finish; queued jobs stay in Redis)")
-            self.workers.send_signal(signal.SIGTERM)
-            try:
-                self.workers.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.workers.kill()
-                self.workers.wait()
-        self.workers = None
+        if self.daemon is not None:
+            if self.daemon.pool is not None:
+                self._say("stopping workers (current jobs finish; queued jobs stay in Redis)")
+            self.daemon.stop()
+            self.daemon = None
         if self.embedded is not None:
             self._say("stopping the embedded Redis (AOF flushed)")
             self.embedded.stop()
             self.embedded = None
 
+    def _daemon_rows(self) -> list[tuple[str, str, bool]]:
+        """Redis, workers, logs and BLAS rows of the screen: (name, value, is a warning)."""
+        from tinygpt.queue.connection import redact
+        from tinygpt.runtime.blas import reference_blas_warning
+
+        rows = self.daemon.screen_rows() if self.daemon is not None else [("redis", redact(self.redis_url), False)]
+        warning = reference_blas_warning()
+        return rows + ([("blas", warning, True)] if warning else [])
+
     def _say(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False)
+
+
+def _log_to(path: Path) -> None:
+    """Send this process's log records to `path` (instead of stderr, under the live screen)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
 
 
 def _raise_interrupt(signum, frame):

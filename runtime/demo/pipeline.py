@@ -10,6 +10,7 @@ successful runs become training rows.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ def run_pipeline(
         # A separate, spawned worker process, as in production (`tinygpt worker --burst`):
         # it exits once the data queue is drained, retries included.
         worker = subprocess.run(
-            child_command(["--queues", "data", "--burst", "--url", redis_url, "--log-level", "WARNING"]), check=False
+            child_command(["--queues", "data", "--burst", "--log-level", "WARNING"]), check=False,
+            env={**os.environ, "REDIS_URL": redis_url},  # never on the command line (ps shows it)
         )
         results: dict[str, list] = {"ingest": [], "dedupe": [], "label": []}
         for job_id in enqueued.jobs:
