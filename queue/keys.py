@@ -112,6 +112,16 @@ def autopilot_pending(project: str, specialist: str) -> str:
     return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:pending"
 
 
+def autopilot_trained(project: str, specialist: str) -> str:
+    """SET of trajectory file sha256s in the dataset of the policy's last build."""
+    return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:trained"
+
+
+def autopilot_lock(project: str, specialist: str) -> str:
+    """Lock around one autopilot tick of a policy (two daemons on one Redis never both build)."""
+    return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:lock"
+
+
 def autopilot_builds(project: str, specialist: str) -> str:
     """ZSET build id scored by the time the autopilot started it (the daily cap counts these)."""
     return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:builds"

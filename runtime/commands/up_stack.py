@@ -31,6 +31,7 @@ class Stack:
     project_file: Path | None = None
     swapper: object | None = None
     watchers: object | None = None
+    autopilot: object | None = None
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -56,6 +57,7 @@ class Stack:
         if self.args.start_workers:
             self._start_workers()
         self._start_runtime(model_dir)
+        self._start_autopilot()
 
     def _start_redis(self) -> None:
         from tinygpt.queue.connection import RedisUnavailable, connect
@@ -114,6 +116,7 @@ class Stack:
             port=self.args.port,
             api_key=self.args.api_key,
             project=self.project_name,
+            session_idle_s=self.args.session_idle,
         )
         try:
             self.runtime = Runtime(config, on_trajectory_flushed=flush_hook(True)).start()
@@ -146,6 +149,17 @@ class Stack:
         self._say(f"Specialists: serving {served}{problems}")
         self.watchers = Watchers(self.swapper, redis_url=self.redis_url).start()
         self._say(f"Specialists: watching {self.project_file} and Redis for new versions")
+
+    def _start_autopilot(self) -> None:
+        """Build policies in the pin file (read again every round, so edits apply): build,
+        gate and publish specialists by themselves."""
+        if self.project_file is None:
+            return
+        from tinygpt.queue.autopilot import Autopilot
+
+        self.autopilot = Autopilot(self.project_file, self.redis_url, say=self._say).start()
+        policies = self.swapper.pins.policies() if self.swapper is not None and self.swapper.pins else {}
+        self._say(f"Autopilot: build policies for {', '.join(sorted(policies)) or 'no specialist yet'}")
 
     # ------------------------------------------------------------------ watch
 
@@ -191,6 +205,16 @@ class Stack:
                 problem = last.rejected or "; ".join(f"{n}: {e}" for n, e in last.errors.items())
                 head.add_row(Text("pins", style="yellow"), Text(problem))
         parts = [head]
+        if self.autopilot is not None:
+            from tinygpt.runtime.policy_view import policy_table
+
+            try:
+                serving = {n: v for n, (v, _) in self.swapper.serving().items()}
+                rows = self.autopilot.status(serving)
+                if rows:
+                    parts.append(policy_table(rows))
+            except Exception as e:  # the screen must never take the daemon down
+                parts.append(f"[yellow]build policies unavailable: {e}[/]")
         try:
             ov = collect(limit=5)
         except Exception as e:  # the screen must never take the daemon down
@@ -223,6 +247,9 @@ class Stack:
         # aborts the process and leaves open trajectories unsealed.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+        if self.autopilot is not None:
+            self.autopilot.stop()  # no new builds while going down; queued ones wait in Redis
+            self.autopilot = None
         if self.watchers is not None:
             # First, so no swap starts while the runtime is going down.
             self.watchers.stop()

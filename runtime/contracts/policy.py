@@ -80,3 +80,4 @@ class BuildPolicy(Contract):
         """The training settings as a FinetuneJob carries them (only what differs from the defaults)."""
         default = msgspec.to_builtins(TrainingConfig())
         return {k: v for k, v in msgspec.to_builtins(self.training).items() if default.get(k) != v}
+
