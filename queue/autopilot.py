@@ -290,9 +290,13 @@ class Autopilot:
         rows, why = waiting(conn, name, policy, state)
         if why:
             return
+        from tinygpt.runtime.project import recorded_base_name
+
         pins, project = self.pins, policy.select.project
-        job = pipeline.enqueue_dataset(dataset_name(name), pins.base_model, conn, project=project,
-                                       settings=pins.pipeline, select=policy.select)  # fmt: skip
+        # Trajectories name the base as the runtime does; the fine-tune loads it as pinned.
+        base = recorded_base_name(pins.base_model, self.project_file)
+        job = pipeline.enqueue_dataset(dataset_name(name), base, conn, project=project, settings=pins.pipeline,
+                                       select=policy.select)  # fmt: skip
         now = str(time.time())
         with conn.pipeline(transaction=True) as pipe:
             pipe.hset(keys.autopilot(project, name), mapping={"phase": "dataset", "dataset_job": job.id, "started_at": now})
@@ -375,7 +379,8 @@ class Autopilot:
             published = found["publish"][1].return_value()
             outcome = _outcome_from_files(root) | {"last_version": published.version}
             self._finish(conn, name, policy, state, **outcome)
-            self._say(f"Autopilot: {name}: the gate passed; published {name}@{published.version}")
+            shown = "; ".join(json.loads(outcome.get("last_numbers") or "[]"))
+            self._say(f"Autopilot: {name}: the gate passed; published {name}@{published.version}" + (f" ({shown})" if shown else ""))
 
     # -- what the screen shows
 

@@ -51,7 +51,8 @@ def recording(model_dir, digest: str, i: int, tool: str = "get_weather", looping
                 tool_calls=[ToolCall(id="c1", name=tool, arguments=json.dumps({"city": f"c{i}"} if tool == "get_weather" else {"minutes": i}), valid=True)])  # fmt: skip
     tid = f"traj-{tool}-{i}"
     offered = [t for t in TOOLS if t["function"]["name"] == tool]
-    return Trajectory(id=tid, base_model=str(model_dir), base_digest=digest, project=PROJECT, tools=offered, steps=[step],
+    # Named as the runtime names a base given by directory: its folder name.
+    return Trajectory(id=tid, base_model=model_dir.name, base_digest=digest, project=PROJECT, tools=offered, steps=[step],
                       feedback=[Feedback(trajectory_id=tid, reward=1.0)])  # fmt: skip
 
 
