@@ -22,7 +22,8 @@ Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description="lower-case
 Sha256 = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN, description="64 lower-case hex digits")]
 
 
-class SpecialistPin(Contract):
+class SpecialistPin(Contract, omit_defaults=True):
+    # Written back as the user wrote it: a pin without a policy gets no `"build": null`.
     name: Name
     # An exact version, or "*" for the newest published version that passes the gate.
     version: str = "*"
