@@ -42,5 +42,6 @@ def policy_table(rows, title: str = "build policies"):
         else:
             last = "-"
         nxt = f"{r.rows}/{r.needed} new rows" + (f" · {escape(r.waiting.split('; ', 1)[1])}" if "; " in r.waiting else "")
-        t.add_row(escape(r.specialist), escape(r.serving) or "-", nxt, building, last)
+        serving = f"{r.specialist}@{r.serving}" if r.serving else "-"
+        t.add_row(escape(r.specialist), escape(serving), nxt, building, last)
     return t

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import msgspec
 import pytest
@@ -74,7 +75,8 @@ def status(conn, project_file):
     return row
 
 
-def test_a_policy_fires_on_its_rows_and_a_failed_gate_is_kept_not_published(tmp_path, tiny_model_dir, redis_client, redis_url):
+def test_a_policy_fires_on_its_rows_and_a_failed_gate_is_kept_not_published(tmp_path, tiny_model_dir, redis_client, redis_url,
+                                                                          monkeypatch, capsys):  # fmt: skip
     from tinygpt.runtime.serving.app import model_digest
 
     conn, digest = redis_client, model_digest(tiny_model_dir)
@@ -91,6 +93,14 @@ def test_a_policy_fires_on_its_rows_and_a_failed_gate_is_kept_not_published(tmp_
     assert (row.rows, row.needed, row.waiting, row.building) == (2, 3, "2/3 new rows", "")
     pilot.tick()  # idempotent: reading the log again counts nothing twice
     assert status(conn, pins).rows == 2
+    # `tinygpt status` shows the same, from Redis (it never imports MLX; test_cli checks that).
+    from tinygpt.runtime import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
+    capsys.readouterr()
+    assert cli.main(["status"]) == 0
+    assert re.search(r"weather\s+│\s+-\s+│\s+2/3 new rows", capsys.readouterr().out)
 
     record(conn, tmp_path, [recording(tiny_model_dir, digest, 4)])
     pilot.tick()

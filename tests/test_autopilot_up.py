@@ -5,8 +5,11 @@ feedback and waits; the build policy in the pin file does the rest."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 
@@ -93,6 +96,13 @@ def test_up_builds_gates_publishes_and_swaps_a_specialist_by_itself(tmp_path, ti
         # Later sessions are served, and recorded, by the new version.
         tid, served = session(url, 10, model="weather")
         assert served == "weather@1"
+        # `tinygpt status`, run beside the daemon, tells the same story.
+        env = {**os.environ, "TINYGPT_HOME": str(home), "COLUMNS": "220"}
+        env.pop("REDIS_URL", None)
+        shown = subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "status"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300).stdout  # fmt: skip
+        assert re.search(r"weather\s+│\s+weather@1\s+│\s+0/3 new rows", shown), shown
+        assert "pass → weather@1" in shown and "calls accuracy" in shown
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=300)

@@ -4,6 +4,7 @@ refused by `tinygpt validate` with the field path, methods as the training contr
 from __future__ import annotations
 
 import json
+import re
 from typing import get_args
 
 import msgspec
@@ -84,7 +85,7 @@ def test_the_screen_shows_rows_the_build_running_the_last_verdict_and_the_versio
                         detail="loss 0.81", started=now - 30, updated=now)  # fmt: skip
     rows = [
         PolicyStatus(specialist="fs", project="demo", rows=37, needed=50, building="0916185ee660a335", stage="finetune",
-                     jobs={"finetune": "f1"}, progress=train, last_verdict="pass", last_version="3", serving="fs@3",
+                     jobs={"finetune": "f1"}, progress=train, last_verdict="pass", last_version="3", serving="3",
                      last_numbers=["calls accuracy 0.867 vs 0.383 (+0.483, p=1.3e-08)"], last_at=now),
         PolicyStatus(specialist="sql", project="demo", rows=4, needed=50, waiting="4/50 new rows; daily cap reached (4/4 in 24 h)",
                      last_verdict="regression", last_message="not published, kept in /h/builds/sql/ab", last_at=now,
@@ -94,5 +95,6 @@ def test_the_screen_shows_rows_the_build_running_the_last_verdict_and_the_versio
     console.print(policy_table(rows))
     text = console.export_text()
     assert "37/50 new rows" in text and "12/24 step" in text and "finetune (build 0916185ee660" in text
-    assert "pass → fs@3" in text and "calls accuracy 0.867 vs 0.383 (+0.483, p=1.3e-08)" in text and "fs@3" in text
+    assert "pass → fs@3" in text and "calls accuracy 0.867 vs 0.383 (+0.483, p=1.3e-08)" in text
+    assert re.search(r"fs\s+│\s+fs@3\s+│\s+37/50 new rows", text)
     assert "4/50 new rows · daily cap reached" in text and "regression" in text and "not published, kept in" in text
