@@ -45,7 +45,7 @@ from tinygpt.runtime.contracts.policy import BuildPolicy
 from tinygpt.runtime.contracts.project import ProjectPins
 
 from . import builds, keys, pipeline, progress, stages
-from .failed import reason_of
+from .failed import _traceback, reason_of
 
 log = logging.getLogger("tinygpt.autopilot")
 
@@ -324,7 +324,11 @@ class Autopilot:
         if status != JobStatus.FINISHED:
             return
         result = job.return_value()
-        manifest = read_json(Path(result.path) / "manifest.json", DatasetManifest)
+        try:
+            manifest = read_json(Path(result.path) / "manifest.json", DatasetManifest)
+        except (AttributeError, ContractError) as e:  # its result expired, or the files are gone
+            self._finish(conn, name, policy, state, last_verdict="failed", last_message=f"dataset: unreadable result ({e})")
+            return
         project, pins = policy.select.project, self.pins
         build = builds.enqueue_build(
             conn, specialist=name, base_model=pins.base_model, dataset_dir=result.path, project_file=self.project_file,
@@ -377,10 +381,10 @@ class Autopilot:
             return
         if all(s == JobStatus.FINISHED for s, _ in found.values()):
             published = found["publish"][1].return_value()
-            outcome = _outcome_from_files(root) | {"last_version": published.version}
+            outcome = _outcome_from_files(root) | {"last_version": getattr(published, "version", "")}
             self._finish(conn, name, policy, state, **outcome)
             shown = "; ".join(json.loads(outcome.get("last_numbers") or "[]"))
-            self._say(f"Autopilot: {name}: the gate passed; published {name}@{published.version}" + (f" ({shown})" if shown else ""))
+            self._say(f"Autopilot: {name}: the gate passed; published {name}@{outcome['last_version']}" + (f" ({shown})" if shown else ""))
 
     # -- what the screen shows
 
@@ -407,11 +411,6 @@ def _status(conn: redis.Redis, job_id: str):
     except Exception:  # NoSuchJobError, or a payload this version cannot read
         return None, None
     return job.get_status(refresh=False), job
-
-
-def _traceback(job) -> str:
-    result = job.latest_result()
-    return result.exc_string if result is not None and result.exc_string else (job._exc_info or "")
 
 
 def overview(conn: redis.Redis, pins: ProjectPins | None, serving: dict[str, str] | None = None) -> list[PolicyStatus]:
