@@ -131,6 +131,17 @@ def test_a_policy_fires_on_its_rows_and_a_failed_gate_is_kept_not_published(tmp_
     pilot.tick()
     row = status(conn, pins)
     assert (row.rows, row.last_verdict) == (0, "regression")
+    # A whole-Redis wipe: once the pipeline has relabelled the files, the rows the last build
+    # trained on still count for nothing, and the last verdict comes back from its folder.
+    conn.flushall()
+    for t in ("get_weather-0", "get_weather-1", "get_weather-4"):
+        helpers.run_stages(conn, [tmp_path / f"traj-{t}.msgpack"])
+    pilot.tick()
+    row = status(conn, pins)
+    assert (row.rows, row.building, row.last_verdict) == (0, "", "regression")
+    record(conn, tmp_path, [recording(tiny_model_dir, digest, 5)])
+    pilot.tick()
+    assert status(conn, pins).rows == 1
 
 
 def test_the_trigger_waits_for_the_interval_and_the_daily_cap(tmp_path, tiny_model_dir, redis_client, redis_url):
