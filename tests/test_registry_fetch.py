@@ -197,6 +197,21 @@ def test_status_shows_what_was_resolved_and_the_problems(registry, tmp_path, cap
     assert "rejected, the last good pins stay in force" in out and "ghost (newest) is in no registry" in out
 
 
+def test_status_names_a_project_without_specialists(tmp_path, capsys):
+    """`up` records a project even when it pins nothing: its name, never "specialists of ?"."""
+    import argparse
+
+    from rich.console import Console
+
+    from tinygpt.runtime.registry.status import section
+
+    project = write_project(tmp_path, [], ["reg"])
+    state.record_project_error(project, "")
+    section(Console(width=300), argparse.Namespace(limit=10))
+    out = capsys.readouterr().out
+    assert "specialists of demo (" in out and "none pinned" in out and "?" not in out
+
+
 def test_a_star_pin_takes_only_versions_gated_for_exactly_their_weights(tmp_path):
     from tests.registry_support import fake_adapter, passing_gate
     from tinygpt.runtime.registry.publish import publish
