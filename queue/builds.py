@@ -51,6 +51,19 @@ def build_id(**spec: Any) -> str:
     return hashlib.sha256(msgspec.json.encode(spec, order="sorted")).hexdigest()[:16]
 
 
+def job_ids(specialist: str, build_id: str) -> dict[str, str]:
+    """The job id of each stage of a build (stable: enqueueing the build again finds them)."""
+    return {stage: f"{stage}-{specialist}-{build_id}" for stage in ("finetune", "eval", "publish")}
+
+
+def project_registry(registries: list[str], project_file: str | Path) -> str:
+    """Where a project's builds publish: its first registry (a relative folder is relative to the pin file)."""
+    registry = registries[0] if registries else "specialists"
+    if "://" not in registry and not Path(registry).is_absolute():
+        registry = str(Path(project_file).resolve().parent / registry)
+    return registry
+
+
 def enqueue_build(
     conn: redis.Redis,
     *,
@@ -65,27 +78,30 @@ def enqueue_build(
     version: str = "",
     teacher_model: str | None = None,
     depends_on: list[str] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> Build:
     """Enqueue finetune ▶ eval ▶ publish for one specialist build (after `depends_on`,
-    e.g. the dataset job that writes `dataset_dir`)."""
+    e.g. the dataset job that writes `dataset_dir`). `gate` holds a build policy's
+    promotion rule (EvalJob's `suites`, `threshold`, `require_significance`)."""
+    gate = {k: v for k, v in (gate or {}).items() if v not in (None, [])}
     hyperparameters = dict(hyperparameters or {})
     dataset_dir, project_file = str(Path(dataset_dir).resolve()), str(Path(project_file).resolve())
     registry = str(registry) if "://" in str(registry) else str(Path(registry).resolve())
     bid = build_id(specialist=specialist, base_model=base_model, dataset=dataset_dir, method=method,
                    hyperparameters=hyperparameters, seed=seed, project=project_file, registry=registry,
-                   version=version, teacher=teacher_model)  # fmt: skip
+                   version=version, teacher=teacher_model, **({"gate": gate} if gate else {}))  # fmt: skip
     build = Build(build_id=bid, root=paths.subdir("builds") / specialist / bid)
     finetune = FinetuneJob(
         specialist=specialist, base_model=base_model, dataset_dir=dataset_dir, output_dir=str(build.adapter_dir),
         method=method, hyperparameters=hyperparameters, teacher_model=teacher_model, seed=seed,
     )  # fmt: skip
     evaluate = EvalJob(project_file=project_file, specialist=specialist, candidate_dir=str(build.adapter_dir),
-                       output_dir=str(build.gate_result.parent))  # fmt: skip
+                       output_dir=str(build.gate_result.parent), **gate)  # fmt: skip
     publish = PublishJob(specialist=specialist, version=version, candidate_dir=str(build.adapter_dir),
                          registry=registry, gate_result=str(build.gate_result))  # fmt: skip
     previous = [d for d in depends_on or [] if Job.exists(d, connection=conn)]
     for stage, payload in (("finetune", finetune), ("eval", evaluate), ("publish", publish)):
-        job_id = f"{stage}-{specialist}-{bid}"
+        job_id = job_ids(specialist, bid)[stage]
         build.jobs[stage] = job_id
         if Job.exists(job_id, connection=conn):
             build.existing += 1

@@ -103,6 +103,36 @@ def prompt_refs(project: str) -> str:
     return f"{PREFIX}:p:{_project(project)}:prompts"
 
 
+def label_log(project: str) -> str:
+    """STREAM of labelled file sha256s (field `sha`), in the order their labels were written."""
+    return f"{PREFIX}:p:{_project(project)}:labelled"
+
+
+def autopilot(project: str, specialist: str) -> str:
+    """HASH of a build policy's state: stream cursor, last build, current build's job ids."""
+    return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}"
+
+
+def autopilot_pending(project: str, specialist: str) -> str:
+    """HASH trajectory id -> kept training rows of the policy's selection not yet in a build."""
+    return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:pending"
+
+
+def autopilot_trained(project: str, specialist: str) -> str:
+    """SET of trajectory file sha256s in the dataset of the policy's last build."""
+    return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:trained"
+
+
+def autopilot_lock(project: str, specialist: str) -> str:
+    """Lock around one autopilot tick of a policy (two daemons on one Redis never both build)."""
+    return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:lock"
+
+
+def autopilot_builds(project: str, specialist: str) -> str:
+    """ZSET build id scored by the time the autopilot started it (the daily cap counts these)."""
+    return f"{PREFIX}:p:{_project(project)}:autopilot:{_project(specialist)}:builds"
+
+
 def datasets() -> str:
     """HASH dataset name -> msgpack DatasetManifest of its latest build."""
     return f"{PREFIX}:datasets"

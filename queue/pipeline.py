@@ -21,11 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import redis
 from rq.job import Job
 
 from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, IngestJob, LabelJob, TrajectoryRef
 from tinygpt.runtime.contracts.pipeline import PipelineSettings
+from tinygpt.runtime.contracts.policy import Selection
 
 from . import keys, stages
 
@@ -185,14 +187,18 @@ def enqueue_dataset(
     project: str = "default",
     settings: PipelineSettings | None = None,
     depends_on: list[str] | None = None,
+    select: Selection | None = None,
 ) -> Job:
-    """Enqueue a dataset build (after `depends_on`, e.g. an import's label jobs).
+    """Enqueue a dataset build (after `depends_on`, e.g. an import's label jobs); with
+    `select` (a build policy's selection) only the trajectories it selects.
 
     Returns the RQ job, so a fine-tune can be chained after it with `depends_on`.
     """
     conn = _connection(conn)
     settings = settings or load_settings()
     job = DatasetJob.from_settings(name, base_model, project, settings.dataset)
+    if select is not None:
+        job = msgspec.structs.replace(job, select=select)
     job_id = f"dataset-{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-{int(time.time() * 1000)}"
     live = [d for d in depends_on or [] if _exists(conn, d)]
     return stages.enqueue(conn, "dataset", job, job_id=job_id, depends_on=live)

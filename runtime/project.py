@@ -25,3 +25,14 @@ def load_project(path: Path | None = None) -> ProjectPins:
 
         raise ContractError(PROJECT_FILE, f"not found in {Path.cwd()} or any parent directory")
     return read_json(path, ProjectPins)
+
+
+def recorded_base_name(base_model: str, project_file: Path | None = None) -> str:
+    """The base model's name as the runtime records it in trajectories: a cached model's
+    name, or a model directory's folder name (serving/app.py names the base the same way)."""
+    path = Path(base_model).expanduser()
+    if project_file is not None and not path.is_absolute():
+        path = Path(project_file).parent / path
+    if "/" in base_model or path.is_dir():
+        return path.resolve().name
+    return base_model

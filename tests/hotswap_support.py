@@ -23,8 +23,13 @@ def make_adapters(root: Path, model_dir: Path, n: int) -> list[Path]:
     return [write_lora_adapter(root / f"v{i}", model_dir, seed=i, std=0.2) for i in range(1, n + 1)]
 
 
-def publish_version(registry: Path, version: str, adapter: Path, model_dir: Path, *, name: str = "mail", conn=None):
-    return publish(adapter, registry, name=name, version=version, base_model="tiny", base_digest=model_digest(model_dir), conn=conn)
+def publish_version(registry: Path, version: str, adapter: Path, model_dir: Path, *, name: str = "mail", conn=None,
+                    gated: bool = True):  # fmt: skip
+    from tests.registry_support import passing_gate
+
+    gate = passing_gate(adapter, name) if gated else None
+    return publish(adapter, registry, name=name, version=version, base_model="tiny", base_digest=model_digest(model_dir),
+                   conn=conn, gate=gate)  # fmt: skip
 
 
 def wait_until(predicate, what: str, limit_s: float = 120.0) -> None:

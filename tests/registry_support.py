@@ -34,9 +34,22 @@ def write_project(path: Path, specialists: list[dict], registries: list[str], **
     return path / "tinygpt.project.json"
 
 
-def publish_fake(registry: Path, name: str, version: str, adapter_root: Path, *, seed: int = 0, base_digest: str = FAKE_BASE):
+def passing_gate(adapter: Path, name: str):
+    """A gate result that passed for exactly the weights in `adapter` (what `"*"` pins require)."""
+    from tinygpt.runtime.contracts import EvalReport, GateResult
+    from tinygpt.runtime.contracts.specialist import adapter_weights_digest
+    from tinygpt.runtime.registry.files import sha256_file
+
+    digest = adapter_weights_digest(sha256_file(adapter / "adapter_config.json"), sha256_file(adapter / "adapters.safetensors"))
+    candidate = EvalReport(model="tiny", model_digest=FAKE_BASE, adapter="adapter", adapter_digest=digest)
+    return GateResult(verdict="pass", candidate=candidate, message="all 0 suite(s) passed", extra={"subject": name})
+
+
+def publish_fake(registry: Path, name: str, version: str, adapter_root: Path, *, seed: int = 0, base_digest: str = FAKE_BASE,
+                 gated: bool = True):  # fmt: skip
     adapter = fake_adapter(adapter_root / f"{name}-{version}", seed=seed)
-    return publish(adapter, registry, name=name, version=version, base_model="tiny", base_digest=base_digest)
+    gate = passing_gate(adapter, name) if gated else None
+    return publish(adapter, registry, name=name, version=version, base_model="tiny", base_digest=base_digest, gate=gate)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -26,13 +26,14 @@ from tinygpt.queue import keys, pipeline, stages
 from tinygpt.queue.embedded import EmbeddedRedis
 from tinygpt.queue.worker import child_command
 from tinygpt.runtime.contracts.dataset import DatasetRow
-from tinygpt.runtime.contracts.pipeline import FileRecord, PipelineSettings
+from tinygpt.runtime.contracts.pipeline import FileRecord, LabelRule, PipelineSettings
 from tinygpt.workers import store
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = PipelineSettings()
+# Unscored plain chats count too: these tests are about losing and doubling nothing.
+DEFAULTS = PipelineSettings(label=LabelRule(keep_unlabelled=True))
 # Short leases and frequent cleanups so a killed worker's job comes back in seconds.
 FAST = ["--heartbeat", "0.5", "--grace", "2", "--maintenance", "1", "--log-level", "WARNING"]
 

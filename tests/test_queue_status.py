@@ -52,7 +52,8 @@ def test_status_shows_queues_quarantine_trajectories_and_datasets_without_mlx(re
     assert recent["rec-invalid-args"]["label"].startswith("drop 0.00 (tool_validity")
     assert recent["rec-weather-tool"]["dedupe"] == "kept"
     (ds,) = ov["datasets"]
-    assert ds["name"] == "fx" and ds["trajectories"] == 5 and ds["pairs"] == 1
+    # Plain-chat and prefix-mismatch carry no signal (nobody scored them): not trained on.
+    assert ds["name"] == "fx" and ds["trajectories"] == 3 and ds["pairs"] == 1
 
 
 def test_status_with_redis_down_still_works_and_says_so(tmp_path):
@@ -92,7 +93,7 @@ def test_ingest_command_enqueues_and_waits_for_the_dataset(redis_url, tmp_path, 
         worker.wait(timeout=60)
     out = capsys.readouterr().out
     assert "enqueued 10 trajectory file(s) in 3 batch(es)" in out and "dataset 'cli' (smollm2-135m-instruct)" in out
-    assert "jobs: finished 10" in out and "dataset cli " in out and "5 trajectories, 6 rows, 1 pairs" in out
+    assert "jobs: finished 10" in out and "dataset cli " in out and "3 trajectories, 3 rows, 1 pairs" in out  # scored ones only
     assert (home / "datasets" / "cli" / "manifest.json").is_file()
 
 

@@ -195,3 +195,43 @@ def test_status_shows_what_was_resolved_and_the_problems(registry, tmp_path, cap
     section(Console(width=300), argparse.Namespace(limit=10))
     out = capsys.readouterr().out
     assert "rejected, the last good pins stay in force" in out and "ghost (newest) is in no registry" in out
+
+
+def test_status_names_a_project_without_specialists(tmp_path, capsys):
+    """`up` records a project even when it pins nothing: its name, never "specialists of ?"."""
+    import argparse
+
+    from rich.console import Console
+
+    from tinygpt.runtime.registry.status import section
+
+    project = write_project(tmp_path, [], ["reg"])
+    state.record_project_error(project, "")
+    section(Console(width=300), argparse.Namespace(limit=10))
+    out = capsys.readouterr().out
+    assert "specialists of demo (" in out and "none pinned" in out and "?" not in out
+
+
+def test_a_star_pin_takes_only_versions_gated_for_exactly_their_weights(tmp_path):
+    from tests.registry_support import fake_adapter, passing_gate
+    from tinygpt.runtime.registry.publish import publish
+
+    reg = tmp_path / "gated"
+    publish_fake(reg, "mail", "1", tmp_path / "a")  # gated: pass for these weights
+    publish_fake(reg, "mail", "2", tmp_path / "a", seed=2, gated=False)  # `publish --no-gate`
+    # A passing report, but for other weights than the package holds.
+    tested, shipped = fake_adapter(tmp_path / "tested", seed=3), fake_adapter(tmp_path / "shipped", seed=4)
+    publish(shipped, reg, name="mail", version="3", base_model="tiny", base_digest=FAKE_BASE, gate=passing_gate(tested, "mail"))
+    regs = open_registries(ProjectPins(name="p", registries=[str(reg)]), tmp_path)
+    assert resolve_pin(SpecialistPin(name="mail"), regs).entry.version == "1"
+    # An exact pin still takes what it names: the operator's explicit choice.
+    assert resolve_pin(SpecialistPin(name="mail", version="2"), regs).entry.version == "2"
+    from tinygpt.runtime.contracts.io import write_json
+
+    # Without the gated version, "*" refuses rather than serve what no gate passed.
+    index = read_index(reg)
+    write_json(reg / "index.json", RegistryIndex(specialists=[e for e in index.specialists if e.version != "1"]))
+    regs = open_registries(ProjectPins(name="p", registries=[str(reg)]), tmp_path)
+    with pytest.raises(NotFound) as e:
+        resolve_pin(SpecialistPin(name="mail"), regs)
+    assert "3: its gate result is for other weights" in str(e.value) and "2: published without an eval gate" in str(e.value)

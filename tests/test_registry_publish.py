@@ -99,11 +99,16 @@ def test_publish_and_pull_commands(tmp_path, monkeypatch, capsys):
     assert "published mail@2" in capsys.readouterr().out
     assert "not evaluated" in (tmp_path / "specialists" / "mail" / "2" / "README.md").read_text().lower()
 
+    # "*" never takes the ungated 2, however new: only the gated 1. An exact pin takes 2.
+    assert pull_cmd.run(argparse.Namespace(project=str(project), timeout=5.0, json=True)) == 0
+    (outcome,) = json.loads(capsys.readouterr().out)
+    assert (outcome["version"], outcome["downloaded"], outcome["error"]) == ("1", True, "")
+    write_project(tmp_path, [{"name": "mail", "version": "2"}], ["specialists"])
     assert pull_cmd.run(argparse.Namespace(project=str(project), timeout=5.0, json=True)) == 0
     (outcome,) = json.loads(capsys.readouterr().out)
     assert (outcome["version"], outcome["downloaded"], outcome["error"]) == ("2", True, "")
     assert state.project_state(project).specialist("mail").current.version == "2"
-    write_project(tmp_path, [{"name": "mail"}, {"name": "ghost", "version": "3"}], ["specialists"])
+    write_project(tmp_path, [{"name": "mail", "version": "2"}, {"name": "ghost", "version": "3"}], ["specialists"])
     assert pull_cmd.run(argparse.Namespace(project=str(project), timeout=5.0, json=True)) == 1
     mail, ghost = json.loads(capsys.readouterr().out)
     assert (mail["version"], mail["downloaded"], mail["error"]) == ("2", False, "")

@@ -14,7 +14,8 @@ from tinygpt.queue import keys
 from tinygpt.queue.errors import PermanentError
 from tinygpt.runtime.contracts import read_any, read_json
 from tinygpt.runtime.contracts.dataset import DatasetManifest, DatasetRow, PreferencePair
-from tinygpt.runtime.contracts.jobs import DatasetJob
+from tinygpt.runtime.contracts.jobs import DatasetJob, LabelJob
+from tinygpt.runtime.contracts.pipeline import LabelRule
 from tinygpt.runtime.contracts.trajectory import Trajectory
 from tinygpt.workers import dataset, tokens
 
@@ -46,13 +47,26 @@ def test_loss_mask_is_one_exactly_on_sampled_tokens():
     assert seq.loss_mask == expected
 
 
-def test_prefix_mismatch_starts_a_new_row_so_drifted_ids_are_only_context():
+def test_a_prefix_mismatch_step_is_masked_from_the_recording_to_the_training_batch(redis_client, tmp_path, home):
+    """README: a step flagged prefix_mismatch is masked out of the loss. Recorded file ▶
+    ingest ▶ dedupe ▶ label ▶ dataset ▶ the trainer's batches: not one of its ids is a target."""
+    from tinygpt.runtime.contracts.trajectory import Feedback
+    from tinygpt.workers.training.data import BatchPlan, load_dataset
+
     traj = read_any(helpers.HERE / "prefix_mismatch.msgpack", Trajectory)
-    assert traj.steps[1].prefix_mismatch
-    first, second = tokens.sequences(traj)
-    assert first.input_ids == traj.steps[0].prompt_ids + traj.steps[0].output_ids
-    assert second.input_ids == traj.steps[1].prompt_ids + traj.steps[1].output_ids
-    assert sum(second.loss_mask) == len(traj.steps[1].output_ids)
+    s0, s1 = traj.steps
+    assert s1.prefix_mismatch and not s0.prefix_mismatch
+    # Scored, so the label stage keeps it (a plain chat nobody scored is not trained on).
+    scored = msgspec.structs.replace(traj, feedback=[Feedback(trajectory_id=traj.id, reward=1.0)])
+    files = helpers.write(tmp_path, {"pm.msgpack": encode(scored)})
+    helpers.run_stages(redis_client, files)
+    result = helpers.build(redis_client, "pm", valid_fraction=0.0, test_fraction=0.0)
+    ds = load_dataset(result.path)
+    (row,) = ds.splits["train"]
+    assert row.input_ids == s0.prompt_ids + s0.output_ids  # the drifted step trains nothing: no row
+    (batch,) = BatchPlan(ds.splits["train"], batch_size=4, max_len=4096, pack=False, seed=0).fixed()
+    trained = [int(t) for t, m in zip(batch.targets[0], batch.mask[0]) if m]
+    assert trained == s0.output_ids and batch.tokens == len(s0.output_ids)
 
 
 def test_masked_steps_contribute_context_only():
@@ -67,12 +81,13 @@ def test_dataset_from_recorded_fixtures(redis_client, home):
     result = helpers.build(redis_client, "fx")
     manifest = read_json(home / "datasets" / "fx" / "manifest.json", DatasetManifest)
     assert manifest.digest == result.digest and manifest.base_digest == "0d" * 32
-    # invalid-args (tool_validity) and pair-bad (feedback) are dropped by the label rule.
-    assert manifest.dropped == {"label_drop": 2}
-    assert manifest.trajectories == 5 and result.pending == 0
+    # invalid-args (tool_validity) and pair-bad (feedback) are dropped by the label rule,
+    # plain-chat and prefix-mismatch because nobody scored them (no signal).
+    assert manifest.dropped == {"label_drop": 4}
+    assert manifest.trajectories == 3 and result.pending == 0
     rows = all_rows(result)
-    assert {r.trajectory_id for r in rows} == {"rec-weather-tool", "rec-tool-error", "rec-prefix-mismatch", "rec-plain-chat", "rec-pair-good"}
-    assert manifest.rows == len(rows) == 6  # prefix-mismatch makes two
+    assert {r.trajectory_id for r in rows} == {"rec-weather-tool", "rec-tool-error", "rec-pair-good"}
+    assert manifest.rows == len(rows) == 3
     assert manifest.trained_tokens == sum(sum(r.loss_mask) for r in rows)
     # Every file is named by its content hash.
     for f in [*manifest.splits.values(), manifest.pairs]:
@@ -98,9 +113,10 @@ def test_splits_are_by_trajectory_with_no_leakage_and_stable_as_data_grows(redis
     synth = Synth(seed=11, near_fraction=0, exact_fraction=0, invalid_call_rate=0)
     trajs = synth.corpus(300)
     files = helpers.write(tmp_path, {f"{t.id}.msgpack": encode(t) for t in trajs})
-    helpers.run_stages(redis_client, files[:200])
+    keep_all = LabelJob(sha256s=["x"], rule=LabelRule(keep_unlabelled=True))  # plain chats too: this is about splits
+    helpers.run_stages(redis_client, files[:200], label=keep_all)
     small = helpers.build(redis_client, "grow", valid_fraction=0.15, test_fraction=0.15)
-    helpers.run_stages(redis_client, files[200:])
+    helpers.run_stages(redis_client, files[200:], label=keep_all)
     big = helpers.build(redis_client, "grow", valid_fraction=0.15, test_fraction=0.15)
     assert small.digest != big.digest
     split_of = {}
@@ -118,7 +134,7 @@ def test_duplicates_other_models_and_pending_work_are_left_out(redis_client, tmp
     dup = msgspec.structs.replace(a, id="dup")
     other = msgspec.structs.replace(b, id="other-model", base_model="qwen3-0.6b")
     files = helpers.write(tmp_path, {f"{t.id}.msgpack": encode(t) for t in (a, b, dup, other)})
-    helpers.run_stages(redis_client, files)
+    helpers.run_stages(redis_client, files, label=LabelJob(sha256s=["x"], rule=LabelRule(keep_unlabelled=True)))
     from tinygpt.runtime.contracts.jobs import IngestJob
     from tinygpt.workers import ingest
 
@@ -144,3 +160,20 @@ def test_bad_jobs_fail_permanently(redis_client):
         dataset.run(DatasetJob(name="Bad Name", base_model="m"), redis_client)
     with pytest.raises(PermanentError, match="no ingested trajectories"):
         dataset.run(DatasetJob(name="empty", base_model="m"), redis_client)
+
+
+def test_a_policy_dataset_holds_its_selection_only(redis_client):
+    from tinygpt.runtime.contracts.pipeline import LabelRecord
+    from tinygpt.runtime.contracts.policy import Selection
+
+    helpers.run_stages(redis_client, helpers.GOOD)
+    labels = [msgspec.msgpack.decode(v, type=LabelRecord) for v in redis_client.hvals(keys.labels("default"))]
+    weather = {r.trajectory_id for r in labels if r.keep and "get_weather" in r.tools}
+    assert weather and weather != {r.trajectory_id for r in labels if r.keep}
+    only = helpers.build(redis_client, "weather", select=Selection(project="default", tools=["get_weather"]))
+    assert {r.trajectory_id for r in all_rows(only)} == weather and only.dropped["not_selected"] > 0
+    # Plain chats nobody scored: only where the policy opts in.
+    plain = helpers.build(redis_client, "chat", select=Selection(project="default", keep_unlabelled=True))
+    assert {"rec-plain-chat", "rec-prefix-mismatch"} <= {r.trajectory_id for r in all_rows(plain)}
+    with pytest.raises(PermanentError, match="selects"):
+        helpers.build(redis_client, "none", select=Selection(project="default", served_by=["nobody"]))

@@ -44,7 +44,10 @@ def test_dimensions_are_recorded_separately_and_the_rule_decides(redis_client):
     tool_error = got["rec-tool-error"]
     assert tool_error.dimensions == {"tool_validity": 1.0, "tool_outcome": 0.0} and tool_error.reward == 0.5
     plain = got["rec-plain-chat"]
-    assert plain.dimensions == {} and plain.reward is None and plain.keep
+    # A plain chat nobody scored is no evidence of a good answer: dropped by default,
+    # marked so a build policy can opt in.
+    assert plain.dimensions == {} and plain.reward is None and not plain.keep and plain.no_signal
+    assert plain.reason == "no reward dimension applies" and plain.rows == 1
     assert not got["rec-pair-bad"].keep and got["rec-pair-bad"].reason == "reward 0.00 < 0.50"
     # Answers to the same prompt share a key (the dataset stage pairs them up).
     assert got["rec-pair-good"].prompt_keys == got["rec-pair-bad"].prompt_keys
@@ -56,6 +59,14 @@ def test_project_rule_is_applied(redis_client):
     got = labels(redis_client)
     assert not got["rec-tool-error"].keep and got["rec-tool-error"].reason == "tool_outcome 0.00 < 1.00"
     assert not got["rec-plain-chat"].keep and got["rec-plain-chat"].reason == "no reward dimension applies"
+
+
+def test_every_label_is_logged_once_in_write_order(redis_client):
+    shas = helpers.run_stages(redis_client, helpers.GOOD)
+    logged = [fields[b"sha"].decode() for _, fields in redis_client.xrange(keys.label_log("default"))]
+    assert sorted(logged) == sorted(set(shas)) and len(logged) == len(shas)
+    label.run(LabelJob(sha256s=shas), redis_client)  # a rerun labels nothing, logs nothing
+    assert redis_client.xlen(keys.label_log("default")) == len(shas)
 
 
 def test_relabelling_by_trajectory_id_overwrites_and_plain_reruns_skip(redis_client):
@@ -194,3 +205,55 @@ def test_mlx_judge_runs_a_local_model(tiny_model_dir):
 @pytest.mark.parametrize("reply, score", [("7", 6 / 9), ("Rating: 10/10", 1.0), ("I cannot rate", None)])
 def test_rating_parse(reply, score):
     assert judge.parse_rating(reply) == (pytest.approx(score) if score is not None else None)
+
+
+# --- only good data ---------------------------------------------------------------------
+
+
+def _call_step(index: int, calls: list[tuple[str, str]], output: list[int], finish="tool_calls", results=()) -> Step:
+    return Step(index=index, prompt_ids=list(range(100, 110 + 40 * index)), output_ids=output, finish_reason=finish,
+                tool_calls=[ToolCall(id=f"c{index}{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)],
+                tool_results=[ToolResult(tool_call_id=f"c{index}0", content='{"ok": true}')] if results else [])  # fmt: skip
+
+
+def test_a_reply_repeating_one_call_until_max_tokens_is_dropped_not_kept(redis_client, tmp_path):
+    """The field report: six identical calls until max_tokens was labelled keep 1.00."""
+    call = ("get_weather", '{"city": "Oslo"}')
+    loop = [7, 8, 9, 10, 11, 12, 13, 14] * 6
+    traj = fixture("weather_tool.msgpack")
+    bad = msgspec.structs.replace(traj, id="rec-loop", steps=[_call_step(0, [call] * 6, loop, finish="length")],
+                                  feedback=[Feedback(trajectory_id="rec-loop", reward=1.0)])  # fmt: skip
+    (path,) = helpers.write(tmp_path, {"loop.msgpack": msgspec.msgpack.encode(bad)})
+    helpers.run_stages(redis_client, [path])
+    got = labels(redis_client)["rec-loop"]
+    assert not got.keep and got.quality == 0.0
+    assert set(got.flags[0]) == {"cut off by max_tokens", "degenerate repetition", "repeats an earlier identical tool call (get_weather)"}
+    assert got.reason.startswith("quality 0.00 < 0.50")
+
+
+def test_flagged_steps_are_masked_and_repeats_count_across_the_turn():
+    from tinygpt.workers import quality, tokens
+
+    call = ("get_weather", '{"city": "Oslo"}')
+    same = ("get_weather", '{ "city":"Oslo" }')  # re-serialized: still the same call
+    steps = [_call_step(0, [call], [1, 2, 3], results=True), _call_step(1, [same], [4, 5, 6], results=True),
+             _call_step(2, [("get_time", "{}")], [7, 8], finish="stop")]  # fmt: skip
+    for i in (1, 2):  # each prompt continues the previous one
+        steps[i].prompt_ids = steps[i - 1].prompt_ids + steps[i - 1].output_ids + [99]
+    traj = Trajectory(id="t", base_model="m", base_digest="d", steps=steps)
+    flags = quality.step_flags(traj)
+    assert list(flags) == [1] and "repeats an earlier identical tool call" in flags[1][0]
+    # A new user turn (no tool results before it) may call it again.
+    steps[1].tool_results = []
+    steps[0].tool_results = []
+    assert quality.step_flags(traj) == {}
+    (seq,) = tokens.sequences(traj, set(flags))
+    assert seq.trained == 3 + 2
+
+
+def test_looping_is_a_repeated_pattern_not_any_repetition():
+    from tinygpt.workers.quality import looping
+
+    assert looping([5] * 40) and looping([1, 2, 3, 4, 5] * 8)
+    assert not looping(list(range(200))) and not looping([1, 2] * 10)  # too short to call a loop
+    assert not looping([3, 1, 4, 1, 5, 9, 2, 6] * 3 + list(range(50, 90)))  # three repeats only

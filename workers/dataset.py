@@ -9,8 +9,11 @@ model that dedupe kept and label kept, and writes
                                      manifest.json               paths relative to this dir
     <home>/datasets/<name>/manifest.json                         the latest build (written last)
 
-Rows are `tokens.sequences` of each trajectory: loss mask 1 only on sampled tokens, and
-steps with an invalid tool call masked out when the job says so. Each trajectory lands
+Rows are `tokens.sequences` of each trajectory: loss mask 1 only on sampled tokens;
+steps flagged `prefix_mismatch` or by the label stage's quality checks (cut off, a
+loop, a repeated tool call) are context only, and so are steps with an invalid tool
+call when the job says so. A build policy's job (`select`) takes only the trajectories
+its selection matches, never every trajectory of the project. Each trajectory lands
 in one split, chosen by a hash of its id and the seed, so no trajectory leaks across
 splits and a trajectory keeps its split as the dataset grows. A build is named by the
 hash of its contents: rebuilding from the same inputs reuses the same directory, and a
@@ -114,7 +117,7 @@ def _entries(conn: redis.Redis, project: str) -> list[_Entry]:
     return found
 
 
-def _why_not(entry: _Entry) -> str | None:
+def _why_not(entry: _Entry, job: DatasetJob) -> str | None:
     """The reason an entry is not a training row (None: it is one)."""
     if entry.dedupe is None:
         return "pending_dedupe"
@@ -125,8 +128,17 @@ def _why_not(entry: _Entry) -> str | None:
     if entry.label is None:
         return "pending_label"
     if not entry.label.keep:
-        return "label_drop"
+        opted_in = job.select is not None and job.select.keep_unlabelled and entry.label.no_signal
+        return None if opted_in else "label_drop"
     return None
+
+
+def selected(entry: _Entry, job: DatasetJob) -> bool:
+    """Whether the job's selection takes this entry (no selection, or no label yet: it does)."""
+    if job.select is None or entry.label is None:
+        return True
+    lab = entry.label
+    return job.select.matches(project=entry.file.project, served_by=lab.served_by, tools=lab.tools, tags=lab.tags)
 
 
 class _Writer:
@@ -238,16 +250,19 @@ def run(job: DatasetJob, conn: redis.Redis) -> DatasetResult:
 
     dropped: Counter[str] = Counter()
     drop_notes: list[dict] = []
-    on_base = [e for e in entries if e.file.base_model == job.base_model]
-    dropped["other_base_model"] = len(entries) - len(on_base)
+    chosen = [e for e in entries if selected(e, job)]
+    dropped["not_selected"] = len(entries) - len(chosen)
+    on_base = [e for e in chosen if e.file.base_model == job.base_model]
+    dropped["other_base_model"] = len(chosen) - len(on_base)
     if not on_base:
-        raise PermanentError(f"project {job.project!r} has no ingested trajectories recorded on {job.base_model!r}")
+        which = "trajectories the build policy selects" if job.select is not None else "ingested trajectories"
+        raise PermanentError(f"project {job.project!r} has no {which} recorded on {job.base_model!r}")
     digests = Counter(e.file.base_digest for e in on_base)
     base_digest = digests.most_common(1)[0][0]
     kept: list[_Entry] = []
     pending = 0
     for e in sorted(on_base, key=lambda e: e.file.trajectory_id):
-        reason = _why_not(e) if e.file.base_digest == base_digest else "other_base_digest"
+        reason = _why_not(e, job) if e.file.base_digest == base_digest else "other_base_digest"
         if reason is None:
             kept.append(e)
             continue
@@ -313,6 +328,7 @@ def _write(
     for e in kept:
         traj = load(e.file)
         masked = set(e.label.invalid_steps) if (job.mask_invalid_tool_calls and e.label) else set()
+        masked |= set(e.label.flags) if e.label else set()
         split = splits[traj.id]
         for seq in sequences(traj, masked):
             writers[split].write(

@@ -136,6 +136,9 @@ def find_package(ctx: Context, name: str, version: str = "*", sha256: str | None
         else:
             found += [(0.0, lock.parent.name, lock.parent) for lock in root.glob(f"{name}/*/lock.json")]
     found = [f for f in found if (f[2] / "lock.json").is_file() and (version == "*" or f[1] == version)]
+    if version == "*":
+        # What a "*" pin serves: only versions whose gate passed for exactly their weights.
+        found = [f for f in found if _gated(f[2])]
     if not found:
         where = ", ".join(str(d) for d in _registry_dirs(ctx)) or "no local registries"
         raise LookupError(f"{name}@{version} is not in the registries ({where})")
@@ -145,6 +148,18 @@ def find_package(ctx: Context, name: str, version: str = "*", sha256: str | None
         if lock.digest != sha256:
             raise GateInputError(f"{name}@{ver} in {path} has digest {lock.digest[:12]}, but the pin requires {sha256[:12]}")
     return path, ver
+
+
+def _gated(package: Path) -> bool:
+    from tinygpt.runtime.contracts.evals import GateResult
+    from tinygpt.runtime.registry.package import EVAL_REPORT, gate_problem
+
+    try:
+        lock = read_json(package / "lock.json", SpecialistLock)
+        report = read_json(package / EVAL_REPORT, GateResult) if (package / EVAL_REPORT).is_file() else None
+    except ContractError:
+        return False
+    return gate_problem(lock, report) is None
 
 
 def _pinned(ctx: Context, subject: str) -> Target:

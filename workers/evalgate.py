@@ -149,6 +149,9 @@ def evaluate_gate(
     update_baseline: bool = False,
     use_cache: bool | None = None,
     concurrency: int = 8,
+    only_suites: list[str] | None = None,
+    threshold: float | None = None,
+    require_significance: bool | None = None,
     out: Path | None = None,
     say: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -158,6 +161,8 @@ def evaluate_gate(
     Raises GateInputError for bad configuration or input. Writes `out` (atomically) when
     given; with `update_baseline`, records the candidate as its subject's baseline.
     `progress(done, total)` hears about every answered request of the suites that run.
+    A build policy's promotion rule narrows the suites (`only_suites`) and overrides every
+    suite's `threshold` and the project's `require_significance`.
     """
     say = say or log.info
     started = time.perf_counter()
@@ -165,6 +170,14 @@ def evaluate_gate(
     if passes is not None and passes < 1:
         raise GateInputError(f"--passes must be at least 1, got {passes}")
     suites = [_effective(s, passes, temperature) for s in declared_suites(ctx.project, ctx.project_dir)]
+    if only_suites:
+        unknown = sorted(set(only_suites) - {s.name for s in suites})
+        if unknown:
+            raise GateInputError(f"no eval suite named {', '.join(unknown)} in {ctx.project_file.name}")
+        suites = [s for s in suites if s.name in only_suites]
+    if threshold is not None:
+        suites = [msgspec.structs.replace(s, threshold=threshold) for s in suites]
+    significance = ctx.project.gate.require_significance if require_significance is None else require_significance
     specs = {s.name: check_suite(s) for s in suites}
     files = {s.name: data_files(s, ctx.project_dir) for s in suites}
     digests = {name: [ctx.memo.sha256(f) for f in paths] for name, paths in files.items()}
@@ -208,7 +221,7 @@ def evaluate_gate(
     stale_note = "the recorded baseline's reports are for other suite data and its model or adapter is gone"
     verdicts = [
         judge(s, specs[s.name], reports["candidate", s.name], reports.get(("baseline", s.name)),
-              require_significance=ctx.project.gate.require_significance,
+              require_significance=significance,
               no_baseline=stale_note if s.name in stale else source)  # fmt: skip
         for s in suites
     ]
@@ -220,7 +233,7 @@ def evaluate_gate(
                else f"all {len(verdicts)} suite(s) passed")  # fmt: skip
     gate_key = hashlib.sha256(
         msgspec.json.encode([sorted(r.key for r in reports.values()), [msgspec.to_builtins(s) for s in suites],
-                             ctx.project.gate.require_significance, source])  # fmt: skip
+                             significance, source])  # fmt: skip
     ).hexdigest()
     extra = {
         "subject": subject,
@@ -259,7 +272,9 @@ def run(job: EvalJob, conn=None, *, say: Callable[[str], None] | None = None,
     out = Path(job.output_dir) / RESULT_FILE
     try:
         result = evaluate_gate(Path(job.project_file), candidate=Path(job.candidate_dir), specialist=job.specialist,
-                               out=out, say=say, progress=progress)  # fmt: skip
+                               only_suites=job.suites, threshold=job.threshold,
+                               require_significance=job.require_significance, out=out, say=say,
+                               progress=progress)  # fmt: skip
     except GateInputError as e:
         write_json(out, error_result(str(e)))
         raise

@@ -10,9 +10,17 @@ Dimensions, each in [0, 1] and recorded separately (only those that apply):
   [0, 1]; labels such as good / bad, up / down, accept / reject);
 - ``judge``: an optional LLM judge (see `judge`), a 1-10 rating or a pairwise verdict.
 
-The project's `LabelRule` turns them into keep / drop. Preference pairs come later, in
-the dataset stage, from the per-step prompt keys recorded here: answers to the same
-prompt with rewards far enough apart.
+The project's `LabelRule` turns them into keep / drop. Steps cut off by `max_tokens`,
+stuck in a loop or repeating an identical tool call of their turn are flagged
+(quality.py): the dataset trains on them as context only, and a trajectory with too few
+clean steps (`min_quality`) is dropped. A trajectory no dimension applies to (a plain
+chat nobody scored) is dropped unless the rule keeps unlabelled ones; `no_signal` marks
+it so a build policy can still opt in. The record also carries the facts build policies
+select on (who served it, tool names, request metadata) and the training rows it yields,
+which `tinygpt up`'s autopilot counts toward each policy's next build.
+
+Preference pairs come later, in the dataset stage, from the per-step prompt keys
+recorded here: answers to the same prompt with rewards far enough apart.
 """
 
 from __future__ import annotations
@@ -32,11 +40,14 @@ from tinygpt.runtime.contracts.jobs import LabelJob
 from tinygpt.runtime.contracts.pipeline import DedupeRecord, FileRecord, JudgeSettings, LabelRecord, LabelRule
 from tinygpt.runtime.contracts.trajectory import ToolCall, ToolResult, Trajectory
 
-from . import judge
+from . import judge, quality
 from .dedupe import resolve_shas
 from .ingest import load
+from .tokens import sequences
 
 CHUNK = 64
+# The label log (what `tinygpt up`'s autopilot tails) keeps about this many entries.
+LOG_MAX = 1_000_000
 POSITIVE = {"good", "up", "thumbs_up", "positive", "accept", "accepted", "correct", "yes", "like", "+1"}
 NEGATIVE = {"bad", "down", "thumbs_down", "negative", "reject", "rejected", "wrong", "incorrect", "no", "dislike", "-1"}
 ERROR_STATUSES = {"error", "failed", "failure", "fail", "exception"}
@@ -212,6 +223,13 @@ def label_one(traj: Trajectory, record: FileRecord, job: LabelJob, conn: redis.R
                 if verdict is not None:
                     dims["judge"] = verdict
     keep, reward, reason = decide(dims, job.rule)
+    flags = quality.step_flags(traj)
+    share = 1.0 - len(flags) / len(traj.steps) if traj.steps else None
+    rows = len(sequences(traj, set(invalid_steps) | set(flags)))
+    if share is not None and share < job.rule.min_quality:
+        keep, reason = False, f"quality {share:.2f} < {job.rule.min_quality:.2f} ({quality.describe(flags)})"
+    elif rows == 0 and (keep or not dims):
+        keep, reason = False, "nothing left to train on (every step is masked)"
     return LabelRecord(
         sha256=record.sha256,
         trajectory_id=traj.id,
@@ -222,7 +240,24 @@ def label_one(traj: Trajectory, record: FileRecord, job: LabelJob, conn: redis.R
         prompt_keys=keys_,
         invalid_steps=invalid_steps,
         labelled_at=time.time(),
+        flags=flags,
+        quality=share,
+        no_signal=not dims and rows > 0 and (share is None or share >= job.rule.min_quality),
+        rows=rows,
+        **facts(traj),
     )
+
+
+def facts(traj: Trajectory) -> dict:
+    """What build policies select on: who served it, tool names offered or called, request metadata."""
+    served = {traj.adapter or "base"}
+    for s in traj.steps:
+        served.add((s.model or "").partition("@")[0] if s.adapter_digest and s.model else "base")
+    tools = set(_tools_by_name(traj)) | {c.name for s in traj.steps for c in s.tool_calls}
+    tags: dict[str, str] = {}
+    for s in traj.steps:
+        tags.update(s.metadata)
+    return {"served_by": sorted(served), "tools": sorted(tools), "tags": tags}
 
 
 def run(job: LabelJob, conn: redis.Redis) -> LabelResult:
@@ -268,5 +303,7 @@ def run(job: LabelJob, conn: redis.Redis) -> LabelResult:
                     pipe.hset(keys.labels(project), label.sha256, msgspec.msgpack.encode(label))
                     if label.prompt_keys:
                         pipe.hsetnx(keys.prompt_refs(project), label.prompt_keys[-1], label.sha256)
+                    # In the same transaction: a label is written and logged, or neither.
+                    pipe.xadd(keys.label_log(project), {"sha": label.sha256}, maxlen=LOG_MAX, approximate=True)
                 pipe.execute()
     return result

@@ -7,6 +7,10 @@ into one sequence; the new prompt tokens are context (mask 0) and the sampled id
 trained on (mask 1). When it does not (the template could not reproduce an earlier
 turn, flagged `prefix_mismatch`, or the client rewrote history) a new sequence starts
 from that step's own prompt, so drifted ids are only ever context and never trained on.
+
+A step flagged `prefix_mismatch` is masked out of the loss entirely: it was sampled
+after a context the model never produced itself (re-rendered, or rewritten by the
+client), so what it answered there is no example of the turn as it really went.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ class Sequence:
 
 
 def sequences(traj: Trajectory, masked_steps: frozenset[int] | set[int] = frozenset()) -> list[Sequence]:
-    """The trajectory as training sequences; steps in `masked_steps` become context only.
+    """The trajectory as training sequences; steps in `masked_steps`, and steps flagged
+    `prefix_mismatch`, become context only.
 
     Sequences with nothing to train on (every sampled token masked) are left out.
     """
-    return [s for s in _chain(traj, masked_steps) if s.trained]
+    masked = set(masked_steps) | {s.index for s in traj.steps if s.prefix_mismatch}
+    return [s for s in _chain(traj, masked) if s.trained]
 
 
 def _chain(traj: Trajectory, masked_steps: frozenset[int] | set[int]) -> list[Sequence]:

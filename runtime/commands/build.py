@@ -25,13 +25,22 @@ def _hp(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _methods() -> list[str]:
+    """Every method the training contract accepts (one list, in the contract)."""
+    from typing import get_args
+
+    from tinygpt.runtime.contracts.specialist import Method
+
+    return list(get_args(Method))
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specialist", help="the specialist's name (lower-case: a-z, 0-9, '.', '_', '-')")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="NAME", help="rebuild this dataset from labelled trajectories first")
     source.add_argument("--dataset-dir", metavar="DIR", help="train on this token-id dataset directory")
     parser.add_argument("--project", help="tinygpt.project.json (default: the nearest one)")
-    parser.add_argument("--method", default="lora", choices=["lora", "dora", "qlora", "distill-logit", "distill-seq"])
+    parser.add_argument("--method", default="lora", choices=_methods())
     parser.add_argument("--steps", type=int, help="training steps (hyperparameter `steps`)")
     parser.add_argument("--hp", action="append", type=_hp, default=[], metavar="KEY=VALUE",
                         help="a training hyperparameter (repeatable), e.g. learning_rate=1e-4")
@@ -73,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
         dataset_dir = paths.subdir("datasets") / args.dataset
     else:
         dataset_dir = Path(args.dataset_dir)
-    registry = pins.registries[0] if pins.registries else "specialists"
-    if "://" not in registry and not Path(registry).is_absolute():
-        registry = str(project_file.parent / registry)
+    registry = builds.project_registry(pins.registries, project_file)
     build = builds.enqueue_build(
         conn, specialist=args.specialist, base_model=pins.base_model, dataset_dir=dataset_dir,
         project_file=project_file, registry=registry, method=args.method, hyperparameters=hyperparameters,

@@ -5,7 +5,8 @@ runtimes on Redis, whose pins then pull and hot-swap it.
 
 Publishing needs the eval gate's passing result for these exact weights
 (`tinygpt eval-gate ... --out gate-result.json`), or an explicit --no-gate (the model
-card then says it was not evaluated). Versions are immutable: the same version with
+card then says it was not evaluated, and `"*"` pins never pick it: only a pin naming
+that exact version serves it). Versions are immutable: the same version with
 other weights is refused; without --version the next whole number is taken, or the
 version that already holds these weights."""
 
@@ -24,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="specialist name (lower-case a-z, 0-9, '.', '_', '-')")
     parser.add_argument("--version", help="version to publish (default: the next whole number)")
     parser.add_argument("--gate-result", help="the eval gate's gate-result.json for this adapter (must be a pass)")
-    parser.add_argument("--no-gate", action="store_true", help="publish without an eval gate result (the card says so)")
+    parser.add_argument("--no-gate", action="store_true", help="publish without an eval gate result (the card says so; only an exact-version pin serves it, never \"*\")")
     parser.add_argument("--registry", help="registry directory or file:// URL (default: the project's first local registry)")
     parser.add_argument("--project", help="project pin file (default: the nearest tinygpt.project.json)")
     parser.add_argument("--base-model", help="base model name or directory, for an adapter that records none "

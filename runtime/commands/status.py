@@ -169,7 +169,20 @@ def daemon_section(console, args: argparse.Namespace) -> dict:
     return section(console, args)
 
 
-SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, specialists_section, daemon_section, pipeline_section]
+def policies_section(console, args: argparse.Namespace) -> dict:
+    """The project's build policies: rows toward the next build, the build running, the last verdict."""
+    from tinygpt.queue.autopilot import status_of_project
+
+    rows = status_of_project()
+    if console is not None and rows:
+        from tinygpt.runtime.policy_view import policy_table
+
+        console.print(policy_table(rows))
+    return {"build_policies": rows}
+
+
+SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, specialists_section, policies_section,
+                                                                daemon_section, pipeline_section]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

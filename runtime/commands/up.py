@@ -13,6 +13,11 @@ OpenAI-compatible runtime, with a live status screen.
      file and "published" notifications on Redis, hot-swapping new versions in
      without a restart (requests in flight finish on the old version). A pin file
      change that does not validate is rejected and the last good pins stay in force.
+  6. The autopilot: for each specialist whose pin carries a build policy, it counts
+     the kept training rows the label stage produced for the policy's selection and,
+     when the trigger fires, enqueues dataset ▶ finetune ▶ eval gate ▶ publish by
+     itself. A version that passes is published (and hot-swapped where a pin accepts
+     it); one that fails is kept with its gate report under <home>/builds/, never served.
 
 While it runs, a worker that dies (the OOM killer's SIGKILL, a crash) is restarted with
 backoff and its job retried; a dead embedded Redis is restarted on its AOF; an external
@@ -47,6 +52,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="pipeline worker processes (default: 1)")
     parser.add_argument("--no-workers", dest="start_workers", action="store_false",
                         help="run no workers here (e.g. they run on other hosts against $REDIS_URL)")
+    parser.add_argument("--session-idle", type=float, default=600.0,
+                        help="seconds before an idle conversation is sealed into the pipeline (default: 600)")
     parser.add_argument("--refresh", type=float, default=2.0, help="status screen refresh in seconds (default: 2)")
     parser.add_argument("--plain", action="store_true", help="log lines instead of the live screen, worker logs on stderr (default when not a TTY)")
 

@@ -33,6 +33,7 @@ class Stack:
     project_file: Path | None = None
     swapper: object | None = None
     watchers: object | None = None
+    autopilot: object | None = None
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -61,6 +62,7 @@ class Stack:
         model_dir = self._pull_model()
         self._start_daemon()
         self._start_runtime(model_dir)
+        self._start_autopilot()
 
     def _start_redis(self) -> None:
         from tinygpt.queue.connection import RedisUnavailable, connect, redact
@@ -149,6 +151,7 @@ class Stack:
             adapter_dirs=[*self.args.adapter_dir, *self._registry_dirs()],
             insecure=self.args.insecure,
             project=self.project_name,
+            session_idle_s=self.args.session_idle,
         )
         try:
             deferred = self.daemon.defer if self.daemon is not None else None
@@ -191,6 +194,17 @@ class Stack:
         self._say(f"Specialists: serving {served}{problems}")
         self.watchers = Watchers(self.swapper, redis_url=self.redis_url).start()
         self._say(f"Specialists: watching {self.project_file} and Redis for new versions")
+
+    def _start_autopilot(self) -> None:
+        """Build policies in the pin file (read again every round, so edits apply): build,
+        gate and publish specialists by themselves."""
+        if self.project_file is None:
+            return
+        from tinygpt.queue.autopilot import Autopilot
+
+        self.autopilot = Autopilot(self.project_file, self.redis_url, say=self._say).start()
+        policies = self.swapper.pins.policies() if self.swapper is not None and self.swapper.pins else {}
+        self._say(f"Autopilot: build policies for {', '.join(sorted(policies)) or 'no specialist yet'}")
 
     # ------------------------------------------------------------------ watch
 
@@ -247,6 +261,16 @@ class Stack:
                 problem = last.rejected or "; ".join(f"{n}: {e}" for n, e in last.errors.items())
                 head.add_row(Text("pins", style="yellow"), Text(problem))
         parts = [head]
+        if self.autopilot is not None:
+            from tinygpt.runtime.policy_view import policy_table
+
+            try:
+                serving = {n: v for n, (v, _) in self.swapper.serving().items()}
+                rows = self.autopilot.status(serving)
+                if rows:
+                    parts.append(policy_table(rows))
+            except Exception as e:  # the screen must never take the daemon down
+                parts.append(f"[yellow]build policies unavailable: {e}[/]")
         try:
             ov = collect(limit=5)
         except Exception as e:  # the screen must never take the daemon down
@@ -279,6 +303,9 @@ class Stack:
         # aborts the process and leaves open trajectories unsealed.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+        if self.autopilot is not None:
+            self.autopilot.stop()  # no new builds while going down; queued ones wait in Redis
+            self.autopilot = None
         if self.watchers is not None:
             # First, so no swap starts while the runtime is going down.
             self.watchers.stop()

@@ -12,6 +12,7 @@ import msgspec
 
 from .base import Contract
 from .pipeline import DatasetSettings, JudgeSettings, LabelRule
+from .policy import Selection
 from .specialist import Method
 
 JOBS_VERSION = 1
@@ -86,6 +87,8 @@ class DatasetJob(Contract):
     seed: int = 0
     pair_margin: float = 0.2
     mask_invalid_tool_calls: bool = True
+    # A build policy's selection: only the trajectories it selects (None: every one kept).
+    select: Selection | None = None
 
     @classmethod
     def from_settings(cls, name: str, base_model: str, project: str, settings: DatasetSettings) -> DatasetJob:
@@ -119,6 +122,11 @@ class EvalJob(Contract):
     candidate_dir: str
     output_dir: str
     schema_version: int = JOBS_VERSION
+    # A build policy's promotion rule: these suites only (empty: all), a threshold for
+    # every suite and require_significance instead of the project's (None: as declared).
+    suites: list[str] = []
+    threshold: float | None = None
+    require_significance: bool | None = None
 
 
 class PublishJob(Contract):

@@ -56,8 +56,14 @@ class LabelRule(Contract):
     weights: dict[Dimension, Annotated[float, msgspec.Meta(ge=0.0)]] = {}
     min_reward: Fraction = 0.5
     require: dict[Dimension, Fraction] = msgspec.field(default_factory=lambda: {"tool_validity": 1.0})
-    # No dimension applies (plain chat, no feedback, no judge): keep or drop?
-    keep_unlabelled: bool = True
+    # No dimension applies (plain chat, no feedback, no judge): keep or drop? Dropped by
+    # default: a chat nobody scored says nothing about whether it was good. A build
+    # policy may still opt in (`select.keep_unlabelled`).
+    keep_unlabelled: bool = False
+    # Share of a trajectory's steps that must be clean (not cut off by max_tokens, not a
+    # degenerate loop, not repeating an identical tool call); flagged steps are never
+    # trained on (context only), and below this the whole trajectory is dropped.
+    min_quality: Fraction = 0.5
 
 
 class DatasetSettings(Contract):
@@ -140,3 +146,16 @@ class LabelRecord(Contract):
     # Steps with a tool call that failed validation (the dataset can mask them out).
     invalid_steps: list[int] = []
     labelled_at: float = 0.0
+    # Steps trained on as context only, and why (cut off, a loop, a repeated tool call).
+    flags: dict[int, list[str]] = {}
+    # Share of clean steps (None: no steps).
+    quality: float | None = None
+    # No reward dimension applied (a plain chat nobody scored): kept only where the label
+    # rule or a build policy opts in.
+    no_signal: bool = False
+    # Training rows it yields (after masking), and the facts build policies select on:
+    # who served it ("base" or a specialist), tool names offered or called, request metadata.
+    rows: int = 0
+    served_by: list[str] = []
+    tools: list[str] = []
+    tags: dict[str, str] = {}

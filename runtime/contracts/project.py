@@ -9,6 +9,7 @@ import msgspec
 from .base import Contract
 from .evals import EvalSuite
 from .pipeline import PipelineSettings
+from .policy import BuildPolicy
 
 PROJECT_VERSION = 1
 PROJECT_FILE = "tinygpt.project.json"
@@ -21,12 +22,15 @@ Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description="lower-case
 Sha256 = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN, description="64 lower-case hex digits")]
 
 
-class SpecialistPin(Contract):
+class SpecialistPin(Contract, omit_defaults=True):
+    # Written back as the user wrote it: a pin without a policy gets no `"build": null`.
     name: Name
     # An exact version, or "*" for the newest published version that passes the gate.
     version: str = "*"
     # Digest of the package lock; when set, any other content is refused.
     sha256: Sha256 | None = None
+    # When and how `tinygpt up` builds a new version of it by itself (None: only by hand).
+    build: BuildPolicy | None = None
 
 
 class GateSettings(Contract):
@@ -61,6 +65,28 @@ class ProjectPins(Contract):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate names in `{field}`: {', '.join(dupes)}")
+        suites = {s.name for s in self.eval_suites}
+        for i, pin in enumerate(self.specialists):
+            if pin.build is None:
+                continue
+            where = f"`$.specialists[{i}].build.gate.suites`"
+            # A policy publishes by itself: it must be gated on something.
+            if not suites and self.gate.suites_file is None:
+                raise ValueError(f"{where}: the build policy of {pin.name} needs eval suites to gate on (`eval_suites` is empty)")
+            unknown = [n for n in pin.build.gate.suites if n not in suites]
+            if unknown and self.gate.suites_file is None:
+                raise ValueError(f"{where}: no eval suite named {', '.join(unknown)} (have: {', '.join(sorted(suites))})")
 
     def pin(self, name: str) -> SpecialistPin | None:
         return next((p for p in self.specialists if p.name == name), None)
+
+    def policies(self) -> dict[str, BuildPolicy]:
+        """Specialist name -> its build policy, with the selection's project filled in."""
+        import msgspec
+
+        out = {}
+        for p in self.specialists:
+            if p.build is not None:
+                select = p.build.select if p.build.select.project else msgspec.structs.replace(p.build.select, project=self.name)
+                out[p.name] = msgspec.structs.replace(p.build, select=select)
+        return out

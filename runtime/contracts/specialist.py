@@ -17,6 +17,16 @@ SPECIALIST_VERSION = 1
 Method = Literal["lora", "dora", "qlora", "distill-logit", "distill-seq"]
 
 
+def adapter_weights_digest(config_sha256: str, weights_sha256: str) -> str:
+    """The identity of an adapter's weights, from the sha256 of its two files (what the eval
+    gate records as the candidate's `adapter_digest` for an adapter directory, and what a
+    package's lock lets anyone recompute without reading the weights)."""
+    import hashlib
+
+    lines = f"adapter_config.json {config_sha256}\nadapters.safetensors {weights_sha256}\n"
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 class SpecialistManifest(Contract):
     """What a specialist is and how it was made (`manifest.json` in its package)."""
 

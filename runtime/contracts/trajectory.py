@@ -90,6 +90,8 @@ class Step(Contract):
     adapter_version: str | None = None
     adapter_digest: str | None = None
     sampling: SamplingParams | None = None
+    # The request's OpenAI `metadata` (without `session_id`): tags build policies select on.
+    metadata: dict[str, str] = {}
     request_id: str = ""
     created_at: float = 0.0
 

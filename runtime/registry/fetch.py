@@ -33,11 +33,12 @@ from .. import paths
 from ..hosts import is_loopback
 from ..contracts.base import ContractError
 from ..contracts.io import decode_json, write_json
+from ..contracts.evals import GateResult
 from ..contracts.specialist import RegistryEntry, RegistryIndex, SpecialistLock
 from .errors import IntegrityError, PackageError, RegistryError, RegistryUnavailable
 from .files import check_name, check_version, discard, fsync_tree, move_into_place, safe_relative, staging_dir
 from .index import INDEX, read_index
-from .package import LOCK, check_lock, read_manifest, verify_package
+from .package import EVAL_REPORT, LOCK, check_lock, gate_problem, read_manifest, verify_package
 
 log = logging.getLogger("tinygpt.registry")
 
@@ -202,6 +203,31 @@ def check_entry(entry: RegistryEntry, source: Source) -> None:
         safe_relative(entry.path, f"registry {source.label}: {entry.name}@{entry.version}")
     except PackageError as e:
         raise PackageError(f"registry {source.label}: bad index entry: {e}") from None
+
+
+def gate_problem_of(source: Source, entry: RegistryEntry) -> str | None:
+    """Why `entry` may not be what a `"*"` pin means (None: its gate passed for exactly its
+    weights). Reads the package's lock and eval report only (small files), each checked
+    against the index and the lock, so a report can't vouch for weights it did not test."""
+    check_entry(entry, source)
+    what = f"{entry.name}@{entry.version} from {source.label}"
+    try:
+        lock = decode_json(_read_small(source, f"{entry.path}/{LOCK}"), SpecialistLock, f"{what}: {LOCK}")
+    except ContractError as e:
+        raise PackageError(str(e)) from None
+    check_lock(lock, f"{what}: {LOCK}")
+    if lock.digest != entry.digest:
+        raise IntegrityError(f"{what}: its lock has digest {lock.digest[:12]}, the index says {entry.digest[:12]}: refused")
+    gate = None
+    if EVAL_REPORT in lock.files:
+        data = _read_small(source, f"{entry.path}/{EVAL_REPORT}")
+        if hashlib.sha256(data).hexdigest() != lock.files[EVAL_REPORT]:
+            raise IntegrityError(f"{what}: {EVAL_REPORT} does not match its lock: refused")
+        try:
+            gate = decode_json(data, GateResult, f"{what}: {EVAL_REPORT}")
+        except ContractError as e:
+            return f"unreadable eval report ({e})"
+    return gate_problem(lock, gate)
 
 
 def pull(source: Source, entry: RegistryEntry, *, pin_sha256: str | None = None) -> Pulled:

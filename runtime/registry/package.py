@@ -28,7 +28,7 @@ from ..contracts.base import ContractError
 from ..contracts.dataset import DatasetManifest
 from ..contracts.evals import GateResult
 from ..contracts.io import read_json, write_json
-from ..contracts.specialist import SpecialistLock, SpecialistManifest
+from ..contracts.specialist import SpecialistLock, SpecialistManifest, adapter_weights_digest
 from ..contracts.training import TRAINING_RECORD, TrainingRecord
 from .card import render_card
 from .errors import IntegrityError, PackageError
@@ -133,6 +133,23 @@ def verify_package(package: Path, *, name: str | None = None, version: str | Non
         if got != expected:
             raise IntegrityError(f"{package}: {rel} has sha256 {got[:12]}, the lock says {expected[:12]}: refused")
     return lock
+
+
+def gate_problem(lock: SpecialistLock, gate: GateResult | None) -> str | None:
+    """Why a package may not be picked by a `"*"` pin (None: its gate passed for exactly
+    its weights). `gate` is the package's eval report, None when it has none."""
+    if gate is None:
+        return "published without an eval gate (--no-gate)"
+    if gate.verdict != "pass":
+        return f"its eval gate verdict is {gate.verdict}"
+    subject = gate.extra.get("subject") if isinstance(gate.extra, dict) else None
+    if subject and subject != lock.name:
+        return f"its gate result is for {subject!r}"
+    weights = adapter_weights_digest(lock.files.get(ADAPTER_CONFIG, ""), lock.files.get(ADAPTER_WEIGHTS, ""))
+    if gate.candidate.adapter_digest != weights:
+        got = (gate.candidate.adapter_digest or "none")[:12]
+        return f"its gate result is for other weights ({got}, the package holds {weights[:12]})"
+    return None
 
 
 # ---------------------------------------------------------------- building

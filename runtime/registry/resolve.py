@@ -6,6 +6,11 @@ a package with exactly that lock digest is accepted. Registries are searched in 
 order the project lists them: an exact version is taken from the first registry that has
 it, "*" from whichever has the newest. Versions trained on another base model than the
 runtime's are never chosen for "*", and refused when pinned exactly.
+
+"*" takes only a version whose eval gate passed for exactly its weights: its package's
+eval report says "pass" and names the adapter digest its lock's files hash to (checked
+here, at resolve time, from the package itself). A version published with `--no-gate`,
+or one whose report is for other weights, is reachable only by pinning it exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from ..contracts.project import ProjectPins, SpecialistPin
 from ..contracts.specialist import RegistryEntry, RegistryIndex
 from .errors import IntegrityError, NotFound, PackageError, RegistryError
-from .fetch import Source, source_for
+from .fetch import Source, gate_problem_of, source_for
 from .files import version_key
 from .index import newest
 
@@ -91,7 +96,15 @@ def resolve_pin(pin: SpecialistPin, registries: list[Registry], *, base_digest: 
         raise NotFound(msg)
     if pin.version != "*":
         reg, entry = found[0]
-    else:
+        return Resolved(pin=pin, entry=entry, source=reg.source)
+    refused = []
+    while found:
         best = newest([e for _, e in found])
         reg, entry = next((r, e) for r, e in found if e is best)
-    return Resolved(pin=pin, entry=entry, source=reg.source)
+        problem = gate_problem_of(reg.source, entry)
+        if problem is None:
+            return Resolved(pin=pin, entry=entry, source=reg.source)
+        refused.append(f"{entry.version}: {problem}")
+        found = [(r, e) for r, e in found if e is not best]
+    raise NotFound(f"{describe(pin)}: no published version passed the eval gate for its weights "
+                   f"({'; '.join(refused)}); pin one exactly to serve it anyway")  # fmt: skip

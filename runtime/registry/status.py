@@ -16,6 +16,19 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
+def _project_name(project_file: str) -> str:
+    """The project's name from its pin file (the state records it only once a pin resolved)."""
+    from pathlib import Path
+
+    from ..contracts.base import ContractError
+    from ..project import load_project
+
+    try:
+        return load_project(Path(project_file)).name
+    except (ContractError, OSError):
+        return Path(project_file).parent.name
+
+
 def section(console, args: argparse.Namespace) -> dict:
     """Print the specialists table (unless `console` is None) and return the state as data."""
     from .state import read_state, state_path
@@ -28,9 +41,12 @@ def section(console, args: argparse.Namespace) -> dict:
         if not state.projects:
             console.print("no specialists resolved yet (`tinygpt pull`, or `tinygpt up` with pins)")
         for p in state.projects:
-            title = f"specialists of {p.project or '?'} ({p.project_file})"
+            title = f"specialists of {p.project or _project_name(p.project_file)} ({p.project_file})"
             if p.error:
                 console.print(f"[red]{escape(p.project_file)}: rejected, the last good pins stay in force:[/] {escape(p.error)}")
+            if not p.specialists:
+                console.print(f"{escape(title)}: none pinned")
+                continue
             t = Table(title=title)
             for col in ("specialist", "version", "digest", "from", "since", "earlier", "problem"):
                 t.add_column(col, overflow="fold")

@@ -28,7 +28,7 @@ import msgspec
 
 from ..contracts.base import ContractError
 from ..contracts.io import read_json
-from ..contracts.specialist import SpecialistLock, SpecialistManifest
+from ..contracts.specialist import SpecialistLock, SpecialistManifest, adapter_weights_digest
 from .protocol import ApiError
 
 # The registry key of the bare base model ("@" never appears in specialist names).
@@ -100,8 +100,7 @@ def read_adapter(path: str | Path, name: str, version: str | None, base_digest: 
     if lock is not None:
         digest = lock.digest
     else:
-        lines = f"adapter_config.json {_sha256(config_file)}\nadapters.safetensors {_sha256(weights)}\n"
-        digest = hashlib.sha256(lines.encode()).hexdigest()
+        digest = adapter_weights_digest(_sha256(config_file), _sha256(weights))
     version = version or (manifest.version if manifest else digest[:12])
     return AdapterInfo(
         name=name, version=version, digest=digest, path=str(path.resolve()), method=method, rank=params["rank"]

@@ -436,6 +436,7 @@ class Completions:
             adapter_version=a.version if a else None,
             adapter_digest=a.digest if a else None,
             sampling=p.sampling,
+            metadata={k: v for k, v in (p.req.metadata or {}).items() if k != "session_id"},
             request_id=p.id,
             created_at=time.time(),
         )

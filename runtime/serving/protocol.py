@@ -154,7 +154,8 @@ class ChatRequest(_Request, kw_only=True):
     presence_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
     # `metadata.session_id` groups requests into one trajectory (as does the X-TinyGPT-Session header).
-    metadata: dict[str, str] | None = None
+    # OpenAI's limits (16 pairs, 64-char keys, 512-char values): it is recorded on every step.
+    metadata: Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]], Meta(max_length=16)] | None = None
     user: str | None = None
     store: bool | None = None
 
