@@ -178,6 +178,13 @@ def test_key_as_x_api_key_or_bearer_and_errors_in_anthropics_shape(rt):
     assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
 
 
+def test_the_admin_key_is_not_an_api_key(tiny_model_dir, tmp_path):
+    with running(tiny_model_dir, tmp_path, api_key=KEY, admin_key="admin", record=False) as rt:
+        body = {"model": "base", "messages": ASK, "max_tokens": 1}
+        assert post(rt.port, "/v1/messages", body, {"x-api-key": "admin"})[0] == 401
+        assert post(rt.port, "/v1/messages", body, {"x-api-key": KEY})[0] == 200
+
+
 @pytest.mark.parametrize(
     "kwargs, status, kind, needle",
     [

@@ -199,7 +199,7 @@ class Handler(BaseHTTPRequestHandler):
     def _authorize(self, auth: str | None) -> None:
         if auth is None:
             return
-        key = self.rt.config.api_key if auth == "api" else (self.rt.config.admin_key or self.rt.config.api_key)
+        key = (self.rt.config.admin_key or self.rt.config.api_key) if auth == "admin" else self.rt.config.api_key
         if key is None:
             if auth == "admin":
                 raise ApiError(403, "admin endpoints are disabled: start the server with --api-key or --admin-key")
