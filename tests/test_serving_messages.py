@@ -117,7 +117,7 @@ def test_tool_use_round_trip_with_tool_result_is_one_trajectory(rt, client):
     first, tid = raw.parse(), raw.headers["x-tinygpt-trajectory"]
     (use,) = [b for b in first.content if b.type == "tool_use"]
     follow = ASK + [
-        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "assistant", "content": first.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": '{"ok": true, "temp": 21}'},
                                      {"type": "text", "text": "Thanks!"}]},
     ]
@@ -141,7 +141,7 @@ def test_an_error_tool_result_is_recorded_as_failed(rt, client):
     first, tid = raw.parse(), raw.headers["x-tinygpt-trajectory"]
     (use,) = [b for b in first.content if b.type == "tool_use"]
     follow = ASK + [
-        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "assistant", "content": first.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "city not found",
                                       "is_error": True}]},
     ]
@@ -224,7 +224,7 @@ def test_a_messages_trajectory_is_ingested_like_any_other(tiny_model_dir, tmp_pa
         first = client.messages.create(model="base", messages=ASK, max_tokens=200, tools=TOOLS, tool_choice=ANY_ONE)
         (use,) = [b for b in first.content if b.type == "tool_use"]
         client.messages.create(model="base", max_tokens=3, tools=TOOLS, messages=ASK + [
-            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "assistant", "content": first.content},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "21C"}]},
         ])
         rt.recorder.seal_all().result()

@@ -90,7 +90,7 @@ def test_function_call_round_trip_with_function_call_output_is_one_trajectory(rt
     assert call.name == "get_weather" and call.call_id.startswith("call_") and call.id.startswith("fc_")
     jsonschema.validate(json.loads(call.arguments), WEATHER)
     # The Agents-SDK way: resend the whole history with the call's output appended.
-    history = [{"role": "user", "content": ASK}] + [o.model_dump(exclude_none=True) for o in first.output]
+    history = [{"role": "user", "content": ASK}, *first.output]
     follow = history + [{"type": "function_call_output", "call_id": call.call_id, "output": '{"ok": true, "temp": 21}'}]
     raw2 = client.responses.with_raw_response.create(model="base", input=follow, tools=TOOLS, tool_choice="none",
                                                      max_output_tokens=4)
@@ -207,3 +207,15 @@ def test_a_responses_trajectory_is_ingested_like_any_other(tiny_model_dir, tmp_p
     record, traj = examine(TrajectoryRef(path=str(path), sha256=""))
     assert record.status == "ingested", record.reason
     assert record.steps == 2 and traj.steps[0].tool_results[0].tool_call_id == call.call_id
+
+
+def test_the_response_store_is_bounded_by_entries_and_text():
+    from tinygpt.runtime.serving.protocol import Message
+    from tinygpt.runtime.serving.responses import ResponseStore
+
+    store = ResponseStore(max_entries=3, max_chars=100)
+    for i in range(5):
+        store.put(f"r{i}", (Message(role="user", content="x" * 10),))
+    assert len(store) == 3 and store.get("r0") is None and store.get("r4") is not None
+    store.put("big", (Message(role="user", content="y" * 95),))
+    assert store.get("big") is not None and len(store) == 1

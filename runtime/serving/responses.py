@@ -73,33 +73,36 @@ def new_id(prefix: str) -> str:
 
 
 class ResponseStore:
-    """Response id → the conversation it ended with; an LRU bounded by entries and messages held.
+    """Response id → the conversation it ended with; an LRU bounded by entries and by text held.
 
     Entries share their `Message` objects with the entries they extend, so a long chain
-    costs a list of references per response, not a copy of every message.
+    costs a tuple of references per response; the text budget counts each entry's whole
+    conversation (shared text counted again), which overestimates and so stays a bound.
     """
 
-    def __init__(self, max_entries: int = 4096, max_messages: int = 1_000_000):
+    def __init__(self, max_entries: int = 4096, max_chars: int = 128_000_000):
         self.max_entries = max_entries
-        self.max_messages = max_messages
+        self.max_chars = max_chars
         self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[str, tuple[Message, ...]] = collections.OrderedDict()
-        self._messages = 0
+        self._entries: collections.OrderedDict[str, tuple[tuple[Message, ...], int]] = collections.OrderedDict()
+        self._chars = 0
 
     def get(self, response_id: str) -> tuple[Message, ...] | None:
         with self._lock:
-            convo = self._entries.get(response_id)
-            if convo is not None:
-                self._entries.move_to_end(response_id)
-            return convo
+            entry = self._entries.get(response_id)
+            if entry is None:
+                return None
+            self._entries.move_to_end(response_id)
+            return entry[0]
 
     def put(self, response_id: str, convo: tuple[Message, ...]) -> None:
+        size = sum(len(m.text()) + sum(len(c.function.arguments) for c in m.tool_calls or []) for m in convo)
         with self._lock:
-            self._entries[response_id] = convo
-            self._messages += len(convo)
-            while self._entries and (len(self._entries) > self.max_entries or self._messages > self.max_messages):
-                _, old = self._entries.popitem(last=False)
-                self._messages -= len(old)
+            self._entries[response_id] = (convo, size)
+            self._chars += size
+            while self._entries and (len(self._entries) > self.max_entries or self._chars > self.max_chars):
+                _, (_, old) = self._entries.popitem(last=False)
+                self._chars -= old
 
     def __len__(self) -> int:
         return len(self._entries)
