@@ -232,3 +232,19 @@ def test_a_messages_trajectory_is_ingested_like_any_other(tiny_model_dir, tmp_pa
     record, traj = examine(TrajectoryRef(path=str(path), sha256=""))
     assert record.status == "ingested", record.reason
     assert record.steps == 2 and traj.steps[0].tool_results[0].tool_call_id == use.id
+
+
+def test_fuzz_malformed_requests_are_anthropic_4xx_then_a_valid_one_succeeds(rt, client):
+    import random
+
+    from tests.test_serving_http import _mutations
+
+    statuses = []
+    for body in _mutations({"model": "base", "messages": ASK, "max_tokens": 2}, random.Random(99)):
+        status, raw = post(rt.port, "/v1/messages", body, {"x-api-key": KEY})
+        statuses.append(status)
+        if status != 200:
+            assert json.loads(raw)["type"] == "error", raw
+    assert all(s == 200 or 400 <= s < 500 for s in statuses), sorted(set(statuses))
+    assert sum(400 <= s < 500 for s in statuses) > 250
+    assert client.messages.create(model="base", messages=ASK, max_tokens=2).type == "message"

@@ -219,3 +219,20 @@ def test_the_response_store_is_bounded_by_entries_and_text():
     assert len(store) == 3 and store.get("r0") is None and store.get("r4") is not None
     store.put("big", (Message(role="user", content="y" * 95),))
     assert store.get("big") is not None and len(store) == 1
+
+
+def test_fuzz_malformed_requests_are_4xx_then_a_valid_one_succeeds(rt, client):
+    import random
+
+    from tests.test_serving_http import _mutations
+
+    statuses = []
+    for body in _mutations({"model": "base", "input": [{"role": "user", "content": "hi"}], "max_output_tokens": 2},
+                           random.Random(7)):
+        status, raw = post(rt.port, "/v1/responses", body, {"Authorization": f"Bearer {KEY}"})
+        statuses.append(status)
+        if status != 200:
+            assert json.loads(raw)["error"]["message"], raw
+    assert all(s == 200 or 400 <= s < 500 for s in statuses), sorted(set(statuses))
+    assert sum(400 <= s < 500 for s in statuses) > 250
+    assert client.responses.create(model="base", input="hi", max_output_tokens=2).object == "response"
