@@ -12,7 +12,8 @@ same prompt; the client is this process):
   tokens: the ratio is the cost of the wire format. Also the non-streaming wall time.
 - tool-call validity over the schema corpus (tests/data/schemas): each schema as the
   only tool, `required` (chat, Responses) / `any` (Messages), one call, sampled at
-  temperature 1: the share of answers whose call parses and validates (formats included).
+  temperature 1: the share of returned calls that parse and validate (formats included),
+  and the answers cut off by `--validity-tokens` before their call was complete.
 Prints one JSON document (last line).
 """
 
@@ -112,15 +113,23 @@ def overhead(server: Server, n: int, rounds: int) -> dict:
             r["prompt"].append(usage["prompt"])
             r["wall_s"].append(post(server.port, path, body)[0])
     out: dict = {"tokens": n, "rounds": rounds}
-    ref = {k: statistics.median(v) for k, v in runs["chat"].items() if k != "prompt"}
+    # The machine is shared, so single runs swing widely: best-of (max tok/s, min time) is the
+    # primary figure, as in runtime_throughput.py; medians are kept beside it.
+    best = {"tok_s": max, "ttft_s": min, "wall_s": min}
+    ref_best = {k: f(runs["chat"][k]) for k, f in best.items()}
+    ref_med = {k: statistics.median(runs["chat"][k]) for k in best}
     for api, r in runs.items():
-        med = {k: statistics.median(v) for k, v in r.items() if k != "prompt"}
+        top = {k: f(r[k]) for k, f in best.items()}
+        med = {k: statistics.median(r[k]) for k in best}
         out[api] = {
-            "tok_s": med["tok_s"], "ttft_s": med["ttft_s"], "wall_s": med["wall_s"],
+            "tok_s": top["tok_s"], "ttft_s": top["ttft_s"], "wall_s": top["wall_s"],
             "output_tokens": sorted(set(r["tokens"])), "prompt_tokens": sorted(set(r["prompt"])),
             # >= 1 is as good as chat completions: throughput up, time to first token / wall down.
-            "tok_s_ratio": med["tok_s"] / ref["tok_s"], "ttft_ratio": ref["ttft_s"] / med["ttft_s"],
-            "wall_ratio": ref["wall_s"] / med["wall_s"],
+            "tok_s_ratio": top["tok_s"] / ref_best["tok_s"], "ttft_ratio": ref_best["ttft_s"] / top["ttft_s"],
+            "wall_ratio": ref_best["wall_s"] / top["wall_s"],
+            "median": {"tok_s": med["tok_s"], "ttft_s": med["ttft_s"], "wall_s": med["wall_s"],
+                       "tok_s_ratio": med["tok_s"] / ref_med["tok_s"], "ttft_ratio": ref_med["ttft_s"] / med["ttft_s"],
+                       "wall_ratio": ref_med["wall_s"] / med["wall_s"]},
             "all_tok_s": r["tok_s"], "all_ttft_s": r["ttft_s"],
         }
     out["same_prompt_and_tokens"] = len({(tuple(r["prompt"]), tuple(r["tokens"])) for r in runs.values()}) == 1
@@ -131,7 +140,8 @@ def validity(server: Server, limit: int, max_tokens: int) -> dict:
     from tests.test_grammar_sampling import assert_valid
 
     paths = sorted(CORPUS.glob("*.json"))[: limit or None]
-    result = {api: {"requests": 0, "valid": 0, "failures": []} for api in ("chat", "responses", "messages")}
+    result = {api: {"requests": 0, "calls": 0, "valid": 0, "cut_off": 0, "failures": []}
+              for api in ("chat", "responses", "messages")}
     for p in paths:
         tool = json.loads(p.read_text(encoding="utf-8"))
         fn = tool["function"]
@@ -153,20 +163,30 @@ def validity(server: Server, limit: int, max_tokens: int) -> dict:
             if api == "chat":
                 args = [c["function"]["arguments"] for c in data["choices"][0]["message"].get("tool_calls") or []]
                 args = [json.loads(a) for a in args]
+                cut = data["choices"][0]["finish_reason"] == "length"
             elif api == "responses":
                 args = [json.loads(o["arguments"]) for o in data["output"] if o["type"] == "function_call"]
+                cut = data["status"] == "incomplete"
             else:
                 args = [b["input"] for b in data["content"] if b["type"] == "tool_use"]
+                cut = data["stop_reason"] == "max_tokens"
             r = result[api]
             r["requests"] += 1
-            try:
-                assert len(args) == 1, f"{len(args)} calls"
-                assert_valid(args[0], schema)
-                r["valid"] += 1
-            except (AssertionError, Exception) as e:  # noqa: B014 - a validation error is a failure to count
-                r["failures"].append(f"{fn['name']}: {str(e)[:160]}")
+            # A call still being written at max_tokens is no call: counted apart, never as valid.
+            r["cut_off"] += cut and not args
+            r["calls"] += len(args)
+            for value in args:
+                try:
+                    assert_valid(value, schema)
+                    r["valid"] += 1
+                except Exception as e:  # a validation error is a failure to count
+                    r["failures"].append(f"{fn['name']}: {str(e)[:160]}")
+            if not args and not cut:
+                r["failures"].append(f"{fn['name']}: answered without a call")
     for r in result.values():
-        r["validity"] = r["valid"] / r["requests"] if r["requests"] else None
+        # Of the calls returned, the share that validate; of the answers, the share that are one valid call.
+        r["validity"] = r["valid"] / r["calls"] if r["calls"] else None
+        r["answered_with_valid_call"] = r["valid"] / r["requests"] if r["requests"] else None
     result["schemas"] = len(paths)
     return result
 
@@ -175,9 +195,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model name or directory (default: build the tiny test model)")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--validity-schemas", type=int, default=-1, help="schemas to try (-1: all, 0: skip)")
-    parser.add_argument("--validity-tokens", type=int, default=400)
+    parser.add_argument("--validity-tokens", type=int, default=1000)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:

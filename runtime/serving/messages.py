@@ -39,7 +39,6 @@ from .protocol import (
     decode,
     encode,
 )
-from .recorder import SESSION_HEADER
 from .messages_protocol import (
     ContentOut,
     CountTokensRequest,
@@ -59,6 +58,7 @@ from .messages_protocol import (
     _Conversation,
     error_body,
 )
+from .recorder import SESSION_HEADER
 from .responses import new_id
 
 STOP_REASONS = {"tool_calls": "tool_use", "length": "max_tokens"}
@@ -163,8 +163,6 @@ def to_tools(req: _Conversation) -> tuple[list[Tool] | None, object, bool | None
 
 class Messages:
     """`POST /v1/messages` and `/v1/messages/count_tokens` against the chat-completions core."""
-
-    error_body = staticmethod(error_body)
 
     def __init__(self, completions: Completions):
         self.c = completions

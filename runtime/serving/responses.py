@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import secrets
 import threading
-import time
 
 import msgspec
 
