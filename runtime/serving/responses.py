@@ -303,11 +303,18 @@ class _Stream:
         self.message: MessageOut | None = None  # the message item being streamed
         self.text: list[str] = []
         self.lps: list[Logprob] = []
+        self.pending: list[bytes] = []
 
     def send(self, event) -> None:
         event.sequence_number = self.seq
         self.seq += 1
-        self.out.send_event(b"event: " + event.type.encode() + b"\ndata: " + encode(event) + b"\n\n")
+        self.pending.append(b"event: " + event.type.encode() + b"\ndata: " + encode(event) + b"\n\n")
+
+    def flush(self) -> None:
+        # The events one engine event causes go out in one write (fewer syscalls and packets).
+        if self.pending:
+            data, self.pending = b"".join(self.pending), []
+            self.out.send_event(data)
 
     def run(self) -> None:
         api, p = self.api, self.p
@@ -319,6 +326,7 @@ class _Stream:
             shell = api.response(self.req, p, "in_progress", [], None)
             self.send(ResponseEvent(type="response.created", sequence_number=0, response=shell))
             self.send(ResponseEvent(type="response.in_progress", sequence_number=0, response=shell))
+            self.flush()
             try:
                 for event in api.c.events(p, self.out):
                     if isinstance(event, Started):
@@ -326,11 +334,13 @@ class _Stream:
                     self.delta(event.tail if isinstance(event, Done) else event)
                     if isinstance(event, Done):
                         self.done(event)
+                    self.flush()
             except ApiError as e:
                 p.gen.cancel()
                 if e.status != 499:
                     failed = api.response(self.req, p, "failed", self.items, None, error=e)
                     self.send(ResponseEvent(type="response.failed", sequence_number=0, response=failed))
+                    self.flush()
         except ClientGone:
             p.gen.cancel()
 
