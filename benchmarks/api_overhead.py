@@ -5,11 +5,12 @@
 
 Against one `tinygpt serve` subprocess (prefix cache off, so every request prefills the
 same prompt; the client is this process):
-- the same greedy request (system + user prompt, `--tokens` max) streamed through
-  `/v1/chat/completions`, `/v1/responses` and `/v1/messages`, interleaved per round:
-  decode tok/s (first to last content event) and time to first content event; each
-  API's median ÷ chat completions' median. Same core, same prompt ids (checked), same
-  tokens: the ratio is the cost of the wire format. Also the non-streaming wall time.
+- the same greedy request (system + user prompt) streamed through `/v1/chat/completions`,
+  `/v1/responses` and `/v1/messages`, interleaved per round: time to the first content
+  event (`--ttft-rounds` short requests), decode tok/s (first to last content event of
+  `--tokens`), and the non-streaming wall time; each API's median against chat
+  completions' median (ratio >= 1: as fast or faster). Same core, same prompt ids and
+  same output tokens (checked): the ratio is the cost of the wire format.
 - tool-call validity over the schema corpus (tests/data/schemas): each schema as the
   only tool, `required` (chat, Responses) / `any` (Messages), one call, sampled at
   temperature 1: the share of returned calls that parse and validate (formats included),
@@ -97,43 +98,53 @@ def bodies(n: int) -> dict[str, tuple[str, dict]]:
     }
 
 
-def overhead(server: Server, n: int, rounds: int) -> dict:
+def _stream_body(api: str, body: dict) -> dict:
+    return {**body, "stream": True, **({"stream_options": {"include_usage": True}} if api == "chat" else {})}
+
+
+def ratios(samples: dict[str, list[float]], higher_is_better: bool) -> dict:
+    """Per API: median, lower/upper quartile and the ratio of medians to chat's (>= 1: as good or better)."""
+    out = {}
+    ref = statistics.median(samples["chat"])
+    for api, xs in samples.items():
+        q1, med, q3 = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else (xs[0],) * 3
+        out[api] = {"median": med, "q1": q1, "q3": q3, "ratio": med / ref if higher_is_better else ref / med}
+    return out
+
+
+def overhead(server: Server, n: int, rounds: int, ttft_rounds: int) -> dict:
+    """The same request through each API, interleaved round by round (drift hits all alike).
+
+    TTFT: many short requests (2 tokens), the time to the first content event. Decode: `n`
+    tokens, tok/s from the first to the last content event, and the non-streaming wall time.
+    Medians, because single runs on a shared machine swing widely.
+    """
     reqs = bodies(n)
-    runs: dict[str, dict[str, list]] = {api: {"tok_s": [], "ttft_s": [], "wall_s": [], "tokens": [], "prompt": []} for api in reqs}
-    for api, (path, body) in reqs.items():  # warm-up: grammar-free path, allocator, detokenizer
-        sse(server.port, path, {**body, "stream": True, **({"stream_options": {"include_usage": True}} if api == "chat" else {})})
+    short = bodies(2)
+    for api, (path, body) in reqs.items():  # warm-up
+        sse(server.port, path, _stream_body(api, body))
+    ttft: dict[str, list[float]] = {api: [] for api in reqs}
+    for _ in range(ttft_rounds):
+        for api, (path, body) in short.items():
+            start, times, _ = sse(server.port, path, _stream_body(api, body))
+            ttft[api].append(times[0] - start)
+    tok_s: dict[str, list[float]] = {api: [] for api in reqs}
+    wall: dict[str, list[float]] = {api: [] for api in reqs}
+    seen: dict[str, set] = {api: set() for api in reqs}
     for _ in range(rounds):
         for api, (path, body) in reqs.items():
-            extra = {"stream_options": {"include_usage": True}} if api == "chat" else {}
-            start, times, usage = sse(server.port, path, {**body, "stream": True, **extra})
-            r = runs[api]
-            r["ttft_s"].append(times[0] - start)
-            r["tok_s"].append((usage["output"] - 1) / (times[-1] - times[0]))
-            r["tokens"].append(usage["output"])
-            r["prompt"].append(usage["prompt"])
-            r["wall_s"].append(post(server.port, path, body)[0])
-    out: dict = {"tokens": n, "rounds": rounds}
-    # The machine is shared, so single runs swing widely: best-of (max tok/s, min time) is the
-    # primary figure, as in runtime_throughput.py; medians are kept beside it.
-    best = {"tok_s": max, "ttft_s": min, "wall_s": min}
-    ref_best = {k: f(runs["chat"][k]) for k, f in best.items()}
-    ref_med = {k: statistics.median(runs["chat"][k]) for k in best}
-    for api, r in runs.items():
-        top = {k: f(r[k]) for k, f in best.items()}
-        med = {k: statistics.median(r[k]) for k in best}
-        out[api] = {
-            "tok_s": top["tok_s"], "ttft_s": top["ttft_s"], "wall_s": top["wall_s"],
-            "output_tokens": sorted(set(r["tokens"])), "prompt_tokens": sorted(set(r["prompt"])),
-            # >= 1 is as good as chat completions: throughput up, time to first token / wall down.
-            "tok_s_ratio": top["tok_s"] / ref_best["tok_s"], "ttft_ratio": ref_best["ttft_s"] / top["ttft_s"],
-            "wall_ratio": ref_best["wall_s"] / top["wall_s"],
-            "median": {"tok_s": med["tok_s"], "ttft_s": med["ttft_s"], "wall_s": med["wall_s"],
-                       "tok_s_ratio": med["tok_s"] / ref_med["tok_s"], "ttft_ratio": ref_med["ttft_s"] / med["ttft_s"],
-                       "wall_ratio": ref_med["wall_s"] / med["wall_s"]},
-            "all_tok_s": r["tok_s"], "all_ttft_s": r["ttft_s"],
-        }
-    out["same_prompt_and_tokens"] = len({(tuple(r["prompt"]), tuple(r["tokens"])) for r in runs.values()}) == 1
-    return out
+            start, times, usage = sse(server.port, path, _stream_body(api, body))
+            tok_s[api].append((usage["output"] - 1) / (times[-1] - times[0]))
+            seen[api].add((usage["prompt"], usage["output"]))
+            wall[api].append(post(server.port, path, body)[0])
+    return {
+        "tokens": n, "rounds": rounds, "ttft_rounds": ttft_rounds,
+        "prompt_and_output_tokens": {api: sorted(v) for api, v in seen.items()},
+        "same_prompt_and_tokens": len({tuple(sorted(v)) for v in seen.values()}) == 1,
+        "ttft_s": ratios(ttft, higher_is_better=False),
+        "decode_tok_s": ratios(tok_s, higher_is_better=True),
+        "wall_s": ratios(wall, higher_is_better=False),
+    }
 
 
 def validity(server: Server, limit: int, max_tokens: int) -> dict:
@@ -195,7 +206,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model name or directory (default: build the tiny test model)")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=25, help="decode rounds (each API once per round)")
+    parser.add_argument("--ttft-rounds", type=int, default=100, help="time-to-first-token rounds")
     parser.add_argument("--validity-schemas", type=int, default=-1, help="schemas to try (-1: all, 0: skip)")
     parser.add_argument("--validity-tokens", type=int, default=1000)
     parser.add_argument("--out", help="also write the JSON here")
@@ -213,7 +225,7 @@ def main() -> int:
         result: dict = {"model": str(args.model or "tiny test model")}
         server = Server(str(model_dir), tmp, "--prefix-cache-mb", "0")
         try:
-            result["overhead"] = overhead(server, args.tokens, args.rounds)
+            result["overhead"] = overhead(server, args.tokens, args.rounds, args.ttft_rounds)
             if args.validity_schemas:
                 result["validity"] = validity(server, max(args.validity_schemas, 0), args.validity_tokens)
         finally:

@@ -6,9 +6,9 @@ OpenAI error object, and every connection error ends only that connection. No fr
 dependency is needed for a handful of routes, SSE and keep-alive.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/responses`` (OpenAI Responses),
-``POST /v1/messages[/count_tokens]`` (Anthropic Messages), ``GET /v1/models[/{id}]``, ``GET /health``,
-``GET /metrics``, ``POST /v1/trajectories/{id}/feedback``, and behind the admin key
-``GET|POST /admin/adapters`` and ``DELETE /admin/adapters/{name}[@{version}]``.
+``POST /v1/messages[/count_tokens]`` (Anthropic Messages), ``GET /v1/models[/{id}]``,
+``GET /health``, ``GET /metrics``, ``POST /v1/trajectories/{id}/feedback``, and behind the
+admin key ``GET|POST /admin/adapters`` and ``DELETE /admin/adapters/{name}[@{version}]``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import msgspec
 
 from ..contracts.trajectory import Feedback
 from .completions import ClientGone
-from .protocol import AdapterLoad, ApiError, ChatRequest, FeedbackRequest, decode, encode
 from .messages_protocol import error_body as anthropic_error_body
+from .protocol import AdapterLoad, ApiError, ChatRequest, FeedbackRequest, decode, encode
 from .recorder import SESSION_HEADER
 
 if TYPE_CHECKING:
