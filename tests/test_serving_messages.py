@@ -248,3 +248,20 @@ def test_fuzz_malformed_requests_are_anthropic_4xx_then_a_valid_one_succeeds(rt,
     assert all(s == 200 or 400 <= s < 500 for s in statuses), sorted(set(statuses))
     assert sum(400 <= s < 500 for s in statuses) > 250
     assert client.messages.create(model="base", messages=ASK, max_tokens=2).type == "message"
+
+
+def test_a_specialist_answers_by_model_name_through_both_apis(rt, client, tmp_path):
+    from tests.serving_support import write_lora_adapter
+
+    rt.load_adapter("spec", str(write_lora_adapter(tmp_path / "spec", rt.model_dir, seed=4, std=0.2)), "1")
+    try:
+        raw = client.messages.with_raw_response.create(model="spec", messages=ASK, max_tokens=3)
+        assert raw.headers["x-tinygpt-model"] == "spec@1" and raw.parse().model == "spec"
+        oa = openai.OpenAI(base_url=rt.url + "/v1", api_key=KEY, max_retries=0)
+        raw = oa.responses.with_raw_response.create(model="spec@1", input="hi", max_output_tokens=3)
+        assert raw.headers["x-tinygpt-model"] == "spec@1" and raw.parse().model == "spec@1"
+        tid = raw.headers["x-tinygpt-trajectory"]
+        step = trajectory(rt, tid).steps[0]
+        assert (step.model, step.adapter_version) == ("spec@1", "1")
+    finally:
+        rt.unload_adapter("spec")
