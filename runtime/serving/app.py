@@ -21,10 +21,12 @@ from .completions import Completions
 from .engine import Engine
 from .guard import RequestGuard, check_bind
 from .http import RuntimeHTTPServer
+from .messages import Messages
 from .metrics import Metrics
 from .prompts import ChatPrompts
 from .protocol import ModelCard, ModelList
 from .recorder import Recorder
+from .responses import Responses
 
 log = logging.getLogger("tinygpt.serving")
 
@@ -118,6 +120,8 @@ class Runtime:
         self.httpd: RuntimeHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.completions: Completions | None = None
+        self.responses: Responses | None = None
+        self.messages: Messages | None = None
         self.started = time.time()
         m = self.metrics
         m.gauge("tinygpt_queue_depth", "requests waiting for a batch slot", lambda: self.engine.queued)
@@ -152,6 +156,9 @@ class Runtime:
             vocab_size=int(cfg["vocab_size"]),
             project=self.config.project,
         )
+        # The Responses and Anthropic Messages APIs answer through the same core.
+        self.responses = Responses(self.completions)
+        self.messages = Messages(self.completions)
         if self.recorder is not None:
             self.recorder.start()
         for name, path in self.config.adapters:

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import msgspec
 
@@ -239,6 +239,20 @@ class Completions:
 
     def run(self, p: Prepared, out: Writer, headers: dict[str, str]) -> None:
         """Submit and answer (a JSON body or an SSE stream); records the step when done."""
+        headers = self.submit(p, headers)
+        if p.req.stream:
+            self._stream(p, out, headers)
+        else:
+            done = self._wait(p, out)
+            self._record(p, done)
+            headers["Server-Timing"] = server_timing(done)
+            out.send_json(200, encode(self._completion(p, done)), headers)
+
+    # The same core for the other wire formats (responses.py, messages.py): they prepare
+    # a ChatRequest, then submit, read `events` and `record` the step like `run` does.
+
+    def submit(self, p: Prepared, headers: dict[str, str]) -> dict[str, str]:
+        """Hand `p` to the engine; returns `headers` plus the model / trajectory / step headers."""
         try:
             self.engine.submit(p.gen)
         except BaseException:
@@ -248,17 +262,24 @@ class Completions:
         headers = {**headers, "X-TinyGPT-Model": p.adapter.key if p.adapter else self.engine.registry.base_name}
         if p.match.trajectory_id:
             headers |= {"X-TinyGPT-Trajectory": p.match.trajectory_id, "X-TinyGPT-Step": str(p.match.index)}
-        if p.req.stream:
-            self._stream(p, out, headers)
-        else:
-            done = self._wait(p, out)
-            self._record(p, done)
-            t = done.timings
-            # The standard Server-Timing header: where the time went, in milliseconds.
-            headers["Server-Timing"] = ", ".join(
-                f"{name};dur={1e3 * v:.3f}" for name, v in (("queue", t.queued_s), ("prefill", t.prefill_s), ("decode", t.decode_s))
-            )
-            out.send_json(200, encode(self._completion(p, done)), headers)
+        return headers
+
+    def events(self, p: Prepared, out: Writer) -> Iterator[Started | Delta | Done]:
+        """The submitted request's events up to its `Done` (Deltas merged when the model runs ahead).
+
+        A failure raises its ApiError; a client that left cancels the request and raises ClientGone.
+        """
+        while True:
+            event = self._next_batch(p, out) if p.req.stream else self._next_event(p, out)
+            if isinstance(event, Failed):
+                raise event.error
+            yield event
+            if isinstance(event, Done):
+                return
+
+    def record(self, p: Prepared, done: Done) -> None:
+        """Record the finished step (synchronously joins the session index, then queues the write)."""
+        self._record(p, done)
 
     def _next_event(self, p: Prepared, out: Writer):
         while True:
@@ -455,6 +476,12 @@ class Completions:
                 project=self.project,
             )
         )
+
+
+def server_timing(done: Done) -> str:
+    """The standard Server-Timing header: where the time went, in milliseconds."""
+    t = done.timings
+    return ", ".join(f"{name};dur={1e3 * v:.3f}" for name, v in (("queue", t.queued_s), ("prefill", t.prefill_s), ("decode", t.decode_s)))
 
 
 def _merge(a: Delta, b: Delta) -> Delta:

@@ -8,9 +8,10 @@ dependency is needed for a handful of routes, SSE and keep-alive.
 Every request first passes `guard.RequestGuard.screen` (Host, browser Origin, JSON
 content type; CORS preflights are answered there), and every body `check_body` (depth).
 
-Routes: ``POST /v1/chat/completions``, ``GET /v1/models[/{id}]``, ``GET /health``,
-``GET /metrics``, ``POST /v1/trajectories/{id}/feedback``, and behind the admin key
-``GET|POST /admin/adapters`` and ``DELETE /admin/adapters/{name}[@{version}]``.
+Routes: ``POST /v1/chat/completions``, ``POST /v1/responses`` (OpenAI Responses),
+``POST /v1/messages[/count_tokens]`` (Anthropic Messages), ``GET /v1/models[/{id}]``,
+``GET /health``, ``GET /metrics``, ``POST /v1/trajectories/{id}/feedback``, and behind the
+admin key ``GET|POST /admin/adapters`` and ``DELETE /admin/adapters/{name}[@{version}]``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import msgspec
 from ..contracts.trajectory import Feedback
 from .completions import ClientGone
 from .guard import RequestGuard
+from .messages_protocol import error_body as anthropic_error_body
 from .protocol import AdapterLoad, ApiError, ChatRequest, FeedbackRequest, decode, encode
 from .recorder import SESSION_HEADER
 
@@ -39,19 +41,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tinygpt.serving.http")
 
-# (method, pattern, endpoint name for metrics, auth: "api" | "admin" | None)
+# (method, pattern, endpoint name for metrics, auth: "api" | "anthropic" | "admin" | None);
+# "anthropic" is the API key sent as `x-api-key` or as a Bearer token.
 ROUTES = [
     ("GET", r"/health", "health", None),
     ("GET", r"/metrics", "metrics", None),
     ("GET", r"/v1/models", "models", "api"),
     ("GET", r"/v1/models/(?P<model>[^/]+)", "model", "api"),
     ("POST", r"/v1/chat/completions", "chat", "api"),
+    ("POST", r"/v1/responses", "responses", "api"),
+    ("POST", r"/v1/messages", "messages", "anthropic"),
+    ("POST", r"/v1/messages/count_tokens", "count_tokens", "anthropic"),
     ("POST", r"/v1/trajectories/(?P<tid>[^/]+)/feedback", "feedback", "api"),
     ("GET", r"/admin/adapters", "adapters", "admin"),
     ("POST", r"/admin/adapters", "adapter_load", "admin"),
     ("DELETE", r"/admin/adapters/(?P<model>[^/]+)", "adapter_unload", "admin"),
 ]
 _COMPILED = [(m, re.compile(f"^{p}$"), name, auth) for m, p, name, auth in ROUTES]
+# Endpoints whose errors take another API's shape than OpenAI's.
+ERROR_BODIES = {"messages": anthropic_error_body, "count_tokens": anthropic_error_body}
 
 
 class RuntimeHTTPServer(ThreadingHTTPServer):
@@ -154,6 +162,7 @@ class Handler(BaseHTTPRequestHandler):
         self._status = 0
         self._streaming = False
         self._headers_sent = False
+        self._error_body = None
         endpoint = "unknown"
         try:
             path = urlsplit(self.path).path
@@ -173,6 +182,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise ApiError(405, f"{method} is not allowed on {path}; use {', '.join(sorted(set(allowed)))}")
                 raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
             endpoint, auth = route
+            self._error_body = ERROR_BODIES.get(endpoint)
             self._authorize(auth)
             getattr(self, f"_{endpoint}")(**params)
         except ApiError as e:
@@ -193,8 +203,9 @@ class Handler(BaseHTTPRequestHandler):
     def _reply_error(self, e: ApiError) -> None:
         if getattr(self, "_streaming", False) or getattr(self, "_headers_sent", False):
             return
+        shape = getattr(self, "_error_body", None)
         try:
-            self.send_json(e.status, e.body(), e.headers)
+            self.send_json(e.status, shape(e) if shape else e.body(), e.headers)
         except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError):
             self.close_connection = True
 
@@ -202,15 +213,18 @@ class Handler(BaseHTTPRequestHandler):
         if auth is None:
             return
         # The admin key never falls back to the API key: API clients must not load adapters.
-        key = self.rt.config.api_key if auth == "api" else self.rt.config.admin_key
+        key = self.rt.config.admin_key if auth == "admin" else self.rt.config.api_key
         if key is None:
             if auth == "admin":
                 raise ApiError(403, "admin endpoints are off: start the server with --admin-key")
             return
         given = self.headers.get("Authorization", "")
         token = given[7:] if given.startswith("Bearer ") else ""
+        if auth == "anthropic" and not token:
+            token = self.headers.get("x-api-key", "")
         if not hmac.compare_digest(token.encode(), key.encode()):
-            raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key")
+            how = "x-api-key: ... or Authorization: Bearer ..." if auth == "anthropic" else "Authorization: Bearer ..."
+            raise ApiError(401, f"missing or wrong API key ({how})", code="invalid_api_key")
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
@@ -309,6 +323,15 @@ class Handler(BaseHTTPRequestHandler):
         session = self.headers.get(SESSION_HEADER) or (req.metadata or {}).get("session_id")
         prepared = self.rt.completions.prepare(req, session)
         self.rt.completions.run(prepared, self, {})
+
+    def _responses(self) -> None:
+        self.rt.responses.handle(self._body(), self.headers, self)
+
+    def _messages(self) -> None:
+        self.rt.messages.handle(self._body(), self.headers, self)
+
+    def _count_tokens(self) -> None:
+        self.rt.messages.count_tokens(self._body(), self)
 
     def _feedback(self, tid: str) -> None:
         if self.rt.recorder is None:
