@@ -41,6 +41,7 @@ from rq.queue import Queue
 from rq.utils import current_timestamp
 
 from tinygpt.runtime import paths
+from tinygpt.runtime.device_plan import lock_scope
 
 from . import stages
 from .serializer import MsgpackSerializer
@@ -214,7 +215,7 @@ def run_worker(
     locks = []
     for short in queues:
         if short in stages.EXCLUSIVE:
-            lock = HostLock(f"queue-{short}")
+            lock = HostLock(f"queue-{short}{lock_scope()}")
             if not lock.acquire():
                 raise RuntimeError(
                     f"another worker on this machine already serves the {short!r} queue "
@@ -244,14 +245,22 @@ def child_command(argv: list[str]) -> list[str]:
     return [sys.executable, "-c", CHILD_ENTRY, *argv]
 
 
-def supervise(queues: list[str], count: int, argv_for: Callable[[list[str]], list[str]]) -> int:
-    """Start `count` worker processes, pass SIGINT / SIGTERM on, and wait for them all."""
+def supervise(queues: list[str], count: int, argv_for: Callable[[list[str]], list[str]], gpus: str | None = None) -> int:
+    """Start `count` worker processes, pass SIGINT / SIGTERM on, and wait for them all.
+
+    With `gpus` (``all`` or ``0,1,...``) each worker is pinned to a card (runtime/device_plan.py).
+    """
     procs: list[subprocess.Popen] = []
-    for i in range(count):
-        qs = _queues_for(i, queues)
-        if not qs:
-            continue
-        procs.append(subprocess.Popen(child_command(argv_for(qs))))
+    if gpus:
+        from tinygpt.runtime import device_plan
+
+        cards = device_plan.parse_gpus(gpus, device_plan.available_gpus())
+        slots = [(s.queues, s.env) for s in device_plan.plan_workers(
+            cards, count, queues, os.environ.get(device_plan.RUNTIME_GPU_ENV))]  # fmt: skip
+    else:
+        slots = [(qs, {}) for qs in (_queues_for(i, queues) for i in range(count)) if qs]
+    for qs, env in slots:
+        procs.append(subprocess.Popen(child_command(argv_for(qs)), env={**os.environ, **env}))
 
     def forward(signum, _frame):
         for p in procs:
@@ -282,6 +291,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, default=None, help="lease length in seconds: a killed worker's job is retried after this (default 3x heartbeat)")
     p.add_argument("--maintenance", type=int, default=30, help="seconds between registry cleanups that find abandoned jobs (default 30)")
     p.add_argument("--log-level", default="INFO", help="worker log level (default INFO)")
+    p.add_argument("--gpus", help="pin one worker per GPU: all | 0,1,... (default: no pinning; see runtime/device_plan.py)")
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -291,7 +301,7 @@ def run_args(args: argparse.Namespace) -> int:
     if args.count < 1:
         raise ValueError(f"--count must be at least 1, got {args.count}")
     common = dict(burst=args.burst, heartbeat_s=args.heartbeat, grace_s=args.grace, maintenance_s=args.maintenance, log_level=args.log_level)
-    if args.count == 1:
+    if args.count == 1 and not args.gpus:
         return run_worker(queues, url=args.url, **common)
 
     def argv_for(qs: list[str]) -> list[str]:
@@ -304,7 +314,7 @@ def run_args(args: argparse.Namespace) -> int:
             argv += ["--url", args.url]
         return argv
 
-    return supervise(queues, args.count, argv_for)
+    return supervise(queues, args.count, argv_for, gpus=args.gpus)
 
 
 def cli_run(args: argparse.Namespace) -> int:

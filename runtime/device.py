@@ -204,6 +204,28 @@ def apply_memory_budget(fraction: float | None) -> DeviceInfo:
     return _selected
 
 
+_PROBE = (
+    "import msgspec, sys\n"
+    "from tinygpt.runtime import device\n"
+    "sys.stdout.write(msgspec.json.encode(device.select()).decode())\n"
+)
+
+
+def probe(timeout: float = 60.0) -> DeviceInfo | str:
+    """The device a TinyGPT process would use here, asked of a fresh interpreter so the
+    caller never imports MLX (`tinygpt status`); an error message when that fails."""
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"device probe failed: {e}"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return f"device probe failed: {lines[-1] if lines else 'exit ' + str(done.returncode)}"
+    return msgspec.json.decode(done.stdout, type=DeviceInfo)
+
+
 def current() -> DeviceInfo:
     """The selected device (selecting it first if nobody has)."""
     return _selected if _selected is not None else select()

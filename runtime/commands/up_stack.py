@@ -98,8 +98,12 @@ class Stack:
         from tinygpt.queue.worker import child_command
 
         argv = ["--queues", "data,train,eval", "--count", str(max(1, self.args.workers)), "--url", self.redis_url]
+        gpus = getattr(self.args, "device_plan", None)  # runtime/device_plan.py: a worker per GPU
+        if gpus is not None and gpus.worker_gpus:
+            argv += ["--gpus", ",".join(gpus.worker_gpus)]
         # Spawned, never forked: workers import MLX in their own fresh interpreter.
-        self.workers = subprocess.Popen(child_command(argv), env={**os.environ, "REDIS_URL": self.redis_url})
+        self.workers = subprocess.Popen(child_command(argv), env={**os.environ, "REDIS_URL": self.redis_url,
+                                                                   **(gpus.worker_env if gpus is not None else {})})
         self._say(f"Workers: {self.args.workers} process(es) on queues data, train, eval (pid {self.workers.pid})")
 
     def _start_runtime(self, model_dir: Path) -> None:
