@@ -253,8 +253,10 @@ def bare_lora(model_dir: str, data: str, steps: int) -> dict:
     from tinygpt.workers.training.data import BatchPlan, check_rows, load_dataset
     from tinygpt.workers.training.losses import batch_arrays, cross_entropy
 
+    from tinygpt.runtime import device
+
     model, _ = load(model_dir)
-    model.set_dtype(mx.bfloat16)
+    device.cast_for_device(model, device.select())  # bf16 on a GPU, as `tinygpt train` does
     model.freeze()
     linear_to_lora_layers(model, len(model.layers), {"rank": 8, "scale": 20.0, "dropout": 0.0})
     rows = check_rows(load_dataset(Path(data)).rows("train"), "train", 10**6)
