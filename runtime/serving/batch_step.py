@@ -134,7 +134,11 @@ class BatchedGenerationBatch(GenerationBatch):
                 row = processor(context, row)
             processed.append(row)
         idx = mx.array([e for e, _ in other], dtype=mx.int32)
-        logits[idx] = mx.concatenate(processed, axis=0).astype(logits.dtype)
+        rows = mx.concatenate(processed, axis=0)
+        # mlx-lm concatenates the rows, so a processor that returns fp32 on bf16 logits
+        # promotes the whole batch; the same here, or the logprobs would round differently.
+        logits = logits.astype((mx.zeros((), logits.dtype) + mx.zeros((), rows.dtype)).dtype)
+        logits[idx] = rows.astype(logits.dtype)
         return logits, token_context
 
     def _sample(self, logprobs: mx.array) -> mx.array:
