@@ -141,6 +141,7 @@ def concurrency(server, clients: int, n: int, ban: dict) -> dict:
         except Exception as e:  # noqa: BLE001  (counted and reported, not hidden)
             errors.append(str(e)[:200])
 
+    steps0 = _decode_steps(server)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
     for t in threads:
@@ -148,8 +149,19 @@ def concurrency(server, clients: int, n: int, ban: dict) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    steps = _decode_steps(server) - steps0
+    # Decode steps the model thread ran, and the mean batch: tells the per-step cost apart
+    # from admission / prefill / HTTP time in the wall clock.
     return {"clients": clients, "served": len(tokens), "failed": len(errors), "errors": errors[:3],
-            "tokens": sum(tokens), "seconds": wall, "tok_per_s": sum(tokens) / wall}
+            "tokens": sum(tokens), "seconds": wall, "tok_per_s": sum(tokens) / wall, "decode_steps": steps,
+            "mean_batch": sum(tokens) / steps if steps else None, "ms_per_step": 1e3 * wall / steps if steps else None}
+
+
+def _decode_steps(server) -> float:
+    for line in server.metrics().splitlines():
+        if line.startswith("tinygpt_decode_steps_total"):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
