@@ -26,7 +26,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -73,6 +73,8 @@ class Slot:
     restart_at: float | None = None
     last_exit: str = ""
     done: bool = False  # exited cleanly in burst mode: nothing left to do
+    # What this position adds to the pool's environment (e.g. the GPU it is pinned to).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
@@ -95,7 +97,9 @@ class WorkerPool:
     `argv` is what every worker gets after its queues and name (heartbeat, burst, ...);
     `env` must carry REDIS_URL. `say` receives one line per event worth telling a person
     (a death, a restart). `burst`: a worker that exits 0 has drained its queues and is
-    not restarted.
+    not restarted. `layout` replaces the default split of `queues` over `count` workers
+    with explicit positions, (queues, extra environment) each: one per GPU, pinned
+    (runtime/device_plan.py).
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class WorkerPool:
         min_backoff_s: float = MIN_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
         stable_s: float = STABLE_S,
+        layout: list[tuple[list[str], dict[str, str]]] | None = None,
     ):
         if count < 1:
             raise ValueError(f"worker count must be at least 1, got {count}")
@@ -120,7 +125,10 @@ class WorkerPool:
         self.say = say
         self.burst = burst
         self.min_backoff_s, self.max_backoff_s, self.stable_s = min_backoff_s, max_backoff_s, stable_s
-        self.slots = [Slot(i, qs) for i in range(count) if (qs := exclusive_split(i, queues))]
+        if layout is not None:
+            self.slots = [Slot(i, list(qs), env=dict(env)) for i, (qs, env) in enumerate(layout) if qs]
+        else:
+            self.slots = [Slot(i, qs) for i in range(count) if (qs := exclusive_split(i, queues))]
         self._tag = f"{socket.gethostname()}-{os.getpid()}"
         self._log_file = None
 
@@ -142,7 +150,7 @@ class WorkerPool:
         slot.name = f"{self._tag}-w{slot.index}-{uuid.uuid4().hex[:6]}"
         argv = ["--queues", ",".join(slot.queues), "--name", slot.name, *self.argv]
         out = self._log_file if self._log_file is not None else None
-        slot.proc = subprocess.Popen(child_command(argv), env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        slot.proc = subprocess.Popen(child_command(argv), env={**self.env, **slot.env}, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         slot.started_at = time.monotonic()
         slot.restart_at = None
 

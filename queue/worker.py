@@ -44,6 +44,7 @@ from rq import utils
 from rq.utils import current_timestamp
 
 from tinygpt.runtime import paths
+from tinygpt.runtime.device_plan import lock_scope
 
 from . import stages
 from .admission import Admission, JobRefused
@@ -286,7 +287,7 @@ def run_worker(
     locks = []
     for short in queues:
         if short in stages.EXCLUSIVE:
-            lock = HostLock(f"queue-{short}")
+            lock = HostLock(f"queue-{short}{lock_scope()}")
             if not lock.acquire():
                 raise RuntimeError(
                     f"another worker on this machine already serves the {short!r} queue "
@@ -317,14 +318,25 @@ def child_command(argv: list[str]) -> list[str]:
     return [sys.executable, "-c", CHILD_ENTRY, *argv]
 
 
-def supervise(queues: list[str], count: int, argv: list[str], *, url: str | None, burst: bool) -> int:
+def supervise(queues: list[str], count: int, argv: list[str], *, url: str | None, burst: bool,
+              gpus: str | None = None) -> int:
     """Keep `count` worker processes running (restarting dead ones) until SIGINT / SIGTERM,
-    or, with `burst`, until every one has drained its queues."""
+    or, with `burst`, until every one has drained its queues.
+
+    With `gpus` (``all`` or ``0,1,...``) each worker is pinned to a card (runtime/device_plan.py).
+    """
     from .connection import connect
     from .supervisor import WorkerPool
 
+    layout = None
+    if gpus:
+        from tinygpt.runtime import device_plan
+
+        cards = device_plan.parse_gpus(gpus, device_plan.available_gpus())
+        layout = [(s.queues, s.env) for s in device_plan.plan_workers(
+            cards, count, queues, os.environ.get(device_plan.RUNTIME_GPU_ENV))]  # fmt: skip
     env = {**os.environ, **({"REDIS_URL": url} if url else {})}
-    pool = WorkerPool(queues, count, argv=argv, env=env, burst=burst)
+    pool = WorkerPool(queues, count, argv=argv, env=env, burst=burst, layout=layout)
     stopping: list[int] = []
 
     def forward(signum, _frame):
@@ -362,6 +374,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="also run jobs calling this function (repeatable); by default a worker runs only the pipeline's "
                         "stage entry points and fails any other job unrun")  # fmt: skip
     p.add_argument("--name", help="worker name (default: HOST-PID-RANDOM); unique among live workers")
+    p.add_argument("--gpus", help="pin one worker per GPU: all | 0,1,... (default: no pinning; see runtime/device_plan.py)")
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -372,10 +385,10 @@ def run_args(args: argparse.Namespace) -> int:
         raise ValueError(f"--count must be at least 1, got {args.count}")
     common = dict(burst=args.burst, heartbeat_s=args.heartbeat, grace_s=args.grace, maintenance_s=args.maintenance,
                   log_level=args.log_level, allow_jobs=tuple(args.allow_job))  # fmt: skip
-    if args.count == 1:
+    if args.count == 1 and not args.gpus:
         return run_worker(queues, url=args.url, name=args.name, **common)
     if args.name:
-        raise ValueError("--name names one worker: leave it out with --count above 1")
+        raise ValueError("--name names one worker: leave it out with --count above 1 or --gpus")
     argv = ["--heartbeat", str(args.heartbeat), "--maintenance", str(args.maintenance), "--log-level", args.log_level]
     if args.grace is not None:
         argv += ["--grace", str(args.grace)]
@@ -383,7 +396,7 @@ def run_args(args: argparse.Namespace) -> int:
         argv.append("--burst")
     for job_name in args.allow_job:
         argv += ["--allow-job", job_name]
-    return supervise(queues, args.count, argv, url=args.url, burst=args.burst)
+    return supervise(queues, args.count, argv, url=args.url, burst=args.burst, gpus=args.gpus)
 
 
 def cli_run(args: argparse.Namespace) -> int:

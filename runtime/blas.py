@@ -8,6 +8,8 @@ with RTLD_GLOBAL *before* ``mlx.core`` is first imported makes libmlx bind to it
 matmul gets ~30x faster here (benchmarks/RESULTS.md). No LD_PRELOAD re-exec is needed
 (checked with LD_DEBUG=bindings); once mlx is imported its symbols are bound: too late.
 bf16 matmuls do not go through BLAS and are unaffected; macOS uses Accelerate already.
+Only the CPU backend needs it: where MLX's CUDA wheel is installed (and TINYGPT_DEVICE is
+not ``cpu``) nothing is loaded (runtime/device.py decides, without importing MLX).
 
 ``TINYGPT_BLAS`` picks the library: unset or ``auto`` searches the known locations,
 a path loads that file (any BLAS exporting unprefixed ``cblas_sgemm``, e.g. MKL's
@@ -103,6 +105,11 @@ def _decide() -> dict:
         return {"active": None, "source": "off", "reason": f"{ENV}={choice}"}
     if sys.platform != "linux":
         return {"active": None, "source": "platform", "reason": f"MLX uses the system BLAS on {sys.platform}"}
+    from .device import expects_cpu_backend
+
+    if not expects_cpu_backend():
+        # MLX's CUDA backend does its matmuls in cuBLAS; the CPU BLAS only serves the CPU backend.
+        return {"active": None, "source": "backend", "reason": "MLX computes on its CUDA backend here (TINYGPT_DEVICE=cpu to use the CPU)"}
     if "mlx.core" in sys.modules:
         # libmlx.so is already bound; only an LD_PRELOAD'ed library can be in use.
         active = _global_provider()

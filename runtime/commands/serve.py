@@ -65,8 +65,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_security_options(parser)
     parser.add_argument("--adapter", action="append", type=_adapter, default=[], metavar="NAME=PATH",
                         help="serve a specialist from an mlx-lm adapter directory (repeatable)")
-    parser.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default: 16)")
-    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default: 64)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="sequences decoded together (default: 16 on a CPU, 256 on a GPU)")
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="requests waiting before 503 (default: 64 on a CPU, 1024 on a GPU)")
+    parser.add_argument("--memory-fraction", type=float, default=None,
+                        help="share of the GPU's memory this server may take (default: $TINYGPT_MEMORY_FRACTION, "
+                             "else no cap); the device itself: TINYGPT_DEVICE=cpu|gpu")
     parser.add_argument("--max-tokens", type=int, default=2048, help="default max_tokens of a request (default: 2048)")
     parser.add_argument("--max-body-kb", type=int, default=8192, help="largest request body in KiB; larger is a 413 (default: 8192)")
     parser.add_argument("--prefix-cache-mb", type=int, default=1024, help="KV prefix cache budget in MiB (default: 1024)")
@@ -149,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        memory_fraction=args.memory_fraction,
         max_tokens=args.max_tokens,
         prefix_cache_mb=args.prefix_cache_mb,
         max_body_bytes=args.max_body_kb << 10,
@@ -169,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     names = ", ".join(c.id for c in runtime.model_list().data)
-    print(f"tinygpt serve: {runtime.url}/v1 serving {names} (Ctrl-C to stop)", flush=True)
+    print(f"tinygpt serve: {runtime.url}/v1 serving {names} on {runtime.engine.device.describe()} "
+          f"(batch {runtime.engine.max_batch}, queue {runtime.engine.max_queue}; Ctrl-C to stop)", flush=True)
     try:
         runtime.serve_forever()
     except KeyboardInterrupt:

@@ -104,7 +104,9 @@ def pipeline_section(console, args: argparse.Namespace) -> dict:
 # A section prints one part of the status (nothing when `console` is None, for --json)
 # and returns its data under its own key. The models / BLAS section goes in this list.
 def machine_section(console, args: argparse.Namespace) -> dict:
-    """The cache directory, the active BLAS, cached models and the project pins (no MLX)."""
+    """The cache directory, the device (asked of a subprocess), the active BLAS, cached models
+    and the project pins (no MLX in this process)."""
+    import msgspec
     from rich.markup import escape
     from rich.table import Table
 
@@ -114,7 +116,10 @@ def machine_section(console, args: argparse.Namespace) -> dict:
     from tinygpt.runtime.models.cache import list_models
     from tinygpt.runtime.project import find_project, load_project
 
+    from tinygpt.runtime.device import probe
+
     blas = blas_info()
+    dev = probe()
     models = list_models()
     project_file = find_project()
     project: dict = {"file": str(project_file) if project_file else None}
@@ -128,6 +133,7 @@ def machine_section(console, args: argparse.Namespace) -> dict:
     data = {
         "home": str(paths.home()),
         "blas": {k: v for k, v in blas.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "device": {"error": dev} if isinstance(dev, str) else {**msgspec.structs.asdict(dev), "line": dev.describe()},
         "models": [{"name": m.name, "path": m.path, "size": m.size, "complete": m.manifest is not None,
                     "digest": m.manifest.digest if m.manifest else None} for m in models],
         "project": project,
@@ -135,6 +141,7 @@ def machine_section(console, args: argparse.Namespace) -> dict:
     if console is None:
         return data
     console.print(f"[bold]Home[/] {escape(data['home'])}")
+    console.print(f"[bold]Device[/] {escape(dev if isinstance(dev, str) else dev.describe())}")
     active = blas.get("active")
     console.print(f"[bold]BLAS[/] {escape(active) if active else '[yellow]reference BLAS (slow fp32; apt-get install libopenblas0-pthread)[/]'}")
     if project_file is None:

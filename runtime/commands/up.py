@@ -54,6 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run no workers here (e.g. they run on other hosts against $REDIS_URL)")
     parser.add_argument("--session-idle", type=float, default=600.0,
                         help="seconds before an idle conversation is sealed into the pipeline (default: 600)")
+    parser.add_argument("--gpus", default=None,
+                        help="GPUs to use: all | 0,1,... | none (default: none pinned). One GPU: runtime and workers "
+                             "share it with memory budgets; several: the runtime on the first, a worker per other GPU")
     parser.add_argument("--refresh", type=float, default=2.0, help="status screen refresh in seconds (default: 2)")
     parser.add_argument("--plain", action="store_true", help="log lines instead of the live screen, worker logs on stderr (default when not a TTY)")
 
@@ -68,6 +71,17 @@ def run(args: argparse.Namespace) -> int:
     from .up_stack import Stack, StartError
 
     console = Console(stderr=True, soft_wrap=True)
+    if getattr(args, "gpus", None):
+        from tinygpt.runtime import device_plan
+
+        try:
+            # Before anything loads MLX: this process's runtime is pinned through its environment.
+            args.device_plan = device_plan.plan_up(device_plan.parse_gpus(args.gpus, device_plan.available_gpus()))
+        except ValueError as e:
+            console.print(f"tinygpt up: {e}", style="red", highlight=False, markup=False)
+            return 2
+        os.environ.update(args.device_plan.runtime_env)
+        console.print(f"GPUs: {args.device_plan.describe()}", highlight=False, markup=False)
     try:
         stack = Stack.from_args(args, console)
     except (ContractError, ValueError) as e:

@@ -119,8 +119,15 @@ class Stack:
         pool = None
         if self.args.start_workers:
             # The URL (and any password in it) reaches workers through the environment only.
-            pool = WorkerPool(["data", "train", "eval"], max(1, self.args.workers), say=self._say,
-                              env={**os.environ, "REDIS_URL": self.redis_url},
+            queues = ["data", "train", "eval"]
+            plan = getattr(self.args, "device_plan", None)  # runtime/device_plan.py: a worker per GPU
+            layout = None
+            if plan is not None and plan.worker_gpus:
+                from tinygpt.runtime.device_plan import plan_workers
+
+                layout = [(s.queues, s.env) for s in plan_workers(plan.worker_gpus, self.args.workers, queues, plan.gpus[0])]
+            pool = WorkerPool(queues, max(1, self.args.workers), say=self._say, layout=layout,
+                              env={**os.environ, "REDIS_URL": self.redis_url, **(plan.worker_env if plan else {})},
                               log_path=log_dir / "workers.log" if log_dir else None)  # fmt: skip
         settings = (lambda: load_settings(self.project_file)) if self.project_file else None
         self.daemon = Daemon(self.redis_url, trajectory_dirs=[paths.subdir("trajectories")], embedded=self.guarded_redis,

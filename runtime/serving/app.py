@@ -24,7 +24,7 @@ from .http import RuntimeHTTPServer
 from .messages import Messages
 from .metrics import Metrics
 from .prompts import ChatPrompts
-from .protocol import ModelCard, ModelList
+from .protocol import UNSET, ModelCard, ModelList
 from .recorder import Recorder
 from .responses import Responses
 
@@ -49,8 +49,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     insecure: bool = False
     # Name clients use for the base model (default: the model's name or directory name).
     name: str | None = None
-    max_batch: int = 16
-    max_queue: int = 64
+    # None: sized for the device (16 / 64 on a CPU, 256 / 1024 on a GPU; engine.DEFAULT_LIMITS).
+    max_batch: int | None = None
+    max_queue: int | None = None
+    # Share of the GPU's memory this process may take (None: $TINYGPT_MEMORY_FRACTION, else
+    # no cap); ignored on the CPU backend. See runtime/device.py.
+    memory_fraction: float | None = None
     max_tokens: int = 2048
     prefix_cache_mb: int = 1024
     prefill_step_size: int = 512
@@ -110,6 +114,7 @@ class Runtime:
             prefix_cache_bytes=config.prefix_cache_mb << 20,
             prefill_step_size=config.prefill_step_size,
             metrics=self.metrics,
+            memory_fraction=config.memory_fraction,
         )
         self.recorder: Recorder | None = None
         if config.record:
@@ -141,6 +146,8 @@ class Runtime:
         return self
 
     def _start_front(self) -> None:
+        dev = self.engine.device
+        self.metrics.device.set(1, backend=dev.backend, api=dev.api, name=dev.name, dtype=dev.dtype)
         cfg = self.engine.config
         tok = self.engine.tokenizer
         context = cfg.get("max_position_embeddings") or 0
@@ -240,7 +247,9 @@ class Runtime:
     def model_list(self) -> ModelList:
         reg = self.registry
         created = int(self.started)
-        cards = [ModelCard(id=reg.base_name, created=created, digest=reg.base_digest)]
+        dev = self.engine.device
+        cards = [ModelCard(id=reg.base_name, created=created, digest=reg.base_digest,
+                           dtype=dev.dtype if dev else UNSET, device=dev.describe() if dev else UNSET)]
         current, infos = reg.snapshot()
         for info in sorted(infos, key=lambda i: (i.name, i.loaded_at)):
             card = dict(created=int(info.loaded_at), root=reg.base_name, version=info.version, digest=info.digest)

@@ -298,7 +298,9 @@ class Handler(BaseHTTPRequestHandler):
         eng = self.rt.engine
         ok = eng.healthy
         body = {"status": "ok" if ok else "unavailable", "model": self.rt.registry.base_name,
-                "queued": eng.queued, "active": eng.n_active}
+                "queued": eng.queued, "active": eng.n_active,
+                "device": msgspec.to_builtins(eng.device) if eng.device else None,
+                "max_batch": eng.max_batch, "max_queue": eng.max_queue}
         self.send_json(200 if ok else 503, encode(body))
 
     def _metrics(self) -> None:

@@ -144,6 +144,9 @@ class Metrics:
         self.adapter_ops = h("tinygpt_adapter_op_seconds", "adapter load / swap / unload time", ("op",))
         self.recorded = c("tinygpt_trajectory_writes_total", "trajectory files written, by kind", ("kind",))
         self.recorder_errors = c("tinygpt_recorder_errors_total", "trajectory writes or hooks that failed", ())
+        self.device = Gauge("tinygpt_device_info", "the device the model computes on (value 1)",
+                            ("backend", "api", "name", "dtype"), self._lock)
+        self._all.append(self.device)
 
     def gauge(self, name: str, help: str, fn: Callable[[], float]) -> Gauge:
         g = Gauge(name, help, (), self._lock, fn=fn)

@@ -296,6 +296,9 @@ class ModelCard(_Response, kw_only=True):
     root: str | UnsetType = UNSET
     version: str | UnsetType = UNSET
     digest: str | UnsetType = UNSET
+    # The base model's serving dtype and device (bfloat16 on a GPU, float32 on the CPU).
+    dtype: str | UnsetType = UNSET
+    device: str | UnsetType = UNSET
 
 
 class ModelList(_Response, kw_only=True):

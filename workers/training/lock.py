@@ -20,7 +20,11 @@ LOCK_NAME = "training.lock"
 
 
 def lock_path() -> Path:
-    return paths.subdir("locks") / LOCK_NAME
+    # Per card when the process is pinned to one (runtime/device_plan.py): each GPU trains one job.
+    from tinygpt.runtime.device_plan import lock_scope
+
+    scope = lock_scope()
+    return paths.subdir("locks") / (LOCK_NAME.replace(".lock", f"{scope}.lock") if scope else LOCK_NAME)
 
 
 class LockBusy(RuntimeError):

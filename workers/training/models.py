@@ -33,10 +33,21 @@ def digest(model_dir: Path) -> str:
 
 
 def load(model_dir: Path):
-    """(model, tokenizer) through mlx-lm, so training sees what `mlx_lm.load` serves."""
+    """(model, tokenizer) through mlx-lm, so training sees what `mlx_lm.load` serves.
+
+    First the process's device and memory budget (runtime/device.py: $TINYGPT_DEVICE,
+    $TINYGPT_MEMORY_FRACTION, which `tinygpt up` sets per worker so a training job cannot
+    take the runtime's GPU memory); on a GPU the weights are cast to bf16, as the runtime
+    serves them.
+    """
     from mlx_lm.utils import load as mlx_load
 
-    return mlx_load(str(model_dir))
+    from tinygpt.runtime import device
+
+    info = device.apply_memory_budget(device.memory_fraction(None))
+    model, tokenizer = mlx_load(str(model_dir))
+    device.cast_for_device(model, info)
+    return model, tokenizer
 
 
 def vocab_size(model) -> int:

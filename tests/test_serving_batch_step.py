@@ -1,0 +1,120 @@
+"""The batched decode step (runtime/serving/batch_step.py) computes what mlx-lm's stock
+`GenerationBatch` computes: the same tokens and logprobs for every sequence, with requests
+joining and finishing mid-batch, logit biases, a per-row processor and mixed samplers."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx_lm
+import pytest
+from mlx_lm.generate import BatchGenerator
+
+from tinygpt.runtime.serving import batch_step
+from tinygpt.runtime.serving.sampling import LogitBias, make_processors, make_sampler
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model, tokenizer = mlx_lm.load(str(tiny_model_dir))
+    return model, tokenizer
+
+
+def _penalty_row_processor(tokens: mx.array, logits: mx.array) -> mx.array:
+    """A processor the batched step cannot fold into its scatter (it runs in the row loop)."""
+    return logits - 0.5 * (mx.arange(logits.shape[-1]) % 3 == 0)
+
+
+def _requests(tok):
+    eos = tok.eos_token_ids
+    ban = {t: -100.0 for t in eos}
+    prompts = [tok.encode(f"request {i}: tell me about the weather in town number {i}") for i in range(6)]
+    # (prompt, max_tokens, sampler, processors)
+    return [
+        (prompts[0], 9, make_sampler(0.0, 1.0, None), []),
+        (prompts[1], 14, make_sampler(0.0, 1.0, None), [LogitBias(ban)]),
+        (prompts[2], 5, make_sampler(0.0, 1.0, None), [LogitBias({**ban, 7: 3.0, 11: -2.0})]),
+        (prompts[3], 12, make_sampler(0.8, 0.9, 1234), [LogitBias(ban)]),
+        (prompts[4], 11, make_sampler(0.0, 1.0, None), [LogitBias(ban), _penalty_row_processor]),
+        (prompts[5], 7, make_sampler(0.0, 1.0, None), make_processors(3, logit_bias=None, presence_penalty=0.7,
+                                                                      frequency_penalty=None)),
+    ]
+
+
+def _run(model, tok, *, batched: bool) -> dict[int, tuple[list[int], list[float]]]:
+    """Decode the requests, three joining later, with `batched` or the stock step."""
+    gen = BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids], completion_batch_size=8,
+                         prefill_batch_size=2)
+    if batched:
+        batch_step.install(gen)
+    reqs = _requests(tok)
+    out: dict[int, tuple[list[int], list[float]]] = {}
+    order: dict[int, int] = {}
+
+    def insert(items):
+        for idx, (prompt, n, sampler, procs) in items:
+            (uid,) = gen.insert([prompt], max_tokens=[n], samplers=[sampler], logits_processors=[procs])
+            order[uid] = idx
+            out[idx] = ([], [])
+
+    insert(list(enumerate(reqs))[:3])
+    steps = 0
+    while True:
+        _, responses = gen.next()
+        if responses:
+            steps += 1
+            chosen = gen._generation_batch.chosen if batched else [r.logprobs[r.token].item() for r in responses]
+            assert len(chosen) == len(responses)
+            for r, lp in zip(responses, chosen):
+                ids, lps = out[order[r.uid]]
+                ids.append(r.token)
+                lps.append(lp)
+                # The row the response carries is the full distribution the token came from.
+                assert math.isclose(r.logprobs[r.token].item(), lp, rel_tol=1e-5, abs_tol=1e-5)
+            if steps == 3:
+                insert(list(enumerate(reqs))[3:])
+        elif steps and not len(gen._generation_batch) and not gen._unprocessed_sequences and not gen._currently_processing:
+            break
+        if steps > 200:
+            raise AssertionError("decoding did not finish")
+    gen.close()
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batched_step_matches_mlx_lm_tokens_and_logprobs(tiny_model_dir, dtype):
+    # bf16 as on a GPU: a processor returning fp32 promotes mlx-lm's whole batch, and the
+    # batched step must round the same way (seen on an H200 before it did).
+    model, tok = mlx_lm.load(str(tiny_model_dir))
+    model.set_dtype(getattr(mx, dtype))
+    stock = _run(model, tok, batched=False)
+    fast = _run(model, tok, batched=True)
+    assert stock.keys() == fast.keys() == set(range(6))
+    for idx in stock:
+        assert fast[idx][0] == stock[idx][0], f"request {idx}: tokens differ"
+        assert fast[idx][1] == pytest.approx(stock[idx][1], abs=1e-6), f"request {idx}: logprobs differ"
+    # The max_tokens of each request were honoured (nothing banned EOS for request 0 and 5,
+    # so they may stop earlier).
+    for idx, (_, n, _, _) in enumerate(_requests(tok)):
+        assert 1 <= len(fast[idx][0]) <= n
+
+
+def test_logit_bias_on_a_row_equals_mlx_lm_processor(tiny):
+    from mlx_lm.sample_utils import make_logits_processors
+
+    logits = mx.random.normal((1, 50), key=mx.random.key(3))
+    bias = {3: 2.5, 17: -100.0}
+    (reference,) = make_logits_processors(logit_bias=bias)
+    assert mx.allclose(LogitBias(bias)(mx.array([]), logits), reference(mx.array([]), logits)).item()
+
+
+def test_install_refuses_a_generator_already_decoding(tiny):
+    model, tok = tiny
+    gen = BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids])
+    gen.insert([tok.encode("hello there")], max_tokens=[4])
+    while not len(gen._generation_batch):
+        gen.next()
+    with pytest.raises(RuntimeError, match="no sequences"):
+        batch_step.install(gen)
+    gen.close()
