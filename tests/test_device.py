@@ -174,13 +174,14 @@ def test_worker_supervisor_starts_one_pinned_process_per_gpu(monkeypatch, tmp_pa
     monkeypatch.delenv(device_plan.RUNTIME_GPU_ENV, raising=False)
     outs = iter(tmp_path / f"child{i}.json" for i in range(10))
     monkeypatch.setattr(worker, "child_command", lambda argv: [sys.executable, "-c", CHILD, *argv, str(next(outs))])
-    assert worker.supervise(QUEUES, 1, lambda qs: ["--queues", ",".join(qs)], gpus="all") == 0
+    # Burst mode: each child exits 0 once it has written its file, and the pool is done.
+    assert worker.supervise(QUEUES, 1, [], url=None, burst=True, gpus="all") == 0
     children = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("child*.json"))]
     assert [c["env"]["CUDA_VISIBLE_DEVICES"] for c in children] == ["0", "1", "2"]
     assert all(c["env"]["TINYGPT_DEVICE"] == "gpu" and c["env"]["TINYGPT_MEMORY_FRACTION"] == "0.9000" for c in children)
     assert all(c["argv"][:2] == ["--queues", "data,train,eval"] for c in children)
     with pytest.raises(ValueError, match="no GPU 5 here"):
-        worker.supervise(QUEUES, 1, lambda qs: [], gpus="5")
+        worker.supervise(QUEUES, 1, [], url=None, burst=True, gpus="5")
 
 
 def test_up_accepts_gpus_and_rejects_unknown_ones(monkeypatch):
