@@ -330,3 +330,28 @@ def test_demo_task_shop_runs_the_bundled_environment(tmp_path, home, tiny_model_
     (r,) = record.rounds
     assert r.attempts == r.explored == 2 and r.rows == 0 and "nothing to train on" in record.note
     assert json.loads((work / "tinygpt.project.json").read_text())["registries"][0].endswith("demo/specialists")
+
+
+def test_the_readme_example_environment_works(tmp_path):
+    """The README's example is complete: it loads from the project file, splits disjointly, and
+    its checker rewards the right call and refuses the wrong one."""
+    import re
+    from pathlib import Path
+
+    from tinygpt.runtime.contracts.environments import ToolCallRecord, Transcript
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Environments: train on your own task"):]
+    code, project = re.findall(r"```(?:python|json)\n(.*?)```", section, re.S)[:2]
+    (tmp_path / "my_env.py").write_text(code)
+    (tmp_path / "tinygpt.project.json").write_text(project)
+    env = load(tmp_path / "tinygpt.project.json", "lamp")
+    train, test = runner.split_tasks(env, "lamp", 6, 4, 0)
+    task = test[0]
+    state = env.reset(task)
+    call = ToolCallRecord(name="set_color", arguments={"color": task.data["color"]},
+                          result=env.step(state, "set_color", {"color": task.data["color"]}))  # fmt: skip
+    assert env.score(task, state, Transcript(calls=[call], answer="Done.", finished=True, turns=2)).reward == 1.0
+    wrong = env.reset(task)
+    env.step(wrong, "set_color", {"color": "red"})
+    assert env.score(task, wrong, Transcript(answer="Done.", finished=True, turns=2)).reward == 0.0
