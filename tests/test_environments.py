@@ -355,3 +355,18 @@ def test_the_readme_example_environment_works(tmp_path):
     wrong = env.reset(task)
     env.step(wrong, "set_color", {"color": "red"})
     assert env.score(task, wrong, Transcript(answer="Done.", finished=True, turns=2)).reward == 0.0
+
+
+def test_env_run_queue_enqueues_one_job_that_names_the_environment(tmp_path, home, tiny_model_dir, redis_client, monkeypatch, capsys):
+    from tinygpt.runtime import cli
+
+    write_project(tmp_path, tiny_model_dir)
+    monkeypatch.chdir(tmp_path)
+    argv = ["env", "run", "toy", "--queue", "--rounds", "3", "--explore", "0.5"]
+    assert cli.main(argv) == 0 and "enqueued environment-toy-" in capsys.readouterr().out
+    assert cli.main(argv) == 0 and "already enqueued" in capsys.readouterr().out
+    (job,) = stages.get_queue(redis_client, "train").get_jobs()
+    payload = job.args[0]
+    assert isinstance(payload, EnvironmentJob) and payload.project_file == str(tmp_path / "tinygpt.project.json")
+    assert (payload.settings.environment, payload.settings.rounds, payload.settings.explore) == ("toy", 3, 0.5)
+    assert cli.main([*argv, "--model", "other"]) == 2

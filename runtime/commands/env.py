@@ -184,23 +184,25 @@ def _run(args, project_file: Path, pins, settings, err) -> int:
     from tinygpt.queue.connection import RedisUnavailable
     from tinygpt.runtime import paths
 
-    work = (args.work or paths.subdir("env") / args.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if args.queue:
-        from tinygpt.queue import stages
         from tinygpt.queue.connection import connect
-        from tinygpt.runtime.contracts.jobs import EnvironmentJob
+
+        if args.model:
+            err.print("[red]tinygpt env:[/] --model does not travel with --queue: the worker uses the project's base model")
+            return 2
+        from tinygpt.queue.environment_runs import enqueue_environment
 
         try:
             conn = connect()
         except RedisUnavailable as e:
             err.print(f"[red]tinygpt env:[/] {escape(str(e))}")
             return 2
-        job = EnvironmentJob(project_file=str(project_file), settings=settings, work_dir=str(work))
-        job_id = f"environment-{args.name}-{int(time.time() * 1000)}"
-        stages.enqueue(conn, "environment", job, job_id=job_id, description=f"environment {args.name} ({settings.rounds} rounds)")
-        Console(soft_wrap=True).print(f"enqueued {job_id}; files: {work}\nrun a train worker: `tinygpt worker --queues train,data` (or `tinygpt up`)")
+        job_id, work, existed = enqueue_environment(conn, project_file, settings, args.work)
+        Console(soft_wrap=True).print(f"{'already enqueued' if existed else 'enqueued'} {job_id}; files: {work}\n"
+                                      "a train worker runs it: `tinygpt up` or `tinygpt worker --queues train,data`")  # fmt: skip
         return 0
 
+    work = (args.work or paths.subdir("env") / args.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
     import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
     from tinygpt.runtime.environments.factory import RECORD_FILE, EnvRunError, run_environment
     from tinygpt.runtime.environments.loader import EnvironmentBroken
