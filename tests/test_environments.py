@@ -118,6 +118,8 @@ def test_a_toy_environment_runs_trains_gates_and_publishes_through_workers(tmp_p
     # Round 1 collects with the base model; it passes the gate, so round 2 collects with the specialist.
     assert first.collected_with == tiny_model_dir.name and first.promoted == "toy-agent@1"
     assert second.collected_with == "toy-agent" and second.promoted == "toy-agent@2"
+    # Each round's dataset holds every episode kept so far (round 1's and its own).
+    assert second.rows >= first.rows
     for r in record.rounds:
         assert r.attempts == 6 and r.explored == 3 and r.rows >= 1 and r.method == "lora"
         assert sum(c.n for c in r.per_kind.values()) == 6

@@ -10,8 +10,9 @@ process (the project's base model, recording into `work/trajectories`) and then:
    attempts exploring under a constrained `tool_choice`; each reward goes back as feedback;
 2. puts those recordings through the real queue (ingest ▶ dedupe ▶ label ▶ dataset, a
    burst worker): only episodes at `success_reward` are kept;
-3. fits a LoRA on the dataset in a spawned `tinygpt train` (MLX stays out of this process's
-   other threads);
+3. fits a LoRA from the base on the dataset in a spawned `tinygpt train` (MLX stays out of
+   this process's other threads); the dataset holds every episode kept so far for this
+   environment's project, so round 2 trains on round 1's successes and its own;
 4. gates the candidate on the held-out split against what serves now — the same tasks,
    greedy, paired, an exact sign test on the tasks that flipped, results per task kind —
    and writes a `GateResult` the publish stage checks;
