@@ -157,7 +157,7 @@ def _environment_demo(args, cfg, bars, progress, err) -> int:
     from rich.markup import escape
 
     from tinygpt.queue.connection import RedisUnavailable
-    from tinygpt.runtime.commands.env import rounds_table
+    from tinygpt.runtime.commands.env import per_kind_change, rounds_table
     from tinygpt.runtime.contracts.environments import EnvRunSettings, EnvTrainSettings
     from tinygpt.runtime.demo.environment import run_environment_demo
     from tinygpt.runtime.environments.factory import RECORD_FILE, EnvRunError
@@ -193,5 +193,5 @@ def _environment_demo(args, cfg, bars, progress, err) -> int:
     out.print(rounds_table(record))
     b, f = record.baseline, record.final
     out.print(f"held-out success: {b.successes}/{b.n} ({b.success_rate:.0%}) on {b.model} → {f.successes}/{f.n} "
-              f"({f.success_rate:.0%}) on {f.model}; record: {work / RECORD_FILE}")  # fmt: skip
+              f"({f.success_rate:.0%}) on {f.model}; {per_kind_change(b, f)}; record: {work / RECORD_FILE}")  # fmt: skip
     return 0

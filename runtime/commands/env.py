@@ -221,8 +221,20 @@ def _run(args, project_file: Path, pins, settings, err) -> int:
     out = Console(soft_wrap=True)
     out.print(rounds_table(record))
     b, f = record.baseline, record.final
-    out.print(f"held-out success: {b.successes}/{b.n} on {b.model} → {f.successes}/{f.n} on {f.model}; record: {work / RECORD_FILE}")
+    out.print(f"held-out success: {b.successes}/{b.n} on {b.model} → {f.successes}/{f.n} on {f.model}; {per_kind_change(b, f)}")
+    out.print(f"record: {work / RECORD_FILE}")
     return 0
+
+
+def per_kind_change(before, after) -> str:
+    """'by kind: add 1/3 → 3/3, buy 0/2 → 1/2' for two held-out results on the same tasks."""
+    kinds = sorted(set(before.per_kind) | set(after.per_kind))
+
+    def one(h, k):
+        c = h.per_kind.get(k)
+        return f"{c.successes}/{c.n}" if c else "-"
+
+    return "by kind: " + ", ".join(f"{k} {one(before, k)} → {one(after, k)}" for k in kinds)
 
 
 def rounds_table(record):
