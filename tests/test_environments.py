@@ -372,3 +372,10 @@ def test_env_run_queue_enqueues_one_job_that_names_the_environment(tmp_path, hom
     assert isinstance(payload, EnvironmentJob) and payload.project_file == str(tmp_path / "tinygpt.project.json")
     assert (payload.settings.environment, payload.settings.rounds, payload.settings.explore) == ("toy", 3, 0.5)
     assert cli.main([*argv, "--model", "other"]) == 2
+
+
+def test_run_settings_refuse_bad_names_and_counts():
+    with pytest.raises(ValueError, match="specialist 'Bad/x' is not a valid name"):
+        settings(specialist="Bad/x")
+    with pytest.raises(ValueError, match="attempts must be at least 1"):
+        settings(attempts=0)

@@ -9,11 +9,13 @@ the gate's verdict.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from .base import Contract
+from .project import NAME_PATTERN, Name
 
 ENV_VERSION = 1
 
@@ -95,8 +97,9 @@ class EnvTrainSettings(Contract):
 class EnvRunSettings(Contract):
     """Everything `tinygpt env run NAME` (or a build policy) decides about a run."""
 
-    environment: str
-    specialist: str
+    environment: Name
+    # Published under this name: it travels in "model" fields and paths, like any specialist's.
+    specialist: Name
     train_tasks: int = 24
     test_tasks: int = 24
     attempts: int = 4
@@ -122,6 +125,10 @@ class EnvRunSettings(Contract):
     schema_version: int = ENV_VERSION
 
     def __post_init__(self) -> None:
+        # Direct construction (flags, a build policy) skips msgspec's pattern check: repeat it.
+        for field in ("environment", "specialist"):
+            if not re.match(NAME_PATTERN, getattr(self, field)):
+                raise ValueError(f"{field} {getattr(self, field)!r} is not a valid name (lower-case a-z, 0-9, '.', '_', '-')")
         for name in ("train_tasks", "test_tasks", "attempts", "rounds", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
