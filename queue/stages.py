@@ -8,6 +8,7 @@ queue's failed registry, the dead-letter queue, with its reason (`tinygpt status
 
     ingest ─▶ dedupe ─▶ label          per batch of trajectory files (depends_on)
     dataset ─▶ finetune ─▶ eval ─▶ publish    per specialist build
+    environment                              rounds on an environment (collect ▶ … ▶ publish inside)
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ STAGES: dict[str, Stage] = {
         Stage("finetune", "tinygpt.queue.tasks.finetune", "train", timeout_s=12 * 3600, retries=1, backoff_s=(60,)),
         Stage("eval", "tinygpt.queue.tasks.evalgate", "eval", timeout_s=7200, retries=1, backoff_s=(60,)),
         Stage("publish", "tinygpt.queue.tasks.publish", "eval", timeout_s=600, retries=3, backoff_s=(5, 30, 120)),
+        # Rounds of collect ▶ train ▶ gate ▶ publish on a user's environment: it trains, so it
+        # takes the machine (`train`); a broken environment fails at once (PermanentError).
+        Stage("environment", "tinygpt.queue.tasks.environment", "train", timeout_s=24 * 3600, retries=1, backoff_s=(60,)),
     )
 }
 

@@ -12,7 +12,9 @@ import importlib
 
 from rq import get_current_job
 
-from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, EvalJob, FinetuneJob, IngestJob, LabelJob, PublishJob
+from tinygpt.runtime.contracts.jobs import (
+    DatasetJob, DedupeJob, EnvironmentJob, EvalJob, FinetuneJob, IngestJob, LabelJob, PublishJob,
+)  # fmt: skip
 
 from .errors import PermanentError
 
@@ -78,3 +80,8 @@ def evalgate(payload: EvalJob):
 
 def publish(payload: PublishJob):
     return _run("publish", payload)
+
+
+def environment(payload: EnvironmentJob):
+    """Rounds on an environment (`workers/environment.py`); a broken one fails at once."""
+    return _run("environment", payload)

@@ -40,6 +40,7 @@ register("rollback", "rollback", "go back to the previous version of a pinned sp
 register("build", "build", "enqueue a specialist build: (dataset ▶) finetune ▶ eval gate ▶ publish")
 register("eval-gate", "eval_gate", "gate a specialist on the project's eval suites (exit 0 pass, 1 regression, 2 bad input)")
 register("demo", "demo", "run the bundled demo: an agent's sessions become a specialist that does better")
+register("env", "env", "environments: list, check a checker, or train on your tools, tasks and checker")
 register("models", "models", "pull, list and inspect MLX models in the cache")
 register("generate", "generate", "generate text from a cached model (a quick check)")
 register("schema", "schema", "print the JSON Schema of a contract (e.g. the project pin file)")

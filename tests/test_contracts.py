@@ -122,7 +122,7 @@ def test_dataset_row_and_job_payloads_round_trip():
     assert decode_msgpack(to_msgpack(row), DatasetRow, "row") == row
     job = FinetuneJob(specialist="fs", base_model="m", dataset_dir="/d", output_dir="/o", method="dora")
     assert decode_msgpack(to_msgpack(job), FinetuneJob, "job") == job
-    assert set(JOB_KINDS) == {"ingest", "dedupe", "label", "dataset", "finetune", "eval", "publish"}
+    assert set(JOB_KINDS) == {"ingest", "dedupe", "label", "dataset", "finetune", "eval", "publish", "environment"}
 
 
 def test_every_kind_has_a_json_schema():

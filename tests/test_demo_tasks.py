@@ -148,3 +148,12 @@ def test_gate_rows_accept_what_the_sandbox_accepts():
     assert dst.rsplit("/", 1)[0] in args["destination"]
     write = gate_row(T.generate(1, 0, "test", mix={"write": 1.0})[0])
     assert len(write["expected"][0]["arguments"]["content"]) == 1
+
+
+def test_a_task_list_holds_no_task_twice_and_its_slices_are_disjoint():
+    held = T.generate(80, 0, "test")
+    contents = [json.dumps([t.prompt, t.files], sort_keys=True) for t in held]
+    assert len(set(contents)) == len(contents) == 80
+    # A shorter list is a prefix of a longer one: the demo's before/after tasks stay the same
+    # whatever --gate-tasks says, and the gate's are the rest.
+    assert T.generate(24, 0, "test") == held[:24]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 EXAMPLE = (
     "tinygpt demo\n"
+    "  tinygpt demo --task shop --rounds 2 --explore 0.25          # the shop API family, two rounds\n"
     "  tinygpt demo --tasks 48 --attempts 4 --iters 48            # more data, longer training\n"
     "  tinygpt demo --tasks 8 --attempts 2 --test-tasks 8 --iters 10   # a quick look\n"
     "  tinygpt demo --url http://127.0.0.1:8000 --admin-key KEY --trajectories-dir /srv/traj"
@@ -37,6 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from tinygpt.runtime.demo.specialist import TrainSettings
 
     d, t = DemoConfig(work=""), TrainSettings()
+    parser.add_argument("--task", default="fileops", choices=["fileops", "shop"],
+                        help="task family: fileops (the demo's loop) or shop (a bundled environment, run in rounds; default fileops)")
+    parser.add_argument("--rounds", type=int, default=1, help="--task shop: rounds of expert iteration (default 1)")
+    parser.add_argument("--explore", type=float, default=0.0, help="--task shop: fraction of attempts exploring a forced tool (default 0)")
     parser.add_argument("--model", default=d.model, help=f"base model: a cached name or a model directory (default: {d.model})")
     parser.add_argument("--work", type=Path, help="where trajectories, the adapter, the registry, the gate result and the summary go "
                         "(default: <tinygpt home>/demo/<timestamp>)")  # fmt: skip
@@ -113,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         task = bars.add_task("runs", total=total)
         return lambda: bars.advance(task)
 
+    if args.task != "fileops":
+        return _environment_demo(args, cfg, bars, progress, err)
+
     summary = None
     try:
         with bars:
@@ -138,4 +146,53 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"held-out success: {b.success_rate:.0%} before → {a.success_rate:.0%} after "
               f"({'improved' if summary.improved else 'not improved'}); "
               f"{summary.seconds.get('total', 0) / 60:.1f} min in all; summary: {path}")  # fmt: skip
+    return 0
+
+
+def _environment_demo(args, cfg, bars, progress, err) -> int:
+    """`--task shop`: the bundled environment through `tinygpt env run`'s rounds."""
+    import time
+
+    import msgspec
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tinygpt.queue.connection import RedisUnavailable
+    from tinygpt.runtime.commands.env import per_kind_change, rounds_table
+    from tinygpt.runtime.contracts.environments import EnvRunSettings, EnvTrainSettings
+    from tinygpt.runtime.demo.environment import run_environment_demo
+    from tinygpt.runtime.environments.factory import RECORD_FILE, EnvRunError
+    from tinygpt.runtime.environments.loader import EnvironmentBroken
+
+    name = args.name if args.name != "fileops" else args.task
+    try:
+        settings = EnvRunSettings(
+            environment=args.task, specialist=name, train_tasks=cfg.tasks, test_tasks=cfg.test_tasks, attempts=cfg.attempts,
+            explore=args.explore, rounds=args.rounds, temperature=cfg.temperature, concurrency=cfg.concurrency, seed=cfg.seed,
+            train=EnvTrainSettings(steps=cfg.train.steps, batch_size=cfg.train.batch_size, learning_rate=cfg.train.learning_rate,
+                                   num_layers=cfg.train.num_layers),
+        )  # fmt: skip
+    except (ValueError, msgspec.ValidationError) as e:
+        err.print(f"[red]error[/]: {escape(str(e))}")
+        return 2
+    work = Path(cfg.work).resolve()
+    project = cfg.project or f"demo-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        with bars:
+            record = run_environment_demo(work, cfg.model, project, settings, say=lambda m: err.print(escape(m), highlight=False),
+                                          progress=progress)  # fmt: skip
+    except (EnvRunError, EnvironmentBroken) as e:
+        err.print(f"[yellow]the loop stopped[/]: {escape(str(e))}\nwhat was measured: {work / RECORD_FILE}")
+        return 1
+    except (ValueError, OSError, RedisUnavailable) as e:
+        err.print(f"[red]error[/]: {escape(str(e))}")
+        return 1
+    if args.json:
+        print(msgspec.json.encode(record).decode())
+        return 0
+    out = Console(soft_wrap=True)
+    out.print(rounds_table(record))
+    b, f = record.baseline, record.final
+    out.print(f"held-out success: {b.successes}/{b.n} ({b.success_rate:.0%}) on {b.model} → {f.successes}/{f.n} "
+              f"({f.success_rate:.0%}) on {f.model}; {per_kind_change(b, f)}; record: {work / RECORD_FILE}")  # fmt: skip
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .base import Contract, ContractError
 from .dataset import DatasetManifest, DatasetRow, PreferencePair
+from .environments import EnvRunRecord, EnvTask, Reward
 from .evals import EvalReport, EvalSuite, GateResult
 from .io import atomic_write_bytes, decode_json, decode_msgpack, read_any, read_json, to_msgpack, write_json
 from .jobs import JOB_KINDS
@@ -29,6 +30,9 @@ KINDS: dict[str, type[Contract]] = {
     "eval-suite": EvalSuite,
     "eval-report": EvalReport,
     "gate-result": GateResult,
+    "env-task": EnvTask,
+    "env-reward": Reward,
+    "env-run": EnvRunRecord,
     **{f"job-{name}": kind for name, kind in JOB_KINDS.items()},
 }
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from .base import Contract
+from .environments import EnvRunSettings
 from .pipeline import DatasetSettings, JudgeSettings, LabelRule
 from .policy import Selection
 from .specialist import Method
@@ -138,7 +139,20 @@ class PublishJob(Contract):
     schema_version: int = JOBS_VERSION
 
 
-JobPayload = IngestJob | DedupeJob | LabelJob | DatasetJob | FinetuneJob | EvalJob | PublishJob
+class EnvironmentJob(Contract):
+    """Run an environment: collect through a runtime, train, gate on its held-out split, publish.
+
+    Carries the environment's *name* only: the worker reads its entry point from the
+    project file, which it trusts, and never imports anything a payload names."""
+
+    project_file: str
+    settings: EnvRunSettings
+    # Where the run's files go (trajectories, adapters, gate results, env-run.json).
+    work_dir: str
+    schema_version: int = JOBS_VERSION
+
+
+JobPayload = IngestJob | DedupeJob | LabelJob | DatasetJob | FinetuneJob | EvalJob | PublishJob | EnvironmentJob
 JOB_KINDS: dict[str, type[Contract]] = {
     "ingest": IngestJob,
     "dedupe": DedupeJob,
@@ -147,6 +161,7 @@ JOB_KINDS: dict[str, type[Contract]] = {
     "finetune": FinetuneJob,
     "eval": EvalJob,
     "publish": PublishJob,
+    "environment": EnvironmentJob,
 }
 
 

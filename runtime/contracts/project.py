@@ -43,6 +43,24 @@ class GateSettings(Contract):
     suites_file: str | None = None
 
 
+# ---------------------------------------------------------------- environments (issue 17)
+
+# `package.module:ClassName`: imported by the worker from the project file it trusts, never
+# from a queue payload (a job names the environment only).
+EntryPoint = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+                                         description="package.module:ClassName")]
+
+
+class EnvironmentRef(Contract):
+    """A task environment the factory can train on (`tinygpt env list|check|run NAME`)."""
+
+    name: Name
+    entry: EntryPoint
+
+
+# ---------------------------------------------------------------- the project file
+
+
 class ProjectPins(Contract):
     name: Name
     schema_version: int = PROJECT_VERSION
@@ -58,10 +76,13 @@ class ProjectPins(Contract):
     gate: GateSettings = msgspec.field(default_factory=GateSettings)
     # Dedupe threshold, label keep / drop rule, judge and dataset split for the data pipeline.
     pipeline: PipelineSettings = msgspec.field(default_factory=PipelineSettings)
+    # Environments: tools, tasks and a checker in the user's own module (issue 17).
+    environments: list[EnvironmentRef] = []
 
     def __post_init__(self) -> None:
         # Types and patterns are checked by msgspec; cross-field rules live here.
-        for field, names in (("specialists", [p.name for p in self.specialists]), ("eval_suites", [s.name for s in self.eval_suites])):
+        for field, names in (("specialists", [p.name for p in self.specialists]), ("eval_suites", [s.name for s in self.eval_suites]),
+                             ("environments", [e.name for e in self.environments])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate names in `{field}`: {', '.join(dupes)}")
@@ -76,6 +97,9 @@ class ProjectPins(Contract):
             unknown = [n for n in pin.build.gate.suites if n not in suites]
             if unknown and self.gate.suites_file is None:
                 raise ValueError(f"{where}: no eval suite named {', '.join(unknown)} (have: {', '.join(sorted(suites))})")
+
+    def environment(self, name: str) -> EnvironmentRef | None:
+        return next((e for e in self.environments if e.name == name), None)
 
     def pin(self, name: str) -> SpecialistPin | None:
         return next((p for p in self.specialists if p.name == name), None)

@@ -182,8 +182,10 @@ class _Loop:
     def __init__(self, cfg: DemoConfig, srv: Served, work: Path, project: str, say, progress):
         self.cfg, self.srv, self.work, self.project, self.say, self.progress = cfg, srv, work, project, say, progress
         self.client = make_client(srv.url, cfg.api_key)
-        self.test = tasks.generate(cfg.test_tasks, cfg.seed, "test")
-        self.gate_set = tasks.generate(cfg.gate_tasks, cfg.seed + 1, "test")
+        # One list of distinct held-out tasks, cut in two: the gate's tasks and the before /
+        # after tasks are disjoint by construction, not by chance.
+        held_out = tasks.generate(cfg.test_tasks + cfg.gate_tasks, cfg.seed, "test")
+        self.test, self.gate_set = held_out[: cfg.test_tasks], held_out[cfg.test_tasks :]
         self.train_set = tasks.generate(cfg.tasks, cfg.seed, "train")
         self.summary: report.DemoSummary | None = None
         self.collected: list[Episode] = []

@@ -68,9 +68,11 @@ def trajectory_file(root: Path, trajectory_id: str) -> Path | None:
 
 
 def run_pipeline(
-    files: list[Path], *, base_model: str, project: str, dataset_name: str, redis_url: str, seed: int = 0
+    files: list[Path], *, base_model: str, project: str, dataset_name: str, redis_url: str, seed: int = 0,
+    settings: PipelineSettings | None = None,
 ) -> PipelineRun:
-    """Enqueue `files` and a dataset build, drain the data queue with a burst worker, report."""
+    """Enqueue `files` and a dataset build, drain the data queue with a burst worker, report.
+    `settings` default to the demo's (`demo_settings`)."""
     from rq.job import JobStatus
 
     from tinygpt.queue import stages
@@ -78,7 +80,7 @@ def run_pipeline(
     from tinygpt.queue.pipeline import enqueue_dataset, enqueue_files
     from tinygpt.queue.worker import child_command
 
-    settings = demo_settings(seed)
+    settings = settings or demo_settings(seed)
     conn = connect(redis_url)
     try:
         enqueued = enqueue_files(files, conn, settings=settings)

@@ -71,11 +71,11 @@ class GateOutcome(Contract):
     message: str = ""
 
 
-def train_command(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings) -> list[str]:
+def train_command(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings, method: str = "lora") -> list[str]:
     """The `tinygpt train` command line the demo runs (printed, so it can be rerun by hand)."""
     return [
         sys.executable, "-m", "tinygpt.runtime.cli", "train", "--model", model, "--data", str(dataset_dir),
-        "--out", str(out), "--name", name, "--no-progress", "--seed", str(s.seed), "--steps", str(s.steps),
+        "--out", str(out), "--name", name, "--method", method, "--no-progress", "--seed", str(s.seed), "--steps", str(s.steps),
         "--batch-size", str(s.batch_size), "--learning-rate", str(s.learning_rate), "--num-layers", str(s.num_layers),
         "--lora-rank", str(s.lora_rank), "--warmup-steps", str(max(1, s.steps // 10)),
         # Validate at the end only: a handful of validation rows would pick an early
@@ -85,14 +85,14 @@ def train_command(model: str, dataset_dir: Path, out: Path, name: str, s: TrainS
     ]  # fmt: skip
 
 
-def train(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings) -> Trained:
+def train(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings, method: str = "lora") -> Trained:
     """Run `tinygpt train` in its own process and read back its training record."""
     import time
 
     from tinygpt.runtime.contracts.io import read_json
     from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingRecord
 
-    cmd = train_command(model, dataset_dir, out, name, s)
+    cmd = train_command(model, dataset_dir, out, name, s, method)
     started = time.perf_counter()
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:

@@ -193,7 +193,8 @@ def _make(rng: random.Random, kind: Kind, pool: dict[str, list[str]]) -> tuple[s
 
 
 def generate(n: int, seed: int, split: Split = "train", mix: dict[Kind, float] | None = None) -> list[Task]:
-    """`n` tasks, the same for the same (n, seed, split, mix); kinds drawn by `mix` weights."""
+    """`n` distinct tasks, the same for the same (n, seed, split, mix); kinds drawn by `mix`
+    weights. The first `k` tasks of a longer list are the `k` tasks of a shorter one."""
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     mix = mix or DEFAULT_MIX
@@ -203,17 +204,28 @@ def generate(n: int, seed: int, split: Split = "train", mix: dict[Kind, float] |
     rng = random.Random(f"{split}:{seed}")
     kinds = [k for k in KINDS if mix.get(k, 0) > 0]
     weights = [mix[k] for k in kinds]
-    tasks = []
-    for i in range(n):
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    draws = 0
+    while len(tasks) < n:
+        i = len(tasks)
         # Cycle through the kinds first so even a handful of tasks covers each of them.
         kind = kinds[i] if i < len(kinds) else rng.choices(kinds, weights)[0]
         prompt, files, solution = _make(rng, kind, _POOLS[split])
+        digest = hashlib.sha256(json.dumps([prompt, files], sort_keys=True).encode()).hexdigest()[:8]
+        draws += 1
+        if digest in seen:
+            # No task twice in one list: slices of it (the demo's test and gate sets) are then
+            # disjoint by construction. The pools hold far more tasks than anyone asks for.
+            if draws > 100 * (n + 10):
+                raise ValueError(f"cannot draw {n} distinct {split} tasks from the pools")
+            continue
+        seen.add(digest)
         fs = FakeFS(files)
         for call in solution:
             result = execute(fs, call.name, call.arguments)
             if not result["ok"]:  # a generator bug, never a property of the model
                 raise AssertionError(f"reference solution fails on {kind}: {result['error']}")
-        digest = hashlib.sha256(json.dumps([prompt, files], sort_keys=True).encode()).hexdigest()[:8]
         tasks.append(Task(id=f"{split}-{seed}-{i}-{digest}", kind=kind, split=split, prompt=prompt,
                           files=files, expected=fs.snapshot(), solution=solution))  # fmt: skip
     return tasks

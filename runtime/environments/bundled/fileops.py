@@ -1,0 +1,37 @@
+"""The demo's file-operations family as an environment: six tools on a sandboxed in-memory
+filesystem; delete, move, rename, write, copy and find-and-delete tasks; the demo's checker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tinygpt.runtime.demo import tasks as T
+from tinygpt.runtime.demo.fs import TOOLS, FakeFS, execute
+from tinygpt.runtime.environments import Environment, EnvTask, Reward, Transcript
+
+
+class FileOps(Environment):
+    tools = TOOLS
+    # The demo's settings: a call, its result, an answer.
+    max_turns = 3
+    max_tokens = 96
+
+    def tasks(self, split, n, seed) -> list[EnvTask]:
+        # The generator draws train and test tasks from disjoint pools of names and texts.
+        return [EnvTask(id=t.id, kind=t.kind, messages=T.opening(t.prompt), data=msgspec.to_builtins(t))
+                for t in T.generate(n, seed, split)]  # fmt: skip
+
+    def reset(self, task: EnvTask) -> FakeFS:
+        return FakeFS(task.data["files"])
+
+    def step(self, state: FakeFS, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return execute(state, name, arguments)
+
+    def score(self, task: EnvTask, state: FakeFS, transcript: Transcript) -> Reward:
+        original = msgspec.convert(task.data, T.Task)
+        calls = [(c.name, c.raw_arguments) for c in transcript.calls]
+        results = [c.result if isinstance(c.result, dict) else {"ok": False} for c in transcript.calls]
+        outcome = T.check(original, state, calls, results, transcript.finished)
+        return Reward(reward=1.0 if outcome.success else 0.0, reason=outcome.reason or "done")
