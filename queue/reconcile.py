@@ -102,7 +102,7 @@ def reconcile(
 ) -> Reconciled:
     """Enqueue ingest ▶ dedupe ▶ label for every sealed file under `roots` Redis does not
     know (or, given `files`, for those of them it does not know)."""
-    from tinygpt.workers import store
+    from . import store
 
     out = Reconciled()
     if files is None:

@@ -112,7 +112,7 @@ def test_a_file_sealed_during_an_outage_is_enqueued_when_redis_is_back(tmp_path,
     from tinygpt.queue import keys
     from tinygpt.queue.daemon import Daemon
     from tinygpt.queue.embedded import EmbeddedRedis
-    from tinygpt.workers import store
+    from tinygpt.queue import store
 
     monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
     root = tmp_path / "home" / "trajectories"
