@@ -74,3 +74,8 @@ def test_no_cycle_between_queue_and_workers(graph):
     up = arrows(graph, "tinygpt.queue", "tinygpt.workers")
     down = arrows(graph, "tinygpt.workers", "tinygpt.queue")
     assert not (up and down), f"queue <-> workers cycle: {up}"
+
+
+def test_the_registry_never_imports_the_http_layer(graph):
+    """Publishing and swapping read the adapter format from `runtime/models`, not from serving."""
+    assert arrows(graph, "tinygpt.runtime.registry", "tinygpt.runtime.serving") == []

@@ -42,6 +42,12 @@ def digest_of(files: list[ModelFile]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+def model_digest(model_dir: Path) -> str:
+    """The model's identity: its manifest's digest, else the same hash computed over its files."""
+    manifest = read_manifest(model_dir)
+    return manifest.digest if manifest is not None else digest_of(hash_files(model_dir))
+
+
 def weights_dtype(model_dir: Path) -> str:
     """The stored weight type: "4-bit" etc. for MLX-quantized models, else the dtype
     holding the most bytes across the safetensors files (read from their headers)."""

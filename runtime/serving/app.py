@@ -6,7 +6,6 @@ start one on port 0 in a thread (`start()`), talk to `url`, and `stop()` it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -16,7 +15,8 @@ from typing import Callable
 import msgspec
 
 from .. import paths
-from .adapters import Registry, build_adapter_model, read_adapter
+from ..models.manifest import model_digest
+from .adapters import ServedAdapters, build_adapter_model, read_adapter
 from .completions import Completions
 from .engine import Engine
 from .guard import RequestGuard, check_bind
@@ -76,21 +76,6 @@ def resolve_model_dir(model: str) -> Path:
     return Path(resolve_model(model))
 
 
-def model_digest(model_dir: Path) -> str:
-    """The model's identity: its manifest digest, else the same hash computed over its files."""
-    try:
-        from tinygpt.runtime.models.manifest import digest_of, hash_files, read_manifest
-    except ImportError:
-        lines = "".join(
-            f"{p.relative_to(model_dir).as_posix()} {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
-            for p in sorted(model_dir.rglob("*"))
-            if p.is_file()
-        )
-        return hashlib.sha256(lines.encode()).hexdigest()
-    manifest = read_manifest(model_dir)
-    return manifest.digest if manifest is not None else digest_of(hash_files(model_dir))
-
-
 class Runtime:
     """The whole server. Construct, `start()`, then `serve_forever()` or use `url`."""
 
@@ -101,7 +86,7 @@ class Runtime:
         self.metrics = Metrics()
         self.model_dir = resolve_model_dir(config.model)
         name = config.name or (self.model_dir.name if "/" in config.model or Path(config.model).is_dir() else config.model)
-        self.registry = Registry(name, model_digest(self.model_dir), aliases=(config.model, "base"))
+        self.registry = ServedAdapters(name, model_digest(self.model_dir), aliases=(config.model, "base"))
         self.engine = Engine(
             self.model_dir,
             registry=self.registry,

@@ -30,7 +30,7 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prom
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
 from ..contracts.trajectory import Timings
-from .adapters import BASE, Registry
+from .adapters import BASE, ServedAdapters
 from .assembler import Assembler
 from .events import Delta, Done, Failed, GenRequest, Started, TopLogprobs
 from .metrics import Metrics
@@ -105,7 +105,7 @@ class Engine:
         self,
         model_path: str | Path,
         *,
-        registry: Registry,
+        registry: ServedAdapters,
         max_batch: int = 16,
         max_queue: int = 64,
         prefix_cache_bytes: int = 1 << 30,
