@@ -19,7 +19,7 @@ from ..contracts.base import ContractError
 from ..contracts.io import read_json
 from ..contracts.specialist import SpecialistLock, SpecialistManifest, adapter_weights_digest
 from ..contracts.training import TRAINING_RECORD, TrainingRecord
-from .manifest import sha256_file
+from ..hashing import sha256_file
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapters.safetensors"

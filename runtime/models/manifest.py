@@ -10,19 +10,10 @@ from pathlib import Path
 from ..contracts.base import ContractError
 from ..contracts.io import read_json, write_json
 from ..contracts.model import MODEL_MANIFEST, MODEL_MANIFEST_VERSION, ModelFile, ModelManifest
-
-_CHUNK = 1 << 20
+from ..hashing import sha256_file
 
 # safetensors dtype codes -> the names configs use.
 _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hash_files(model_dir: Path) -> list[ModelFile]:

@@ -30,11 +30,12 @@ from ..contracts.evals import GateResult
 from ..contracts.io import read_json, write_json
 from ..contracts.specialist import SpecialistLock, SpecialistManifest, adapter_weights_digest
 from ..contracts.training import TRAINING_RECORD, TrainingRecord
+from ..hashing import sha256_file
 from ..models import adapter_format
 from ..models.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFormatError
 from .card import render_card
 from .errors import IntegrityError, PackageError
-from .files import check_name, check_version, fsync_tree, move_into_place, safe_relative, sha256_file, staging_dir
+from .files import check_name, check_version, fsync_tree, move_into_place, safe_relative, staging_dir
 
 LOCK = "lock.json"
 MANIFEST = "manifest.json"

@@ -18,8 +18,9 @@ from ..contracts.base import ContractError
 from ..contracts.evals import GateResult
 from ..contracts.io import read_json
 from ..contracts.specialist import PublishedNotice, PublishResult
+from ..hashing import sha256_file
 from .errors import PackageError
-from .files import check_name, sha256_file
+from .files import check_name
 from .index import add_entry, entry_for, next_version, read_index
 from .notify import notify
 from .package import ADAPTER_WEIGHTS, LOCK, build_package, read_lock
