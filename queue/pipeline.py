@@ -120,7 +120,7 @@ def enqueue_trajectory(
     `RedisUnavailable` when Redis is down (the file stays where it is: `tinygpt ingest`
     picks it up later).
     """
-    from tinygpt.workers import store
+    from . import store
 
     own = conn is None
     conn = _connection(conn)
@@ -157,7 +157,7 @@ def enqueue_files(
     Batches amortise the queue's per-job cost (a few ms) over many trajectories; a
     trajectory from the runtime's hook is a batch of one.
     """
-    from tinygpt.workers import store
+    from . import store
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -14,7 +14,6 @@ a second reconcile right after the first finds everything pending and adds nothi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from rq.job import Job
 
 from tinygpt.runtime.contracts.jobs import TrajectoryRef
 from tinygpt.runtime.contracts.pipeline import PipelineSettings
+from tinygpt.runtime.hashing import sha256_file
 
 from . import keys
 from .pipeline import DEFAULT_BATCH, TRAJECTORY_SUFFIXES, Enqueued, enqueue_refs
@@ -56,14 +56,10 @@ def sealed_files(root: str | os.PathLike) -> list[Path]:
 
 
 def _sha256(path: Path) -> str | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except FileNotFoundError:
         return None  # reopened by the runtime (a session went on) since it was listed
-    return h.hexdigest()
 
 
 def unknown_files(conn: redis.Redis, files: list[Path], out: Reconciled) -> list[tuple[Path, str]]:
@@ -102,7 +98,7 @@ def reconcile(
 ) -> Reconciled:
     """Enqueue ingest ▶ dedupe ▶ label for every sealed file under `roots` Redis does not
     know (or, given `files`, for those of them it does not know)."""
-    from tinygpt.workers import store
+    from . import store
 
     out = Reconciled()
     if files is None:

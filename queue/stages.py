@@ -34,7 +34,8 @@ FAILURE_TTL_S = 30 * 24 * 3600
 @dataclass(frozen=True)
 class Stage:
     name: str
-    # Import path of the thin RQ task (tinygpt.queue.tasks), resolved by the worker.
+    # Import path of the thin RQ job (tinygpt.workers.jobs), resolved by the worker: a
+    # string, so the queue never imports the stages that run on it.
     func: str
     queue: str
     timeout_s: int
@@ -49,23 +50,29 @@ class Stage:
         return Retry(max=self.retries, interval=list(self.backoff_s))
 
 
+def _moved(func: str) -> tuple[str, ...]:
+    """Where the entry point `func` lived before: the jobs moved from the queue to the stages."""
+    return (f"tinygpt.queue.tasks.{func}",)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("ingest", "tinygpt.queue.tasks.ingest", "data", timeout_s=600, retries=3, backoff_s=(5, 30, 120)),
-        Stage("dedupe", "tinygpt.queue.tasks.dedupe", "data", timeout_s=900, retries=3, backoff_s=(5, 30, 120)),
+        Stage("ingest", "tinygpt.workers.jobs.ingest", "data", timeout_s=600, retries=3, backoff_s=(5, 30, 120), aliases=_moved("ingest")),
+        Stage("dedupe", "tinygpt.workers.jobs.dedupe", "data", timeout_s=900, retries=3, backoff_s=(5, 30, 120), aliases=_moved("dedupe")),
         # A judge call can be slow, and a judge that is down should get time to come back.
-        Stage("label", "tinygpt.queue.tasks.label", "data", timeout_s=3600, retries=4, backoff_s=(10, 60, 300, 900)),
-        Stage("dataset", "tinygpt.queue.tasks.dataset", "data", timeout_s=3600, retries=2, backoff_s=(10, 60)),
+        Stage("label", "tinygpt.workers.jobs.label", "data", timeout_s=3600, retries=4, backoff_s=(10, 60, 300, 900), aliases=_moved("label")),
+        Stage("dataset", "tinygpt.workers.jobs.dataset", "data", timeout_s=3600, retries=2, backoff_s=(10, 60), aliases=_moved("dataset")),
         # After the eval gate, on its queue: package, index, notify (seconds; retries cover a Redis blip).
         # Training holds the machine for hours; a retry only helps after a crash (a killed
         # worker), never after bad input, which fails permanently (TrainingError).
-        Stage("finetune", "tinygpt.queue.tasks.finetune", "train", timeout_s=12 * 3600, retries=1, backoff_s=(60,)),
-        Stage("eval", "tinygpt.queue.tasks.evalgate", "eval", timeout_s=7200, retries=1, backoff_s=(60,)),
-        Stage("publish", "tinygpt.queue.tasks.publish", "eval", timeout_s=600, retries=3, backoff_s=(5, 30, 120)),
+        Stage("finetune", "tinygpt.workers.jobs.finetune", "train", timeout_s=12 * 3600, retries=1, backoff_s=(60,), aliases=_moved("finetune")),
+        Stage("eval", "tinygpt.workers.jobs.evalgate", "eval", timeout_s=7200, retries=1, backoff_s=(60,), aliases=_moved("evalgate")),
+        Stage("publish", "tinygpt.workers.jobs.publish", "eval", timeout_s=600, retries=3, backoff_s=(5, 30, 120), aliases=_moved("publish")),
         # Rounds of collect ▶ train ▶ gate ▶ publish on a user's environment: it trains, so it
         # takes the machine (`train`); a broken environment fails at once (PermanentError).
-        Stage("environment", "tinygpt.queue.tasks.environment", "train", timeout_s=24 * 3600, retries=1, backoff_s=(60,)),
+        Stage("environment", "tinygpt.workers.jobs.environment", "train", timeout_s=24 * 3600, retries=1, backoff_s=(60,),
+              aliases=_moved("environment")),
     )
 }
 

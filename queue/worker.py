@@ -25,7 +25,6 @@ work to its queues.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
@@ -45,6 +44,7 @@ from rq.utils import current_timestamp
 
 from tinygpt.runtime import paths
 from tinygpt.runtime.device_plan import lock_scope
+from tinygpt.runtime.filelock import FileLock
 
 from . import stages
 from .admission import Admission, JobRefused
@@ -250,24 +250,6 @@ def release_worker(conn: redis.Redis, name: str, queues: list[str]) -> list[str]
     return handed
 
 
-class HostLock:
-    """An flock that makes one process per machine the server of an exclusive queue."""
-
-    def __init__(self, name: str):
-        self.path = paths.subdir("locks") / f"{name}.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-
 def run_worker(
     queues: list[str],
     *,
@@ -287,8 +269,9 @@ def run_worker(
     locks = []
     for short in queues:
         if short in stages.EXCLUSIVE:
-            lock = HostLock(f"queue-{short}{lock_scope()}")
-            if not lock.acquire():
+            # One process per machine (per GPU when pinned) serves an exclusive queue; held until this process exits.
+            lock = FileLock(paths.subdir("locks") / f"queue-{short}{lock_scope()}.lock", mode=0o600)
+            if not lock.acquire(timeout=0):
                 raise RuntimeError(
                     f"another worker on this machine already serves the {short!r} queue "
                     f"(one per machine: {short} jobs use the whole machine); stop it or leave {short!r} out"

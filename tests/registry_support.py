@@ -38,7 +38,7 @@ def passing_gate(adapter: Path, name: str):
     """A gate result that passed for exactly the weights in `adapter` (what `"*"` pins require)."""
     from tinygpt.runtime.contracts import EvalReport, GateResult
     from tinygpt.runtime.contracts.specialist import adapter_weights_digest
-    from tinygpt.runtime.registry.files import sha256_file
+    from tinygpt.runtime.hashing import sha256_file
 
     digest = adapter_weights_digest(sha256_file(adapter / "adapter_config.json"), sha256_file(adapter / "adapters.safetensors"))
     candidate = EvalReport(model="tiny", model_digest=FAKE_BASE, adapter="adapter", adapter_digest=digest)

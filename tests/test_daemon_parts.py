@@ -87,7 +87,7 @@ def test_up_s_screen_shows_an_external_redis_outage_without_its_password(tmp_pat
 
     from tinygpt.queue import health, overview
     from tinygpt.queue.daemon import Daemon
-    from tinygpt.runtime.commands.up_stack import Stack
+    from tinygpt.runtime.stack import Stack
 
     monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(overview, "collect", lambda limit=5: (_ for _ in ()).throw(ConnectionError("down")))
@@ -112,7 +112,7 @@ def test_a_file_sealed_during_an_outage_is_enqueued_when_redis_is_back(tmp_path,
     from tinygpt.queue import keys
     from tinygpt.queue.daemon import Daemon
     from tinygpt.queue.embedded import EmbeddedRedis
-    from tinygpt.workers import store
+    from tinygpt.queue import store
 
     monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
     root = tmp_path / "home" / "trajectories"

@@ -13,7 +13,7 @@ import pytest
 from tests.test_queue_reliability import clean_corpus, wait_exit, worker
 from tinygpt.queue import keys, pipeline, reconcile, stages
 from tinygpt.runtime import cli
-from tinygpt.workers import store
+from tinygpt.queue import store
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ from tinygpt.queue.embedded import EmbeddedRedis
 from tinygpt.queue.worker import child_command
 from tinygpt.runtime.contracts.dataset import DatasetRow
 from tinygpt.runtime.contracts.pipeline import FileRecord, LabelRule, PipelineSettings
-from tinygpt.workers import store
+from tinygpt.queue import store
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from tinygpt.runtime.contracts.pipeline import LabelRule
 
 def test_job_tuple_round_trips_with_typed_payloads():
     payload = LabelJob(sha256s=["a" * 64], rule=LabelRule(min_reward=0.7, require={"tool_outcome": 0.5}))
-    data = MsgpackSerializer.dumps(("tinygpt.queue.tasks.label", None, (payload,), {"n": [1, 2.5, "x", None]}))
+    data = MsgpackSerializer.dumps(("tinygpt.workers.jobs.label", None, (payload,), {"n": [1, 2.5, "x", None]}))
     func, instance, args, kwargs = MsgpackSerializer.loads(data)
-    assert func == "tinygpt.queue.tasks.label" and instance is None
+    assert func == "tinygpt.workers.jobs.label" and instance is None
     assert args == [payload] and type(args[0]) is LabelJob
     assert kwargs == {"n": [1, 2.5, "x", None]}
 
@@ -75,7 +75,7 @@ def test_rq_job_data_goes_through_the_serializer():
     conn = fakeredis.FakeRedis()
     q = Queue("t", connection=conn, serializer=SERIALIZER_PATH)
     payload = DatasetJob(name="d", base_model="m")
-    job = q.enqueue_call("tinygpt.queue.tasks.dataset", args=(payload,), job_id="j1")
+    job = q.enqueue_call("tinygpt.workers.jobs.dataset", args=(payload,), job_id="j1")
     raw = Job.fetch("j1", connection=conn, serializer=MsgpackSerializer)
     assert raw.args == [payload] and type(raw.args[0]) is DatasetJob
     assert MsgpackSerializer.loads(job.data)[2] == [payload]

@@ -24,7 +24,7 @@ def suite(name: str, value: float) -> SuiteReport:
 
 
 def gate_for(adapter, verdict="pass", digest=None) -> GateResult:
-    from tinygpt.runtime.serving.adapters import read_adapter
+    from tinygpt.runtime.models.adapter_format import read_adapter
 
     digest = digest or read_adapter(adapter, "x", None, "").digest
     return GateResult(

@@ -7,6 +7,7 @@ Workers must refuse it before importing anything and record why.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_a_worker_process_refuses_a_job_calling_subprocess(redis_client, redis_u
     for job, name in ((attack, "subprocess.check_output"), (sneaky, "tests.security_jobs.echo")):
         assert job.get_status(refresh=True) == JobStatus.FAILED
         reason = failure_reason(job)
-        assert f"function '{name}' is not a pipeline stage entry point" in reason and "tinygpt.queue.tasks.ingest" in reason
+        assert f"function '{name}' is not a pipeline stage entry point" in reason and "tinygpt.workers.jobs.ingest" in reason
     assert "is not a pipeline stage entry point" in done.stderr  # and the worker said so in its log
     assert q.failed_job_registry.get_job_ids() and not q.finished_job_registry.get_job_ids()
 
@@ -100,3 +101,20 @@ def test_the_allowlist_follows_the_stage_graph_and_its_aliases(redis_client, mon
 def test_every_stage_entry_point_is_allowed():
     funcs = {s.func for s in stages.STAGES.values()}
     assert funcs <= set(stages.entry_points()) and all(f.startswith("tinygpt.") for f in funcs)
+
+
+def test_a_job_enqueued_under_its_old_entry_point_still_runs(redis_client, tmp_path, monkeypatch):
+    """Jobs in Redis from before the entry points moved to `tinygpt.workers.jobs` run where they live now."""
+    from tests.fixtures.trajectories import helpers
+    from tinygpt.runtime.contracts.jobs import IngestJob
+
+    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))
+    assert "tinygpt.queue.tasks.ingest" in stages.STAGES["ingest"].aliases
+    q = stages.get_queue(redis_client, "data")
+    old = q.enqueue_call("tinygpt.queue.tasks.ingest", args=(IngestJob(batch=helpers.store(helpers.GOOD)),), job_id="old-ingest")
+    drain(redis_client)
+    assert old.get_status(refresh=True) == JobStatus.FINISHED, failure_reason(old)
+    assert old.return_value().ingested == len(helpers.GOOD)
+    # The old module is gone: the job can only have run as the current entry point.
+    assert importlib.util.find_spec("tinygpt.queue.tasks") is None
+    assert stages.STAGES["ingest"].func == "tinygpt.workers.jobs.ingest"

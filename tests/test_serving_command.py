@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.serving_support import get, post
+from tinygpt.runtime import stack
 from tinygpt.runtime.commands import serve
 
 SCRIPT = """
@@ -27,7 +28,7 @@ def test_adapter_flag_parses_name_equals_path():
     serve.configure(parser)
     args = parser.parse_args(["--adapter", "sql=/a/b", "--adapter", "x=y"])
     assert args.adapter == [("sql", "/a/b"), ("x", "y")] and args.host == "127.0.0.1"
-    assert serve.flush_hook(False) is None and callable(serve.flush_hook(True))
+    assert stack.queue_hook(False) is None and callable(stack.queue_hook(True))
     with pytest.raises(SystemExit):
         parser.parse_args(["--adapter", "nope"])
 

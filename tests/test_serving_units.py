@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
-from tinygpt.runtime.serving.adapters import BASE, AdapterInfo, Registry
+from tinygpt.runtime.serving.adapters import BASE, AdapterInfo, ServedAdapters
 from tinygpt.runtime.serving.assembler import Assembler, Call
 from tinygpt.runtime.serving.metrics import Metrics
 from tinygpt.runtime.serving.prompts import PriorTurn
@@ -130,7 +130,7 @@ def info(name: str, version: str, digest: str = "d" * 64) -> AdapterInfo:
 
 
 def test_registry_swap_keeps_old_version_until_its_requests_finish():
-    reg = Registry("base-model", "b" * 64)
+    reg = ServedAdapters("base-model", "b" * 64)
     assert reg.acquire("base-model") == (BASE, None)
     reg.publish(info("sql", "1"))
     key1, _ = reg.acquire("sql")
@@ -147,7 +147,7 @@ def test_registry_swap_keeps_old_version_until_its_requests_finish():
 
 
 def test_registry_unknown_models_are_404_and_versions_are_addressable():
-    reg = Registry("base-model", "b" * 64)
+    reg = ServedAdapters("base-model", "b" * 64)
     reg.publish(info("sql", "1"))
     reg.publish(info("sql", "2", "e" * 64), keep_previous=True)
     assert reg.acquire("sql@1")[0] == "sql@1"
@@ -161,7 +161,7 @@ def test_registry_unknown_models_are_404_and_versions_are_addressable():
 
 
 def test_registry_refuses_base_name_and_reused_version():
-    reg = Registry("base-model", "b" * 64)
+    reg = ServedAdapters("base-model", "b" * 64)
     with pytest.raises(ApiError):
         reg.check_new(info("base-model", "1"))
     reg.publish(info("sql", "1"))

@@ -80,7 +80,7 @@ def test_the_status_screen_draws_a_bar_per_running_long_job(monkeypatch):
     from rich.console import Console
 
     from tinygpt.queue import overview
-    from tinygpt.runtime.commands.up_stack import Stack
+    from tinygpt.runtime.stack import Stack
     from tinygpt.runtime.contracts.jobs import JobProgress
 
     now = time.time()

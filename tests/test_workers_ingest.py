@@ -71,7 +71,7 @@ def test_rerun_skips_recorded_files(redis_client):
 
 def test_missing_and_changed_files_are_quarantined(redis_client, home):
     (ref,) = helpers.store(helpers.GOOD[:1])
-    from tinygpt.workers import store
+    from tinygpt.queue import store
 
     store.resolve(ref.path).write_bytes(b"rewritten")
     result = ingest.run(IngestJob(batch=[ref]), redis_client)

@@ -44,7 +44,7 @@ from tinygpt.runtime.contracts.pipeline import DedupeRecord, FileRecord, LabelRe
 from tinygpt.runtime.contracts.project import NAME_PATTERN
 from tinygpt.runtime.contracts.trajectory import Trajectory
 
-from . import store
+from tinygpt.queue import store
 from .ingest import current_sha, load
 from .tokens import sequences
 

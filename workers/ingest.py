@@ -26,7 +26,7 @@ from tinygpt.runtime.contracts.jobs import IngestJob, TrajectoryRef
 from tinygpt.runtime.contracts.pipeline import FileRecord
 from tinygpt.runtime.contracts.trajectory import TRAJECTORY_VERSION, Trajectory
 
-from . import store
+from tinygpt.queue import store
 
 # Larger than any real vocabulary; a bigger id is corruption, not a token.
 MAX_TOKEN_ID = 1 << 24

@@ -48,10 +48,8 @@ class JudgeUnavailable(RuntimeError):
 
 @lru_cache(maxsize=4)
 def _tokenizer(base_model: str):
-    try:
-        from tokenizers import Tokenizer
-    except ImportError as e:  # pragma: no cover - tokenizers ships with mlx-lm
-        raise PermanentError("the LLM judge needs the `tokenizers` package: pip install tokenizers") from e
+    from tokenizers import Tokenizer
+
     from tinygpt.runtime.models import resolve_model
 
     try:
@@ -110,10 +108,8 @@ def _ask_openai(settings: JudgeSettings, user: str) -> str:
 
 @lru_cache(maxsize=1)
 def _mlx_model(model: str):
-    try:
-        from mlx_lm import load
-    except ImportError as e:
-        raise PermanentError("the mlx judge backend needs mlx-lm: pip install mlx-lm") from e
+    from mlx_lm import load
+
     return load(model)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from functools import lru_cache
 
 import msgspec
 import redis
@@ -38,7 +37,8 @@ from tinygpt.queue.errors import PermanentError
 from tinygpt.runtime.contracts.base import Contract
 from tinygpt.runtime.contracts.jobs import LabelJob
 from tinygpt.runtime.contracts.pipeline import DedupeRecord, FileRecord, JudgeSettings, LabelRecord, LabelRule
-from tinygpt.runtime.contracts.trajectory import ToolCall, ToolResult, Trajectory
+from tinygpt.runtime.contracts.trajectory import ToolResult, Trajectory
+from tinygpt.runtime.tool_schema import call_problem, tools_by_name  # call_problem: also distill_seq's
 
 from . import judge, quality
 from .dedupe import resolve_shas
@@ -68,47 +68,7 @@ def prompt_key(ids: list[int]) -> str:
 
 
 def _tools_by_name(traj: Trajectory) -> dict[str, dict]:
-    found = {}
-    for tool in traj.tools:
-        fn = tool.get("function", tool) if isinstance(tool, dict) else {}
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            found[fn["name"]] = fn
-    return found
-
-
-def call_problem(call: ToolCall, tools: dict[str, dict]) -> str | None:
-    """Why a tool call is invalid against the offered tools, or None when it is valid."""
-    fn = tools.get(call.name)
-    if fn is None:
-        return f"unknown tool {call.name!r}"
-    try:
-        args = json.loads(call.arguments) if call.arguments.strip() else {}
-    except ValueError as e:
-        return f"{call.name}: arguments are not JSON ({e})"
-    schema = fn.get("parameters")
-    if not schema:
-        return None
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    if isinstance(validator, str):
-        return f"{call.name}: {validator}"
-    error = next(iter(validator.iter_errors(args)), None)
-    return f"{call.name}: {error.message}" if error is not None else None
-
-
-@lru_cache(maxsize=256)
-def _validator(schema_json: str):
-    """A compiled validator per distinct schema (checking a schema costs more than using it)."""
-    try:
-        import jsonschema
-    except ImportError as e:  # pragma: no cover - outlines depends on it
-        raise PermanentError("validating tool calls needs jsonschema: pip install jsonschema") from e
-    schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as e:
-        return f"the tool's parameter schema is invalid ({e.message})"
-    return cls(schema)
+    return tools_by_name(traj.tools)
 
 
 def tool_validity(traj: Trajectory) -> tuple[float | None, list[int]]:

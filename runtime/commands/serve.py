@@ -29,9 +29,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from tinygpt.runtime.models import DEFAULT_MODEL
+from tinygpt.runtime.serving.config import DEFAULTS
+
 EXAMPLE = "tinygpt serve --model smollm2-135m-instruct --port 8000 --adapter sql=specialists/sql/3"
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -56,8 +58,8 @@ def _adapter(text: str) -> tuple[str, str]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"cached model name or model directory (default: {DEFAULT_MODEL})")
     parser.add_argument("--name", help="name clients use for the base model (default: the model's name)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--host", default=DEFAULTS.host, help=f"interface to bind (default: {DEFAULTS.host}, this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULTS.port, help=f"port (default: {DEFAULTS.port}; 0 picks a free one)")
     parser.add_argument("--api-key", default=os.environ.get("TINYGPT_API_KEY"),
                         help="require `Authorization: Bearer KEY` on /v1 (default: $TINYGPT_API_KEY)")
     parser.add_argument("--admin-key", default=os.environ.get("TINYGPT_ADMIN_KEY"),
@@ -65,79 +67,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_security_options(parser)
     parser.add_argument("--adapter", action="append", type=_adapter, default=[], metavar="NAME=PATH",
                         help="serve a specialist from an mlx-lm adapter directory (repeatable)")
-    parser.add_argument("--max-batch", type=int, default=None,
+    d = DEFAULTS
+    parser.add_argument("--max-batch", type=int, default=d.max_batch,
                         help="sequences decoded together (default: 16 on a CPU, 256 on a GPU)")
-    parser.add_argument("--max-queue", type=int, default=None,
+    parser.add_argument("--max-queue", type=int, default=d.max_queue,
                         help="requests waiting before 503 (default: 64 on a CPU, 1024 on a GPU)")
-    parser.add_argument("--memory-fraction", type=float, default=None,
+    parser.add_argument("--memory-fraction", type=float, default=d.memory_fraction,
                         help="share of the GPU's memory this server may take (default: $TINYGPT_MEMORY_FRACTION, "
                              "else no cap); the device itself: TINYGPT_DEVICE=cpu|gpu")
-    parser.add_argument("--max-tokens", type=int, default=2048, help="default max_tokens of a request (default: 2048)")
-    parser.add_argument("--max-body-kb", type=int, default=8192, help="largest request body in KiB; larger is a 413 (default: 8192)")
-    parser.add_argument("--prefix-cache-mb", type=int, default=1024, help="KV prefix cache budget in MiB (default: 1024)")
+    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"default max_tokens of a request (default: {d.max_tokens})")
+    parser.add_argument("--max-body-kb", type=int, default=d.max_body_bytes >> 10,
+                        help=f"largest request body in KiB; larger is a 413 (default: {d.max_body_bytes >> 10})")
+    parser.add_argument("--prefix-cache-mb", type=int, default=d.prefix_cache_mb,
+                        help=f"KV prefix cache budget in MiB (default: {d.prefix_cache_mb})")
     parser.add_argument("--no-record", dest="record", action="store_false", help="do not record trajectories")
     parser.add_argument("--no-queue", dest="queue", action="store_false",
                         help="record trajectories to disk only; do not hand them to the Redis pipeline")
     parser.add_argument("--trajectories-dir", help="where trajectories go (default: <tinygpt home>/trajectories)")
-    parser.add_argument("--session-idle", type=float, default=600.0, help="seconds before an idle trajectory is sealed")
-    parser.add_argument("--project", default="default", help="project name recorded in trajectories")
+    parser.add_argument("--session-idle", type=float, default=d.session_idle_s,
+                        help=f"seconds before an idle trajectory is sealed (default: {d.session_idle_s:g})")
+    parser.add_argument("--project", default=d.project, help="project name recorded in trajectories")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
-
-def flush_hook(enabled: bool, *, on_deferred=None):
-    """The queue hand-off for sealed trajectory files (ingest ▶ dedupe ▶ label), or None.
-
-    Runs on the recorder's thread, never on a request. With Redis unreachable the file
-    stays sealed on disk (one warning line, no traceback) and `on_deferred(path)` is told,
-    so a daemon can enqueue it once Redis is back; `tinygpt ingest --reconcile` (and the
-    next `tinygpt up`) finds it anyway. After a failure, hand-offs in the next few seconds
-    are deferred without trying: a shutdown sealing many files with Redis gone stays quick.
-    """
-    if not enabled:
-        return None
-    import logging
-    import time
-
-    log = logging.getLogger("tinygpt.serving.queue")
-    # One warning per outage, not one per file: a shutdown may seal hundreds.
-    outage = {"retry_at": 0.0, "deferred": 0}
-
-    def defer(path, reason: str) -> None:
-        outage["retry_at"] = time.monotonic() + 5.0
-        outage["deferred"] += 1
-        if outage["deferred"] == 1:
-            log.warning("sealed trajectories wait on disk (first: %s): %s; they are enqueued when Redis is back", path.name, reason)
-        if on_deferred is not None:
-            on_deferred(path)
-
-    def on_trajectory_flushed(path) -> None:
-        import redis
-
-        from tinygpt.queue.connection import RedisUnavailable, redact
-        from tinygpt.queue.pipeline import enqueue_trajectory
-
-        if time.monotonic() < outage["retry_at"]:
-            return defer(path, "Redis was unreachable moments ago")
-        try:
-            enqueue_trajectory(path)
-        except RedisUnavailable as e:
-            return defer(path, f"Redis at {e.url} is unreachable ({e.reason})")
-        except redis.RedisError as e:
-            return defer(path, f"Redis failed ({type(e).__name__}: {redact(str(e))})")
-        if outage["deferred"]:
-            log.warning("Redis is back: trajectories are enqueued again (%d waited on disk)", outage["deferred"])
-            outage["deferred"] = 0
-
-    return on_trajectory_flushed
 
 def run(args: argparse.Namespace) -> int:
     import logging
     import signal
     import sys
 
-    import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
-    from tinygpt.runtime.serving.app import Runtime, ServerConfig
+    from tinygpt.runtime.serving.config import ServerConfig
     from tinygpt.runtime.serving.protocol import ApiError
+    from tinygpt.runtime.stack import start_runtime
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.insecure and args.host not in LOCAL_HOSTS and not args.api_key:
@@ -165,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         adapters=list(args.adapter),
     )
     try:
-        runtime = Runtime(config, on_trajectory_flushed=flush_hook(args.record and args.queue)).start()
+        runtime = start_runtime(config, queue=args.queue)
     except (ValueError, ApiError, OSError) as e:
         print(f"tinygpt serve: error: {e}", file=sys.stderr)
         return 1

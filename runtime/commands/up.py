@@ -43,8 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--project", help="project pin file (default: the nearest tinygpt.project.json, if any)")
     parser.add_argument("--model", help="base model name or directory (default: the project's base_model)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="runtime port (default: 8000; 0 picks a free one)")
+    from tinygpt.runtime.serving.config import DEFAULTS
+
+    parser.add_argument("--host", default=DEFAULTS.host, help=f"interface to bind (default: {DEFAULTS.host})")
+    parser.add_argument("--port", type=int, default=DEFAULTS.port, help=f"runtime port (default: {DEFAULTS.port}; 0 picks a free one)")
     parser.add_argument("--api-key", default=os.environ.get("TINYGPT_API_KEY"), help="require this Bearer key on /v1")
     parser.add_argument("--admin-key", default=os.environ.get("TINYGPT_ADMIN_KEY"),
                         help="key for the /admin endpoints, which are off without it (default: $TINYGPT_ADMIN_KEY)")
@@ -52,8 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="pipeline worker processes (default: 1)")
     parser.add_argument("--no-workers", dest="start_workers", action="store_false",
                         help="run no workers here (e.g. they run on other hosts against $REDIS_URL)")
-    parser.add_argument("--session-idle", type=float, default=600.0,
-                        help="seconds before an idle conversation is sealed into the pipeline (default: 600)")
+    parser.add_argument("--session-idle", type=float, default=DEFAULTS.session_idle_s,
+                        help=f"seconds before an idle conversation is sealed into the pipeline (default: {DEFAULTS.session_idle_s:g})")
     parser.add_argument("--gpus", default=None,
                         help="GPUs to use: all | 0,1,... | none (default: none pinned). One GPU: runtime and workers "
                              "share it with memory budgets; several: the runtime on the first, a worker per other GPU")
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tinygpt.runtime.contracts import ContractError
 
-    from .up_stack import Stack, StartError
+    from tinygpt.runtime.stack import Stack, StartError
 
     console = Console(stderr=True, soft_wrap=True)
     if getattr(args, "gpus", None):

@@ -7,7 +7,6 @@ into place, and a per-name lock file keeps two pulls of one name from racing.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ import msgspec
 
 from .. import paths
 from ..contracts.model import ModelManifest
+from ..filelock import FileLock
 from .manifest import read_manifest
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -79,13 +79,8 @@ def list_models() -> list[CachedModel]:
 @contextmanager
 def locked(name: str):
     """Hold the cache's lock for `name` (blocks while another process pulls it)."""
-    lock_path = paths.models_dir() / f".{cache_name(name)}.lock"
-    with open(lock_path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with FileLock(paths.models_dir() / f".{cache_name(name)}.lock"):
+        yield
 
 
 def staging_dir(name: str) -> Path:

@@ -10,19 +10,10 @@ from pathlib import Path
 from ..contracts.base import ContractError
 from ..contracts.io import read_json, write_json
 from ..contracts.model import MODEL_MANIFEST, MODEL_MANIFEST_VERSION, ModelFile, ModelManifest
-
-_CHUNK = 1 << 20
+from ..hashing import sha256_file
 
 # safetensors dtype codes -> the names configs use.
 _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hash_files(model_dir: Path) -> list[ModelFile]:
@@ -40,6 +31,12 @@ def digest_of(files: list[ModelFile]) -> str:
     """One sha256 naming the whole model: over sorted "path sha256" lines."""
     lines = "".join(f"{f.path} {f.sha256}\n" for f in sorted(files, key=lambda f: f.path))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def model_digest(model_dir: Path) -> str:
+    """The model's identity: its manifest's digest, else the same hash computed over its files."""
+    manifest = read_manifest(model_dir)
+    return manifest.digest if manifest is not None else digest_of(hash_files(model_dir))
 
 
 def weights_dtype(model_dir: Path) -> str:

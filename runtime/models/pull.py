@@ -166,11 +166,9 @@ def _from_dir(src: Path, staging: Path, say: Log) -> str:
 
 
 def _from_hub(repo_id: str, staging: Path, revision: str | None, say: Log) -> str:
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError
-    except ImportError:
-        raise ValueError("pulling from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
     say(f"downloading {repo_id} from the Hugging Face Hub")
     try:
         snapshot = Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILE_PATTERNS))

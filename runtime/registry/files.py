@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from ..contracts.project import NAME_PATTERN
@@ -19,7 +15,6 @@ _NAME = re.compile(NAME_PATTERN)
 # Versions become folder names and "name@version" model ids: no '/', '@' or leading dot.
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 _VERSION = re.compile(VERSION_PATTERN)
-_CHUNK = 1 << 20
 
 
 def check_name(name: str) -> str:
@@ -46,29 +41,9 @@ def safe_relative(path: str, what: str) -> PurePosixPath:
     return p
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def version_key(version: str) -> tuple:
     """Natural order for versions: "10" after "9", "1.10" after "1.9"."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[.+-]", version))
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if missing), across processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def staging_dir(parent: Path, name: str) -> Path:

@@ -14,8 +14,9 @@ from pathlib import Path
 from ..contracts.base import ContractError
 from ..contracts.io import read_json, write_json
 from ..contracts.specialist import RegistryEntry, RegistryIndex, SpecialistLock, SpecialistManifest
+from ..filelock import FileLock
 from .errors import PackageError, RegistryUnavailable
-from .files import file_lock, version_key
+from .files import version_key
 
 INDEX = "index.json"
 LOCK_FILE = ".index.lock"
@@ -50,7 +51,7 @@ def _ordered(entries: list[RegistryEntry]) -> list[RegistryEntry]:
 def add_entry(root: Path, entry: RegistryEntry) -> bool:
     """Add `entry`; False when it is already there. Another digest for its version is refused."""
     root = Path(root)
-    with file_lock(root / LOCK_FILE):
+    with FileLock(root / LOCK_FILE):
         index = read_index(root)
         same = next((e for e in index.specialists if e.name == entry.name and e.version == entry.version), None)
         if same is not None:

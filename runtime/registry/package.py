@@ -30,16 +30,17 @@ from ..contracts.evals import GateResult
 from ..contracts.io import read_json, write_json
 from ..contracts.specialist import SpecialistLock, SpecialistManifest, adapter_weights_digest
 from ..contracts.training import TRAINING_RECORD, TrainingRecord
+from ..hashing import sha256_file
+from ..models import adapter_format
+from ..models.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFormatError
 from .card import render_card
 from .errors import IntegrityError, PackageError
-from .files import check_name, check_version, fsync_tree, move_into_place, safe_relative, sha256_file, staging_dir
+from .files import check_name, check_version, fsync_tree, move_into_place, safe_relative, staging_dir
 
 LOCK = "lock.json"
 MANIFEST = "manifest.json"
 CARD = "README.md"
 EVAL_REPORT = "eval_report.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapters.safetensors"
 # Copied along when the training run left them (the record names base, data and settings).
 EXTRA_FILES = (TRAINING_RECORD, "metrics.jsonl")
 METHODS = ("lora", "dora", "qlora", "distill-logit", "distill-seq")
@@ -156,19 +157,11 @@ def gate_problem(lock: SpecialistLock, gate: GateResult | None) -> str | None:
 
 
 def recorded_base(adapter_dir: Path) -> tuple[str, str] | None:
-    """(base model, base digest) an adapter records: its training record, else its config."""
-    record = adapter_dir / TRAINING_RECORD
-    if record.is_file():
-        try:
-            rec = read_json(record, TrainingRecord)
-        except ContractError as e:
-            raise PackageError(str(e)) from None
-        return rec.base_model, rec.base_digest
+    """(base model, base digest) an adapter records (see `adapter_format.recorded_base`)."""
     try:
-        info = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("tinygpt") or {}
-    except (OSError, ValueError, AttributeError) as e:
-        raise PackageError(f"{adapter_dir / ADAPTER_CONFIG}: unreadable ({e})") from None
-    return (info.get("base_model", ""), info["base_digest"]) if info.get("base_digest") else None
+        return adapter_format.recorded_base(adapter_dir)
+    except AdapterFormatError as e:
+        raise PackageError(str(e)) from None
 
 
 def _training(adapter_dir: Path) -> tuple[TrainingRecord | None, DatasetManifest | None]:

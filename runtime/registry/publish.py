@@ -18,8 +18,9 @@ from ..contracts.base import ContractError
 from ..contracts.evals import GateResult
 from ..contracts.io import read_json
 from ..contracts.specialist import PublishedNotice, PublishResult
+from ..hashing import sha256_file
 from .errors import PackageError
-from .files import check_name, sha256_file
+from .files import check_name
 from .index import add_entry, entry_for, next_version, read_index
 from .notify import notify
 from .package import ADAPTER_WEIGHTS, LOCK, build_package, read_lock
@@ -48,8 +49,7 @@ def read_gate(path: Path) -> GateResult:
 
 def check_gate(gate: GateResult, adapter_dir: Path, name: str) -> None:
     """Refuse unless the gate passed, for these exact weights and this specialist."""
-    from ..serving.adapters import read_adapter
-    from ..serving.protocol import ApiError
+    from ..models.adapter_format import AdapterFormatError, read_adapter
 
     if gate.verdict != "pass":
         raise PackageError(f"the eval gate did not pass ({gate.verdict}: {gate.message or 'no message'}); not publishing {name}")
@@ -59,8 +59,8 @@ def check_gate(gate: GateResult, adapter_dir: Path, name: str) -> None:
     if gate.candidate.adapter_digest:
         try:
             digest = read_adapter(adapter_dir, name, None, "").digest
-        except ApiError as e:
-            raise PackageError(e.message) from None
+        except AdapterFormatError as e:
+            raise PackageError(str(e)) from None
         if digest != gate.candidate.adapter_digest:
             raise PackageError(
                 f"the gate result is for other weights (adapter digest {gate.candidate.adapter_digest[:12]}) "

@@ -18,7 +18,7 @@ from .. import paths
 from ..contracts.base import ContractError
 from ..contracts.io import read_json, write_json
 from ..contracts.specialist import PinsLock, ProjectState, ResolvedVersion, SpecialistState
-from .files import file_lock
+from ..filelock import FileLock
 
 log = logging.getLogger("tinygpt.registry")
 
@@ -58,7 +58,7 @@ def project_state(project_file: Path) -> ProjectState:
 def updating(project_file: Path) -> Iterator[ProjectState]:
     """Yield the project's state for changes; written back (atomically, locked) on exit."""
     key = _key(project_file)
-    with file_lock(paths.home() / f".{STATE_FILE}.lock"):
+    with FileLock(paths.home() / f".{STATE_FILE}.lock"):
         state = read_state()
         project = next((p for p in state.projects if p.project_file == key), None)
         if project is None:

@@ -25,8 +25,8 @@ import msgspec
 from ..contracts.base import ContractError
 from ..contracts.project import ProjectPins
 from ..contracts.specialist import PublishedNotice
+from ..models.adapter_format import AdapterFormatError
 from ..project import load_project
-from ..serving.protocol import ApiError
 from .notify import pinned_by
 from .pins import PinOutcome, pull_pins
 from .state import record_current, record_error, record_project_error, record_unpinned
@@ -120,7 +120,7 @@ class Swapper:
         else:
             try:
                 result = self.runtime.load_adapter(o.name, o.path, o.version)
-            except (ApiError, ValueError, OSError) as e:
+            except (AdapterFormatError, ValueError, OSError) as e:  # serving's refusals are AdapterFormatErrors too
                 message = getattr(e, "message", None) or str(e)
                 report.errors[o.name] = message
                 record_error(self.project_file, o.name, f"loading {key}: {message}")
@@ -141,7 +141,7 @@ class Swapper:
     def _unpin(self, name: str, report: SyncReport) -> None:
         try:
             keys = self.runtime.unload_adapter(name)["unloaded"]
-        except ApiError:
+        except AdapterFormatError:  # serving's 404 for a name it no longer serves
             keys = []  # already gone (unloaded through the admin API)
         self.managed.discard(name)
         record_unpinned(self.project_file, name)

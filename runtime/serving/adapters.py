@@ -7,7 +7,7 @@ array stays shared, then mlx-lm's own `load_adapters` wraps the cloned linears i
 its own low-rank matrices, switching specialist per request is choosing another model
 object, and unloading one is dropping it.
 
-`Registry` is the part HTTP threads see (names, versions, digests, reference counts; no
+`ServedAdapters` is the part HTTP threads see (names, versions, digests, reference counts; no
 arrays): a request *acquires* the version current when it arrives and keeps it to the
 end, so a swap never changes the weights under a request in flight, and a retired
 version is freed only when its last request has finished.
@@ -16,7 +16,6 @@ version is freed only when its last request has finished.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 import threading
@@ -26,85 +25,28 @@ from pathlib import Path
 
 import msgspec
 
-from ..contracts.base import ContractError
-from ..contracts.io import read_json
-from ..contracts.specialist import SpecialistLock, SpecialistManifest, adapter_weights_digest
+from ..models import adapter_format
+from ..models.adapter_format import AdapterFormatError, AdapterInfo
 from .protocol import ApiError
 
-# The registry key of the bare base model ("@" never appears in specialist names).
+# The key of the bare base model ("@" never appears in specialist names).
 BASE = "@base"
-ADAPTER_METHODS = ("lora", "dora")
 
 
-class AdapterInfo(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    version: str
-    digest: str
-    path: str
-    method: str
-    rank: int
-    loaded_at: float = 0.0
+class AdapterRefused(ApiError, AdapterFormatError):
+    """An adapter operation refused, answered over HTTP with its status (400, 404, 409).
 
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    Also an `AdapterFormatError`, so a caller below the HTTP layer (the registry's
+    swapper) catches it without importing this one.
+    """
 
 
 def read_adapter(path: str | Path, name: str, version: str | None, base_digest: str) -> AdapterInfo:
-    """Check an adapter directory (mlx-lm format) and describe it; touches no arrays.
-
-    The digest is the package lock's when there is one (the identity pins use), else a
-    sha256 over the two adapter files. The version defaults to the package manifest's,
-    else the digest's first 12 hex digits. An adapter trained on another base is refused.
-    """
-    path = Path(path).expanduser()
-    config_file, weights = path / "adapter_config.json", path / "adapters.safetensors"
-    for f in (config_file, weights):
-        if not f.is_file():
-            raise ApiError(400, f"adapter {name!r}: {f} not found (expected mlx-lm's adapter_config.json + adapters.safetensors)")
+    """`adapter_format.read_adapter`, a refusal answered as HTTP 400."""
     try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as e:
-        raise ApiError(400, f"adapter {name!r}: unreadable {config_file}: {e}") from None
-    method = config.get("fine_tune_type", "lora") if isinstance(config, dict) else None
-    if method not in ADAPTER_METHODS:
-        raise ApiError(400, f"adapter {name!r}: fine_tune_type {method!r} is not one of {ADAPTER_METHODS}")
-    params = config.get("lora_parameters")
-    if not isinstance(params, dict) or not isinstance(params.get("rank"), int) or "scale" not in params:
-        raise ApiError(400, f"adapter {name!r}: adapter_config.json needs lora_parameters with rank and scale")
-    if not isinstance(config.get("num_layers"), int):
-        raise ApiError(400, f"adapter {name!r}: adapter_config.json needs an integer num_layers")
-
-    manifest = lock = None
-    try:
-        if (path / "manifest.json").is_file():
-            manifest = read_json(path / "manifest.json", SpecialistManifest)
-        if (path / "lock.json").is_file():
-            lock = read_json(path / "lock.json", SpecialistLock)
-    except ContractError as e:
-        raise ApiError(400, f"adapter {name!r}: {e}") from None
-    if manifest and manifest.base_digest and base_digest and manifest.base_digest != base_digest:
-        raise ApiError(
-            400,
-            f"adapter {name!r} was trained on base {manifest.base_model} ({manifest.base_digest[:12]}), "
-            f"not on the served base ({base_digest[:12]})",
-        )
-    if lock is not None:
-        digest = lock.digest
-    else:
-        digest = adapter_weights_digest(_sha256(config_file), _sha256(weights))
-    version = version or (manifest.version if manifest else digest[:12])
-    return AdapterInfo(
-        name=name, version=version, digest=digest, path=str(path.resolve()), method=method, rank=params["rank"]
-    )
+        return adapter_format.read_adapter(path, name, version, base_digest)
+    except AdapterFormatError as e:
+        raise AdapterRefused(400, str(e)) from None
 
 
 def clone_modules(module):
@@ -153,11 +95,11 @@ def build_adapter_model(base, info: AdapterInfo):
     try:
         linear_to_lora_layers(model, config["num_layers"], params, use_dora=info.method == "dora")
     except (ValueError, KeyError) as e:
-        raise ApiError(400, f"adapter {info.name!r} does not fit the base model: {e}") from None
+        raise AdapterRefused(400, f"adapter {info.name!r} does not fit the base model: {e}") from None
     shapes = {k: v.shape for k, v in tree_flatten(model.parameters())}
     wrong = [f"{k} {tuple(v.shape)}" for k, v in weights.items() if shapes.get(k) != v.shape]
     if wrong:
-        raise ApiError(
+        raise AdapterRefused(
             400,
             f"adapter {info.name!r} does not fit the base model: tensors with no matching parameter "
             f"or of another shape: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}",
@@ -175,7 +117,7 @@ class _Entry:
     retired: bool = False
 
 
-class Registry:
+class ServedAdapters:
     """Which version of each specialist new requests get; thread-safe, no arrays."""
 
     def __init__(self, base_name: str, base_digest: str, aliases: tuple[str, ...] = ()):
@@ -219,10 +161,10 @@ class Registry:
         """Refuse a name that shadows the base, or a version reused with other weights."""
         with self._lock:
             if info.name in self._base_names:
-                raise ApiError(400, f"adapter name {info.name!r} is the base model's name")
+                raise AdapterRefused(400, f"adapter name {info.name!r} is the base model's name")
             entry = self._entries.get(info.key)
             if entry and not entry.retired and entry.info.digest != info.digest:
-                raise ApiError(409, f"{info.key} is loaded with other weights ({entry.info.digest[:12]}); use a new version")
+                raise AdapterRefused(409, f"{info.key} is loaded with other weights ({entry.info.digest[:12]}); use a new version")
 
     def has(self, key: str) -> bool:
         with self._lock:
@@ -250,7 +192,7 @@ class Registry:
             if version is not None:
                 keys = [k for k in keys if k == f"{name}@{version}"]
             if not keys:
-                raise ApiError(404, f"no loaded specialist {name}{'@' + version if version else ''}", code="model_not_found")
+                raise AdapterRefused(404, f"no loaded specialist {name}{'@' + version if version else ''}", code="model_not_found")
             for k in keys:
                 self._entries[k].retired = True
             if self._current.get(name) in keys:

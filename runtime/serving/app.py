@@ -6,7 +6,6 @@ start one on port 0 in a thread (`start()`), talk to `url`, and `stop()` it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -16,8 +15,10 @@ from typing import Callable
 import msgspec
 
 from .. import paths
-from .adapters import Registry, build_adapter_model, read_adapter
+from ..models.manifest import model_digest
+from .adapters import ServedAdapters, build_adapter_model, read_adapter
 from .completions import Completions
+from .config import ServerConfig  # noqa: F401  (where callers have always found it)
 from .engine import Engine
 from .guard import RequestGuard, check_bind
 from .http import RuntimeHTTPServer
@@ -29,43 +30,6 @@ from .recorder import Recorder
 from .responses import Responses
 
 log = logging.getLogger("tinygpt.serving")
-
-
-class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Everything `tinygpt serve` can set; defaults are the command's defaults."""
-
-    model: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    # Required on /v1/* when set (Authorization: Bearer ...). Admin endpoints need
-    # `admin_key` and are off without it (never the API key: see guard.py).
-    api_key: str | None = None
-    admin_key: str | None = None
-    # Browser origins allowed to call the API (CORS); any other Origin is refused.
-    allow_origins: list[str] = []
-    # Directories (besides the specialist cache) the admin API may load adapters from.
-    adapter_dirs: list[str] = []
-    # Serve a non-loopback address without an API key anyway.
-    insecure: bool = False
-    # Name clients use for the base model (default: the model's name or directory name).
-    name: str | None = None
-    # None: sized for the device (16 / 64 on a CPU, 256 / 1024 on a GPU; engine.DEFAULT_LIMITS).
-    max_batch: int | None = None
-    max_queue: int | None = None
-    # Share of the GPU's memory this process may take (None: $TINYGPT_MEMORY_FRACTION, else
-    # no cap); ignored on the CPU backend. See runtime/device.py.
-    memory_fraction: float | None = None
-    max_tokens: int = 2048
-    prefix_cache_mb: int = 1024
-    prefill_step_size: int = 512
-    max_body_bytes: int = 8 << 20
-    # Open HTTP connections (one thread each); more get an immediate 503.
-    max_connections: int = 256
-    record: bool = True
-    trajectories_dir: str | None = None
-    session_idle_s: float = 600.0
-    project: str = "default"
-    adapters: list[tuple[str, str]] = []
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -80,21 +44,6 @@ def resolve_model_dir(model: str) -> Path:
     return Path(resolve_model(model))
 
 
-def model_digest(model_dir: Path) -> str:
-    """The model's identity: its manifest digest, else the same hash computed over its files."""
-    try:
-        from tinygpt.runtime.models.manifest import digest_of, hash_files, read_manifest
-    except ImportError:
-        lines = "".join(
-            f"{p.relative_to(model_dir).as_posix()} {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
-            for p in sorted(model_dir.rglob("*"))
-            if p.is_file()
-        )
-        return hashlib.sha256(lines.encode()).hexdigest()
-    manifest = read_manifest(model_dir)
-    return manifest.digest if manifest is not None else digest_of(hash_files(model_dir))
-
-
 class Runtime:
     """The whole server. Construct, `start()`, then `serve_forever()` or use `url`."""
 
@@ -105,7 +54,7 @@ class Runtime:
         self.metrics = Metrics()
         self.model_dir = resolve_model_dir(config.model)
         name = config.name or (self.model_dir.name if "/" in config.model or Path(config.model).is_dir() else config.model)
-        self.registry = Registry(name, model_digest(self.model_dir), aliases=(config.model, "base"))
+        self.registry = ServedAdapters(name, model_digest(self.model_dir), aliases=(config.model, "base"))
         self.engine = Engine(
             self.model_dir,
             registry=self.registry,

@@ -33,7 +33,7 @@ from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 from .. import device
 from ..contracts.trajectory import Timings
 from ..device import DeviceInfo
-from .adapters import BASE, Registry
+from .adapters import BASE, ServedAdapters
 from . import batch_step
 from .assembler import Assembler
 from .events import Delta, Done, Failed, GenRequest, Started, TopLogprobs
@@ -115,7 +115,7 @@ class Engine:
         self,
         model_path: str | Path,
         *,
-        registry: Registry,
+        registry: ServedAdapters,
         max_batch: int | None = None,
         max_queue: int | None = None,
         prefix_cache_bytes: int = 1 << 30,

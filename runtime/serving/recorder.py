@@ -36,6 +36,7 @@ import msgspec
 
 from ..contracts.io import atomic_write_bytes, read_any, to_msgpack
 from ..contracts.trajectory import Feedback, SamplingParams, Step, ToolCall, ToolResult, Trajectory
+from ..tool_schema import InvalidToolSchema, arguments_problem, tools_by_name
 from .metrics import Metrics
 from .prompts import PriorTurn
 from .protocol import ApiError, Message
@@ -196,21 +197,19 @@ class StepRecord:
 
 
 def _valid(call: ToolCall, tools: list[dict[str, Any]]) -> bool | None:
-    """Validate a call's arguments against its function's schema (None if unknown)."""
-    schema = next((t["function"].get("parameters") for t in tools if t["function"]["name"] == call.name), None)
+    """Validate a call's arguments against its function's schema (None if unknown or not a valid schema)."""
+    fn = tools_by_name(tools).get(call.name)
+    schema = fn.get("parameters") if fn else None
     if schema is None:
         return None
     try:
-        import jsonschema
-    except ImportError:
-        return None
-    try:
-        jsonschema.validate(json.loads(call.arguments), schema)
-    except (ValueError, jsonschema.ValidationError):
+        args = json.loads(call.arguments)
+    except ValueError:
         return False
-    except jsonschema.SchemaError:
+    try:
+        return arguments_problem(args, schema) is None
+    except InvalidToolSchema:
         return None
-    return True
 
 
 class Recorder:

@@ -1,4 +1,11 @@
-"""The pieces `tinygpt up` starts, in order, and stops in reverse order."""
+"""One place assembles the system: the runtime with its recorder, queue hook and pin
+watchers (`start_runtime`, `follow_pins`), and the whole stack `tinygpt up` starts in
+order and stops in reverse order (`Stack`: Redis, model, workers, runtime, autopilot).
+
+Commands parse arguments and call these; anything else that needs a runtime (the eval
+gate, the demo) builds it here too, from a `ServerConfig` (serving/config.py, where the
+defaults are written once).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,115 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .models import DEFAULT_MODEL
+from .serving.config import ServerConfig
+
+# ---------------------------------------------------------------- the runtime
+
+
+def queue_hook(enabled: bool, *, on_deferred=None):
+    """The queue hand-off for sealed trajectory files (ingest ▶ dedupe ▶ label), or None.
+
+    Runs on the recorder's thread, never on a request. With Redis unreachable the file
+    stays sealed on disk (one warning line, no traceback) and `on_deferred(path)` is told,
+    so a daemon can enqueue it once Redis is back; `tinygpt ingest --reconcile` (and the
+    next `tinygpt up`) finds it anyway. After a failure, hand-offs in the next few seconds
+    are deferred without trying: a shutdown sealing many files with Redis gone stays quick.
+    """
+    if not enabled:
+        return None
+    import logging
+    import time
+
+    log = logging.getLogger("tinygpt.serving.queue")
+    # One warning per outage, not one per file: a shutdown may seal hundreds.
+    outage = {"retry_at": 0.0, "deferred": 0}
+
+    def defer(path, reason: str) -> None:
+        outage["retry_at"] = time.monotonic() + 5.0
+        outage["deferred"] += 1
+        if outage["deferred"] == 1:
+            log.warning("sealed trajectories wait on disk (first: %s): %s; they are enqueued when Redis is back", path.name, reason)
+        if on_deferred is not None:
+            on_deferred(path)
+
+    def on_trajectory_flushed(path) -> None:
+        import redis
+
+        from tinygpt.queue.connection import RedisUnavailable, redact
+        from tinygpt.queue.pipeline import enqueue_trajectory
+
+        if time.monotonic() < outage["retry_at"]:
+            return defer(path, "Redis was unreachable moments ago")
+        try:
+            enqueue_trajectory(path)
+        except RedisUnavailable as e:
+            return defer(path, f"Redis at {e.url} is unreachable ({e.reason})")
+        except redis.RedisError as e:
+            return defer(path, f"Redis failed ({type(e).__name__}: {redact(str(e))})")
+        if outage["deferred"]:
+            log.warning("Redis is back: trajectories are enqueued again (%d waited on disk)", outage["deferred"])
+            outage["deferred"] = 0
+
+    return on_trajectory_flushed
+
+def start_runtime(config: ServerConfig, *, queue: bool = False, on_deferred: Callable[[Path], None] | None = None):
+    """A started `Runtime`: model thread, HTTP server and (with `config.record`) the recorder.
+
+    With `queue`, sealed trajectories go to the Redis pipeline (`queue_hook`); a file
+    Redis could not take is handed to `on_deferred`. Raises what the runtime raises on a
+    bad config (ValueError, OSError, the serving layer's ApiError).
+    """
+    import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
+    from tinygpt.runtime.serving.app import Runtime
+
+    return Runtime(config, on_trajectory_flushed=queue_hook(config.record and queue, on_deferred=on_deferred)).start()
+
+
+def registry_dirs(project_file: Path | None) -> list[str]:
+    """The project's directory registries: the admin API may load adapters from them."""
+    if project_file is None:
+        return []
+    from tinygpt.runtime.project import load_project
+
+    specs = load_project(project_file).registries
+    return [str(project_file.parent / s) for s in specs if "://" not in s]
+
+
+@dataclass
+class Pins:
+    """A runtime following a pin file: the swapper, its first sync and the watchers."""
+
+    swapper: object
+    report: object | None
+    watchers: object | None
+
+
+def follow_pins(runtime, project_file: Path, *, say: Callable[[str], None], redis_url: str | None = None) -> Pins:
+    """Pull and load every pinned specialist now, then follow the pin file (and, with
+    `redis_url`, published notices). A pin that cannot be pulled is reported and skipped;
+    a failed first sync leaves the base model serving."""
+    from tinygpt.runtime.registry.swap import Swapper
+    from tinygpt.runtime.registry.watch import Watchers
+
+    swapper = Swapper(runtime, project_file, say=say)
+    try:
+        report = swapper.sync("start")
+    except Exception as e:  # a bug here must not keep the base model from serving
+        logging.getLogger("tinygpt.up").exception("loading the pinned specialists failed")
+        say(f"Specialists: loading the pins failed ({type(e).__name__}: {e}); serving the base model only")
+        report = None
+    served = ", ".join(f"{n}@{v}" for n, (v, _) in sorted(swapper.serving().items())) or "none"
+    problems = f"; {len(report.errors)} pin(s) failed (see above)" if report and report.errors else ""
+    say(f"Specialists: serving {served}{problems}")
+    return Pins(swapper, report, Watchers(swapper, redis_url=redis_url).start())
+
+
+# ---------------------------------------------------------------- the stack (tinygpt up)
 
 
 class StartError(RuntimeError):
@@ -46,7 +160,7 @@ class Stack:
         # Before Redis, workers or the model start: a server open to the network needs a key.
         check_bind(args.host, args.api_key, args.insecure)
         project_file = Path(args.project) if args.project else find_project()
-        model, name = "smollm2-135m-instruct", "default"
+        model, name = DEFAULT_MODEL, "default"
         if project_file is not None:
             pins = load_project(project_file)
             model, name = pins.base_model, pins.name
@@ -143,9 +257,6 @@ class Stack:
         return not getattr(self.args, "plain", True) and sys.stderr.isatty()
 
     def _start_runtime(self, model_dir: Path) -> None:
-        from tinygpt.runtime.commands.serve import flush_hook
-        from tinygpt.runtime.serving.app import Runtime, ServerConfig
-
         os.environ["REDIS_URL"] = self.redis_url
         config = ServerConfig(
             model=str(model_dir),
@@ -155,27 +266,18 @@ class Stack:
             api_key=self.args.api_key,
             admin_key=self.args.admin_key,
             allow_origins=list(self.args.allow_origin),
-            adapter_dirs=[*self.args.adapter_dir, *self._registry_dirs()],
+            adapter_dirs=[*self.args.adapter_dir, *registry_dirs(self.project_file)],
             insecure=self.args.insecure,
             project=self.project_name,
             session_idle_s=self.args.session_idle,
         )
         try:
             deferred = self.daemon.defer if self.daemon is not None else None
-            self.runtime = Runtime(config, on_trajectory_flushed=flush_hook(True, on_deferred=deferred)).start()
+            self.runtime = start_runtime(config, queue=True, on_deferred=deferred)
         except (OSError, ValueError) as e:
             raise StartError(f"runtime: {e}") from None
         self._start_specialists()
         self._say(f"Runtime: {self.runtime.url}/v1 (OpenAI-compatible; Ctrl-C to stop)")
-
-    def _registry_dirs(self) -> list[str]:
-        """The project's directory registries: the admin API may load adapters from them."""
-        if self.project_file is None:
-            return []
-        from tinygpt.runtime.project import load_project
-
-        specs = load_project(self.project_file).registries
-        return [str(self.project_file.parent / s) for s in specs if "://" not in s]
 
     def _start_specialists(self) -> None:
         """Pull and load every pinned specialist, then follow the pin file and Redis notices.
@@ -186,20 +288,8 @@ class Stack:
         if self.project_file is None:
             self._say("Specialists: no tinygpt.project.json, no pins to follow")
             return
-        from tinygpt.runtime.registry.swap import Swapper
-        from tinygpt.runtime.registry.watch import Watchers
-
-        self.swapper = Swapper(self.runtime, self.project_file, say=self._say)
-        try:
-            report = self.swapper.sync("start")
-        except Exception as e:  # a bug here must not keep the base model from serving
-            logging.getLogger("tinygpt.up").exception("loading the pinned specialists failed")
-            self._say(f"Specialists: loading the pins failed ({type(e).__name__}: {e}); serving the base model only")
-            report = None
-        served = ", ".join(f"{n}@{v}" for n, (v, _) in sorted(self.swapper.serving().items())) or "none"
-        problems = f"; {len(report.errors)} pin(s) failed (see above)" if report and report.errors else ""
-        self._say(f"Specialists: serving {served}{problems}")
-        self.watchers = Watchers(self.swapper, redis_url=self.redis_url).start()
+        pins = follow_pins(self.runtime, self.project_file, say=self._say, redis_url=self.redis_url)
+        self.swapper, self.watchers = pins.swapper, pins.watchers
         self._say(f"Specialists: watching {self.project_file} and Redis for new versions")
 
     def _start_autopilot(self) -> None:

@@ -1,9 +1,10 @@
 """The RQ jobs: thin wrappers that hand a payload to its stage's `run`.
 
-They import the stage when they run (a worker serving only `train` never loads the data
-stages, and the other way round), pass the worker's Redis connection along, and turn a
-`PermanentError` into an immediate failure: no retries, the message is the reason in
-the failed registry.
+They live with the stages: the queue names them by dotted path (`queue/stages.py`)
+and never imports them. They import the stage when they run (a worker serving only
+`train` never loads the data stages, and the other way round), pass the worker's Redis
+connection along, and turn a `PermanentError` into an immediate failure: no retries,
+the message is the reason in the failed registry.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import importlib
 
 from rq import get_current_job
 
+from tinygpt.queue.errors import PermanentError
 from tinygpt.runtime.contracts.jobs import (
     DatasetJob, DedupeJob, EnvironmentJob, EvalJob, FinetuneJob, IngestJob, LabelJob, PublishJob,
 )  # fmt: skip
 
-from .errors import PermanentError
-
 
 def _run(stage: str, payload, **options):
     job = get_current_job()
-    module = importlib.import_module(f"tinygpt.workers.{stage}")
+    module = importlib.import_module(f".{stage}", __package__)
     try:
         return module.run(payload, job.connection, **options)
     except PermanentError:
@@ -48,11 +48,11 @@ def dataset(payload: DatasetJob):
 def finetune(payload: FinetuneJob):
     """Train on the `train` queue, reporting steps as the job's progress. Bad input
     (TrainingError) fails at once, no retries."""
-    from tinygpt.workers import finetune as stage
-    from tinygpt.workers.training.errors import TrainingError
-    from tinygpt.workers.training.loop import Callbacks
+    from tinygpt.queue.progress import reporting
 
-    from .progress import reporting
+    from . import finetune as stage
+    from .training.errors import TrainingError
+    from .training.loop import Callbacks
 
     class Progress(Callbacks):
         def __init__(self, tick):
@@ -72,7 +72,7 @@ def finetune(payload: FinetuneJob):
 
 def evalgate(payload: EvalJob):
     """Gate on the `eval` queue, reporting answered requests as the job's progress."""
-    from .progress import reporting
+    from tinygpt.queue.progress import reporting
 
     with reporting("evalgate", label=f"{payload.specialist}: gate", unit="answer") as tick:
         return _run("evalgate", payload, progress=tick)
