@@ -71,6 +71,7 @@ def build_constraint(
     tool_choice=None,
     parallel_tool_calls=True,
     response_format=None,
+    on_compile=None,
 ) -> Constraint | None:
     """A fresh Constraint for one request, or None when decoding is unconstrained.
 
@@ -79,11 +80,12 @@ def build_constraint(
     {"type": "text"} | {"type": "json_object"} | {"type": "json_schema", "json_schema":
     {"name": ..., "schema": {...}, "strict": true}}. The compiled matcher is cached by
     (grammar, tokenizer), so a repeated tool set costs a lookup and a copy.
+    `on_compile(seconds)` is called when this request's grammar had to be compiled.
     """
     spec = grammar_spec(tools, tool_choice, parallel_tool_calls, response_format)
     if spec is None:
         return None
-    grammar = grammar_cache.get(spec.lark, info)
+    grammar = grammar_cache.get(spec.lark, info, on_compile=on_compile)
     return Constraint(grammar, spec.kind, parallel_calls=spec.parallel_calls)
 
 
@@ -92,14 +94,14 @@ def build_constraint(
 _WARM_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}}
 
 
-def warm_up(info: TokenizerInfo) -> None:
+def warm_up(info: TokenizerInfo, on_compile=None) -> None:
     """Build what every constrained request needs ahead of the first one: the llguidance
     tokenizer (the slow part, ~0.5 s at 49k tokens), `json_object`, and the tool-call
     envelope under `auto` and `required`. Call it once per tokenizer at model load.
     """
-    build_constraint(info, response_format={"type": "json_object"})
+    build_constraint(info, response_format={"type": "json_object"}, on_compile=on_compile)
     for choice in ("auto", "required"):
-        build_constraint(info, tools=[_WARM_TOOL], tool_choice=choice)
+        build_constraint(info, tools=[_WARM_TOOL], tool_choice=choice, on_compile=on_compile)
 
 
 __all__ = [

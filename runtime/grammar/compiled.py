@@ -74,11 +74,10 @@ class GrammarCache:
         self._building: dict[tuple[str, str], threading.Lock] = {}
         self.hits = 0
         self.compiles = 0
-        # Called with each compile's seconds (the /metrics histogram).
-        self.observers: list[Callable[[float], None]] = []
 
-    def get(self, lark: str, info: TokenizerInfo) -> CompiledGrammar:
-        """The compiled grammar for `lark` over `info`, compiling it on a miss."""
+    def get(self, lark: str, info: TokenizerInfo, on_compile: Callable[[float], None] | None = None) -> CompiledGrammar:
+        """The compiled grammar for `lark` over `info`, compiling it on a miss
+        (`on_compile(seconds)` is then called: the /metrics histogram)."""
         key = (hashlib.sha256(lark.encode("utf-8")).hexdigest(), info.digest)
         with self._lock:
             grammar = self._items.get(key)
@@ -100,8 +99,8 @@ class GrammarCache:
                 with self._lock:
                     self._building.pop(key, None)
                 raise
-            for observe in list(self.observers):
-                observe(grammar.compile_seconds)
+            if on_compile is not None:
+                on_compile(grammar.compile_seconds)
             with self._lock:
                 self.compiles += 1
                 self._items[key] = grammar

@@ -48,22 +48,32 @@ class Constraint:
         self._eos = frozenset(grammar.info.eos_token_ids)
         self._words = (grammar.info.vocab_size + 31) // 32
         self._started = False
+        self._skip = False
         self._ended = False
         self._mask: np.ndarray | None = None  # this position's bitmask, once computed
+        # Set when the grammar failed mid-decode (a parser limit): the output then ends at
+        # once (only EOS is allowed) and the server answers 400 with this error.
+        self.error: GrammarError | None = None
 
     def __call__(self, tokens, logits):
-        if self._started:
-            self.advance(int(tokens[-1].item()))
-        self._started = True
-        return self.apply(logits)
+        try:
+            if self._skip:
+                self._skip = False
+            elif self._started:
+                self.advance(int(tokens[-1].item()))
+            self._started = True
+            return self.apply(logits)
+        except GrammarError as exc:
+            self.error, self._ended, self._mask = exc, True, None
+            return self.apply(logits)
 
     @property
     def started(self) -> bool:
         return self._started
 
-    def skip_prompt(self) -> None:
-        """The next `__call__` reads a sampled token (the caller advanced by hand)."""
-        self._started = True
+    def skip_next(self) -> None:
+        """The next `__call__` must not advance: its newest token was fed by `advance`."""
+        self._skip = True
 
     def _bitmask(self) -> np.ndarray:
         if self._mask is None:

@@ -7,6 +7,7 @@ submits a `GenRequest` and turns the engine's events into a response or an SSE s
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -42,6 +43,8 @@ from .protocol import (
 )
 from .protocol import Delta as DeltaOut
 from .recorder import Match, Recorder, StepRecord, reply_message
+
+log = logging.getLogger("tinygpt.serving")
 
 # How often a waiting HTTP thread checks that its client and the model thread are alive.
 POLL_SECONDS = 0.25
@@ -98,6 +101,19 @@ class Completions:
         self._grammar_info = None
         self._grammar_lock = threading.Lock()
         self.fingerprint = f"tinygpt-{engine.registry.base_digest[:12]}"
+        # Build the grammar tokenizer, json_object and the tool envelope now, off the
+        # request path, so the first constrained request does not pay for them.
+        threading.Thread(target=self._warm_grammar, name="tinygpt-grammar-warm", daemon=True).start()
+
+    def _warm_grammar(self) -> None:
+        try:
+            from tinygpt.runtime.grammar import warm_up
+
+            warm_up(self._grammar(), on_compile=self.engine.metrics.grammar_compile.observe)
+        except ImportError:
+            return  # constrained requests then answer 501 themselves
+        except Exception:  # a tokenizer the grammar cannot use: requests say so (501)
+            log.warning("grammar warm-up failed", exc_info=True)
 
     # ------------------------------------------------------------ preparing
 
@@ -217,6 +233,7 @@ class Completions:
                 tool_choice=msgspec.to_builtins(choice),
                 parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
                 response_format=msgspec.to_builtins(fmt) if wants_format else None,
+                on_compile=self.engine.metrics.grammar_compile.observe,
             )
         except GrammarError as e:
             raise ApiError(400, str(e), param="tools" if req.tools else "response_format") from None
@@ -430,6 +447,7 @@ class Completions:
             tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in done.calls],
             finish_reason=done.finish_reason,
             timings=done.timings,
+            forced=list(done.forced),
             prefix_mismatch=p.prompt.prefix_mismatch,
             constraint=p.constraint_kind,
             model=p.req.model,

@@ -76,6 +76,8 @@ class Done:
     tail: Delta
     timings: Timings
     eos: bool
+    # Indices into output_ids of tokens the grammar forced (fed, not sampled).
+    forced: list[int] = field(default_factory=list)
 
 
 @dataclass
