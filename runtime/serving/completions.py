@@ -177,7 +177,8 @@ class Completions:
             top_p=top_p,
             seed=req.seed,
             # A JSON answer must stay whole: stop strings apply to free text only.
-            stop=stop if kind not in ("json_object", "json_schema") else [],
+            # With tool_choice required / a named function the output is only calls: no stop.
+            stop=stop if kind not in ("json_object", "json_schema") and not (tools_mode and choice_forces_calls(req)) else [],
             tools=tools_mode,
             top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0,
             stream=req.stream,
@@ -334,7 +335,7 @@ class Completions:
                         out.send_event(b"data: " + event.error.body() + b"\n\n")
                     return
                 delta = event.tail if isinstance(event, Done) else event
-                if delta.content or delta.calls or (p.req.logprobs and delta.ids):
+                if delta.content or delta.calls or delta.parts or (p.req.logprobs and delta.ids):
                     n_calls = self._send_delta(out, p, delta, n_calls)
                 if isinstance(event, Done):
                     self._record(p, event)
@@ -358,12 +359,26 @@ class Completions:
                 pass
 
     def _send_delta(self, out: Writer, p: Prepared, delta: Delta, n_calls: int) -> int:
-        calls = []
-        for c in delta.calls:
-            calls.append(
-                ToolCallDelta(index=n_calls, id=c.id, type="function", function=FunctionDelta(name=c.name, arguments=c.arguments))
-            )
-            n_calls += 1
+        calls: list[ToolCallDelta] = []
+        if p.gen.constraint is not None:
+            # Streamed as decoded: a first delta with id and name, then argument fragments
+            # (consecutive fragments of one call merged into one delta).
+            for part in delta.parts:
+                if part.id is None and calls and calls[-1].index == part.index:
+                    calls[-1].function.arguments += part.arguments
+                    continue
+                first = part.id is not None
+                calls.append(ToolCallDelta(
+                    index=part.index, id=part.id if first else msgspec.UNSET, type="function" if first else msgspec.UNSET,
+                    function=FunctionDelta(name=part.name if first else msgspec.UNSET, arguments=part.arguments),
+                ))  # fmt: skip
+                n_calls = max(n_calls, part.index + 1)
+        else:
+            for c in delta.calls:
+                calls.append(
+                    ToolCallDelta(index=n_calls, id=c.id, type="function", function=FunctionDelta(name=c.name, arguments=c.arguments))
+                )
+                n_calls += 1
         body = DeltaOut(content=delta.content or msgspec.UNSET, tool_calls=calls or msgspec.UNSET)
         logprobs = self._logprobs(delta.ids, delta.logprobs, delta.top) if p.req.logprobs else None
         self._send(out, p, body, None, logprobs)
@@ -474,5 +489,11 @@ class Completions:
         )
 
 
+def choice_forces_calls(req: ChatRequest) -> bool:
+    """tool_choice "required" or a named function: the answer is tool calls only."""
+    choice = req.tool_choice
+    return choice == "required" or (choice is not None and not isinstance(choice, str))
+
+
 def _merge(a: Delta, b: Delta) -> Delta:
-    return Delta(a.content + b.content, a.calls + b.calls, a.ids + b.ids, a.logprobs + b.logprobs, a.top + b.top)
+    return Delta(a.content + b.content, a.calls + b.calls, a.ids + b.ids, a.logprobs + b.logprobs, a.top + b.top, a.parts + b.parts)

@@ -74,7 +74,9 @@ class _Seq:
         self.processors = processors
         self.forced: list[int] = []  # indices into output_ids of tokens the grammar forced
         self.detok = detokenizer
-        self.assembler = Assembler(tools=req.tools, stop=req.stop, parse=req.parse)
+        # Constrained calls are in the template's layout: stream them piecewise.
+        self.assembler = Assembler(tools=req.tools, stop=req.stop, parse=req.parse, parts=req.constraint is not None)
+        self.text_end: list[int] = []  # characters of output text after each output token
         self.cached = cached
         self.admitted = admitted
         self.first: float | None = None
@@ -385,11 +387,7 @@ class Engine:
             self._prefix_insert(key, r.all_tokens, r.prompt_cache)
             self._finish(key, seq, r.finish_reason, eos=eos)
         elif seq.assembler.stopped:
-            caches = gen.remove([seq.uid], return_prompt_caches=True)
-            if seq.uid in caches:
-                cache, tokens = caches[seq.uid]
-                self._prefix_insert(key, tokens, cache)
-            self._finish(key, seq, "stop", eos=False)
+            self._stop(key, gen, seq)
         elif self._fast_forward(key, gen, seq):
             pass
         elif seq.req.stream and (piece or seq.req.top_logprobs):
@@ -409,6 +407,7 @@ class Engine:
             seq.detok.finalize()
             text += seq.detok.last_segment
         piece = seq.assembler.feed(text)
+        seq.text_end.append(seq.assembler.fed)
         if not eos:
             # The stop token is not part of what the client reads (OpenAI omits it too).
             seq.unsent.ids.append(token)
@@ -416,7 +415,29 @@ class Engine:
             seq.unsent.top.append(top)
         seq.unsent.content += piece.content
         seq.unsent.calls += piece.calls
+        seq.unsent.parts += piece.parts
         return piece
+
+    def _stop(self, key: str, gen, seq: _Seq) -> None:
+        """End a sequence the assembler stopped: a stop string, or a repeated tool call
+        (whose tokens are dropped: the turn is what came before it)."""
+        cut = seq.assembler.cut
+        if cut is None:
+            caches = gen.remove([seq.uid], return_prompt_caches=True)
+            if seq.uid in caches:
+                cache, tokens = caches[seq.uid]
+                self._prefix_insert(key, tokens, cache)
+        else:
+            gen.remove([seq.uid])
+            keep = sum(1 for end in seq.text_end if end <= cut)
+            drop = len(seq.output_ids) - keep
+            del seq.output_ids[keep:], seq.logprobs[keep:], seq.top[keep:]
+            seq.forced = [i for i in seq.forced if i < keep]
+            unsent = min(drop, len(seq.unsent.ids))
+            if unsent:
+                del seq.unsent.ids[-unsent:], seq.unsent.logprobs[-unsent:], seq.unsent.top[-unsent:]
+            self.metrics.rejected.inc(reason="repeated_tool_call")
+        self._finish(key, seq, "stop", eos=False)
 
     def _fast_forward(self, key: str, gen, seq: _Seq) -> bool:
         """Feed the tokens the grammar forces next in one forward pass instead of one step
@@ -459,12 +480,8 @@ class Engine:
             self._emit(seq, token, 0.0, [])
         self.metrics.forced_tokens.inc(len(ids))
         if seq.assembler.stopped:
-            caches = gen.remove([uid], return_prompt_caches=True)
-            if uid in caches:
-                cache, tokens = caches[uid]
-                self._prefix_insert(key, tokens, cache)
-            self._finish(key, seq, "stop", eos=False)
-        elif seq.req.stream and (seq.unsent.content or seq.unsent.calls or seq.req.top_logprobs):
+            self._stop(key, gen, seq)
+        elif seq.req.stream and (seq.unsent.content or seq.unsent.parts or seq.req.top_logprobs):
             seq.req.events.put(seq.unsent)
             seq.unsent = Delta("", [], [], [], [])
         return True
