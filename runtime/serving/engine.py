@@ -38,6 +38,7 @@ from .protocol import ApiError
 from .sampling import TimedConstraint, make_processors, make_sampler
 
 log = logging.getLogger("tinygpt.serving")
+FAST_FORWARD_MIN = 3
 
 class ExactBPEDetokenizer(BPEStreamingDetokenizer):
     """mlx-lm's byte-level BPE detokenizer minus its first-token space trim.
@@ -455,7 +456,9 @@ class Engine:
             return False
         room = seq.req.max_tokens - len(seq.output_ids)
         ids = forced()[: max(0, room - 1)]
-        if len(ids) < 2:  # one token is no cheaper fed than sampled
+        # Re-entering the batch costs a prefill pass and a step before the next sample:
+        # worth it from three forced tokens (k single steps become two passes).
+        if len(ids) < FAST_FORWARD_MIN:
             return False
         caches = gen.remove([seq.uid], return_prompt_caches=True)
         if seq.uid not in caches:
