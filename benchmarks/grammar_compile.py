@@ -6,7 +6,8 @@ Corpus: benchmarks/data/bfcl_functions.jsonl.gz, the deduplicated function docs 
 Berkeley Function Calling Leaderboard (github.com/ShishirPatil/gorilla,
 berkeley-function-call-leaderboard/bfcl_eval/data/*.json, BFCL types mapped to JSON
 Schema as workers/eval_bfcl.py does), plus tests/data/schemas (62 schemas). Each schema is
-compiled cold as a named tool_choice (one call) on SmolLM2's 49,152-token tokenizer
+compiled cold (wall and the thread's CPU time) as a named tool_choice (one call) on
+SmolLM2's 49,152-token tokenizer
 (`tinygpt models pull smollm2-135m-instruct`). `--limit N` takes a seeded random subset
 (the regex compiler this replaced needed seconds per schema). `--sample K` draws K
 outputs per accepted schema with random logits and validates the arguments with
@@ -59,28 +60,47 @@ def smollm2_info() -> TokenizerInfo:
     return TokenizerInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(folder)), vocab_size=config.get("vocab_size"))
 
 
-def sample_valid(info: TokenizerInfo, request: dict, schema: dict, seeds: int) -> tuple[int, int]:
-    """(valid, drawn): outputs drawn with random logits whose arguments validate."""
+_CLOSERS = {b'"': 0, b"}": 1, b"]": 2}
+
+
+def sample_valid(info: TokenizerInfo, request: dict, schema: dict, seeds: int) -> tuple[int, int, int]:
+    """(valid, finished, drawn): outputs drawn with random choices among the allowed tokens
+    (after 150 tokens heading for the end: EOS, closers, short tokens, half the time) whose
+    arguments validate; an output not finished in 2,000 tokens is not counted either way."""
     import jsonschema
 
     from tinygpt.runtime.grammar import parse_tool_calls
 
-    valid = 0
+    valid = finished = 0
     eos = set(info.eos_token_ids)
+    rank = {b: i for i, b in enumerate(_CLOSERS)}
+    closers = sorted((t for t, b in enumerate(info.token_bytes) if b in rank), key=lambda t: rank[info.token_bytes[t]])
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         constraint = build_constraint(info, **request)
-        pieces = []
-        for _ in range(600):
+        pieces, ended = [], False
+        for step in range(2000):
             allowed = np.flatnonzero(constraint.allowed())
-            # Prefer ending when possible so outputs stay short.
-            token = next((t for t in allowed if t in eos), None) if rng.random() < 0.3 else None
-            if token is None:
+            ends = [t for t in allowed if t in eos]
+            if ends and (step >= 150 or rng.random() < 0.3):
+                ended = True
+                break
+            if step >= 150 and rng.random() < 0.5:
+                mask = constraint.allowed()
+                closing = [t for t in closers if mask[t]]
+                # Else the shortest of a random few of the allowed tokens (there can be 49k).
+                few = rng.choice(allowed, size=min(64, allowed.size), replace=False)
+                token = closing[0] if closing else int(min(few, key=lambda t: (len(info.token_bytes[t] or b""), rng.random())))
+            else:
                 token = int(rng.choice(allowed))
             if token in eos:
+                ended = True
                 break
             constraint.advance(token)
             pieces.append(info.token_bytes[token])
+        if not ended:
+            continue
+        finished += 1
         calls = parse_tool_calls(b"".join(pieces).decode("utf-8", "replace"))
         if len(calls) == 1:
             try:
@@ -88,7 +108,7 @@ def sample_valid(info: TokenizerInfo, request: dict, schema: dict, seeds: int) -
                 valid += 1
             except jsonschema.ValidationError:
                 pass
-    return valid, seeds
+    return valid, finished, seeds
 
 
 def pct(values: list[float], q: float) -> float:
@@ -103,15 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     info = smollm2_info()
+    if hasattr(info, "ll_tokenizer"):
+        info.ll_tokenizer()  # once per tokenizer, at model load (warm_up): not a grammar's cost
     tools = load_tools()
     if args.limit:
         tools = random.Random(args.seed).sample(tools, min(args.limit, len(tools)))
-    times, refused, reasons = [], 0, {}
-    valid = drawn = 0
+    times, cpu_times, refused, reasons, slowest = [], [], 0, {}, []
+    valid = finished = drawn = 0
     for source, tool in tools:
         name = tool["function"]["name"]
         request = dict(tools=[tool], tool_choice={"type": "function", "function": {"name": name}}, parallel_tool_calls=False)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         try:
             build_constraint(info, **request)
         except GrammarError as exc:
@@ -120,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             reasons[reason] = reasons.get(reason, 0) + 1
             continue
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed, elapsed_cpu = time.perf_counter() - started, time.thread_time() - started_cpu
         times.append(elapsed)
+        cpu_times.append(elapsed_cpu)
+        slowest = sorted(slowest + [(round(elapsed * 1e3, 2), name)], reverse=True)[:5]
         if args.sample:
-            v, d = sample_valid(info, request, tool["function"].get("parameters") or {}, args.sample)
-            valid, drawn = valid + v, drawn + d
+            v, f, d = sample_valid(info, request, tool["function"].get("parameters") or {}, args.sample)
+            valid, finished, drawn = valid + v, finished + f, drawn + d
     report = {
         "vocabulary": info.vocab_size,
         "schemas": len(tools),
@@ -132,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         "refused": refused,
         "refusals": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10]),
         "compile_ms": {"p50": pct(times, 50), "p99": pct(times, 99), "max": round(max(times) * 1e3, 3), "total_s": round(sum(times), 2)},
-        "sampled": {"drawn": drawn, "valid": valid, "share": round(valid / drawn, 4) if drawn else None},
+        # The calling thread's CPU time: the compile's own cost without this shared
+        # machine's scheduling (the wall time's tail is other processes).
+        "compile_cpu_ms": {"p50": pct(cpu_times, 50), "p99": pct(cpu_times, 99), "max": round(max(cpu_times) * 1e3, 3)},
+        "slowest_ms": slowest,
+        "sampled": {"drawn": drawn, "finished": finished, "valid": valid,
+                    "share_valid": round(valid / finished, 4) if finished else None},
         "load_average": list(os.getloadavg()),
     }
     print(json.dumps(report))
