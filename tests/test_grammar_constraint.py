@@ -268,3 +268,27 @@ def test_generate_step_with_the_constraint_as_logits_processor(tiny_model):
         else:
             assert text.startswith("<tool_call>\n{\"name\": \"")
     assert completed >= 1
+
+
+def test_parser_limits_are_a_grammar_error_at_compile_and_mid_decode(tiny_info, monkeypatch):
+    from tinygpt.runtime.grammar import compiled
+
+    grammar_cache.clear()
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_grammar_size", 10)
+    with pytest.raises(GrammarError, match="exceeds the server's parser limits"):
+        build_constraint(tiny_info, response_format={"type": "json_object"})
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_grammar_size", 200_000)
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_lexer_states", 5)
+    grammar_cache.clear()
+    constraint = build_constraint(tiny_info, response_format={"type": "json_object"})
+    tokens = [1, 2]
+    for _ in range(50):
+        masked = constraint(mx.array(tokens), mx.zeros((1, PADDED_VOCAB)))
+        if constraint.error is not None:
+            break
+        tokens.append(int(np.flatnonzero(constraint.allowed())[0]))
+    assert "exceeded the server's parser limits while decoding" in str(constraint.error)
+    # The output ends at once: only EOS is left.
+    finite = np.flatnonzero(np.isfinite(np.array(masked[0])))
+    assert set(finite.tolist()) == set(tiny_info.eos_token_ids)
+    grammar_cache.clear()

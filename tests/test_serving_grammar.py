@@ -170,3 +170,17 @@ def test_hostile_pattern_is_answered_and_does_not_hold_others(client):
         jsonschema.validate(json.loads(r.choices[0].message.content), schema)
     else:
         assert r.choices[0].finish_reason == "length"
+
+
+def test_a_grammar_over_its_parser_limits_mid_decode_is_a_400_for_that_request_only(client, monkeypatch):
+    from tinygpt.runtime.grammar import compiled
+
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_lexer_states", 5)
+    schema = {"type": "object", "properties": {"limits_test": {"type": "string"}}, "required": ["limits_test"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "limits", "schema": schema}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="base", messages=ASK, response_format=fmt, max_tokens=50)
+    assert "parser limits" in e.value.body["message"]
+    monkeypatch.undo()
+    ok = client.chat.completions.create(model="base", messages=ASK, max_tokens=4)
+    assert ok.choices[0].finish_reason in ("stop", "length")
