@@ -68,9 +68,9 @@ class Server:
         self.proc.terminate()
         self.proc.wait()
 
-    def post(self, body: dict, allow_error: bool = False) -> tuple[float, float, dict]:
+    def post(self, body: dict, allow_error: bool = False, timeout: float = 600) -> tuple[float, float, dict]:
         """(wall seconds, decode seconds from Server-Timing, response body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         start = time.perf_counter()
         conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -86,7 +86,7 @@ class Server:
         return wall, decode_ms / 1e3, data
 
 
-def hostile(server: Server) -> dict:
+def hostile(server: Server, timeout: float) -> dict:
     schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a|b)*a(a|b){17}$"}}, "required": ["s"]}
     body = {"model": "base", "messages": [{"role": "user", "content": "Write a string."}], "max_tokens": 4,
             "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": schema}}}  # fmt: skip
@@ -97,7 +97,11 @@ def hostile(server: Server) -> dict:
     thread = threading.Thread(target=lambda: beside.append(server.post(free)))
     thread.start()
     time.sleep(0.2)  # the free request is decoding when the hostile one arrives
-    wall, _, answer = server.post(body, allow_error=True)
+    try:
+        wall, _, answer = server.post(body, allow_error=True, timeout=timeout)
+    except TimeoutError:
+        thread.join()
+        return {"answer_s": None, "status": f"no answer in {timeout:.0f} s"}
     thread.join()
     _, beside_decode, _ = beside[0]
     return {
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--hostile-timeout", type=float, default=600, help="seconds to wait for the hostile request")
+    parser.add_argument("--no-hostile", action="store_true", help="skip the hostile-pattern request")
     args = parser.parse_args(argv)
     from tinygpt.runtime.grammar import build_constraint
 
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                     "finish_reason": finish,
                     "calls": calls,
                 }
-            report["hostile"] = hostile(server)
+            if not args.no_hostile:
+                report["hostile"] = hostile(server, args.hostile_timeout)
         finally:
             server.close()
     report["ratio_min"] = min(c["ratio"] for c in report["cases"].values())
