@@ -78,10 +78,10 @@ def test_parallel_calls(tiny_info, tiny_tokenizer):
 
 
 def test_parallel_calls_need_exactly_one_newline_between(tiny_info, tiny_tokenizer):
-    """The grammar is (call\n?)+; the separator rule removes "CC" and a trailing newline."""
+    """Calls are separated by exactly one newline, and the output never ends on it."""
     constraint = build_constraint(tiny_info, tools=TOOLS, tool_choice="required")
     feed(constraint, tiny_tokenizer, CALL)
-    with pytest.raises(ValueError, match="newline"):
+    with pytest.raises(ValueError, match="not allowed"):
         constraint.advance(tiny_tokenizer.convert_tokens_to_ids("<"))
     feed(constraint, tiny_tokenizer, "\n")
     assert not constraint.eos_allowed
@@ -136,13 +136,14 @@ def test_bad_requests_are_grammar_errors(tiny_info, kwargs, message):
 def test_unsupported_keyword_names_tool_and_path(tiny_info):
     tool = copy.deepcopy(SEARCH)
     tool["function"]["parameters"]["properties"]["filters"] = {
-        "type": "object",
-        "patternProperties": {"^x-": {"type": "string"}},
+        "type": "array",
+        "items": {"type": "string"},
+        "uniqueItems": True,
     }
     with pytest.raises(GrammarError) as info:
         build_constraint(tiny_info, tools=[WEATHER, tool], tool_choice="auto")
-    assert str(info.value).startswith("tools[1].function.parameters.properties.filters.patternProperties:")
-    assert "'patternProperties'" in str(info.value)
+    assert str(info.value).startswith("tools[1].function.parameters.properties.filters.uniqueItems:")
+    assert "'uniqueItems'" in str(info.value)
 
 
 def test_auto_allows_text_then_calls_then_only_calls_or_eos(tiny_info, tiny_tokenizer):
@@ -200,14 +201,14 @@ def test_compiled_grammars_are_cached(tiny_info):
     build_constraint(tiny_info, tools=tools, tool_choice="required")
     compiles, hits = grammar_cache.compiles, grammar_cache.hits
     first = build_constraint(tiny_info, tools=copy.deepcopy(tools), tool_choice="required")
-    # Descriptions do not change the grammar: same compiled index.
+    # Descriptions do not change the grammar: same compiled matcher.
     tools[0]["function"]["description"] = "Something else entirely."
     tools[0]["function"]["parameters"]["properties"]["city"]["description"] = "A city name."
     second = build_constraint(tiny_info, tools=tools, tool_choice="required")
     assert grammar_cache.compiles == compiles
     assert grammar_cache.hits == hits + 2
     assert first.grammar is second.grammar
-    assert first._guide is not second._guide  # per-request state
+    assert first._matcher is not second._matcher  # per-request state
     # Another tokenizer layout (vocab size) is another grammar.
     other = TokenizerInfo(
         vocab_size=PADDED_VOCAB + 8,
@@ -267,3 +268,27 @@ def test_generate_step_with_the_constraint_as_logits_processor(tiny_model):
         else:
             assert text.startswith("<tool_call>\n{\"name\": \"")
     assert completed >= 1
+
+
+def test_parser_limits_are_a_grammar_error_at_compile_and_mid_decode(tiny_info, monkeypatch):
+    from tinygpt.runtime.grammar import compiled
+
+    grammar_cache.clear()
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_grammar_size", 10)
+    with pytest.raises(GrammarError, match="exceeds the server's parser limits"):
+        build_constraint(tiny_info, response_format={"type": "json_object"})
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_grammar_size", 200_000)
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_lexer_states", 5)
+    grammar_cache.clear()
+    constraint = build_constraint(tiny_info, response_format={"type": "json_object"})
+    tokens = [1, 2]
+    for _ in range(50):
+        masked = constraint(mx.array(tokens), mx.zeros((1, PADDED_VOCAB)))
+        if constraint.error is not None:
+            break
+        tokens.append(int(np.flatnonzero(constraint.allowed())[0]))
+    assert "exceeded the server's parser limits while decoding" in str(constraint.error)
+    # The output ends at once: only EOS is left.
+    finite = np.flatnonzero(np.isfinite(np.array(masked[0])))
+    assert set(finite.tolist()) == set(tiny_info.eos_token_ids)
+    grammar_cache.clear()

@@ -114,3 +114,73 @@ def test_constrained_turns_are_recorded_and_reused_by_the_next_turn(rt, client):
     assert s1.prompt_ids[: len(s0.prompt_ids) + len(s0.output_ids)] == s0.prompt_ids + s0.output_ids
     assert not s1.prefix_mismatch
     assert rt.metrics.constraint.count() > 0
+
+
+def test_forced_tokens_are_fed_recorded_and_not_trained_on(rt, client):
+    """A named function's skeleton is forced: fed in one step, recorded as output ids,
+    marked in Step.forced, and masked out of the loss like prompt tokens."""
+    from tinygpt.workers.tokens import sequences
+
+    before = rt.metrics.forced_tokens.value()
+    raw = client.chat.completions.with_raw_response.create(
+        model="base", messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False, temperature=1.0, seed=5,
+    )
+    r, tid = raw.parse(), raw.headers["x-tinygpt-trajectory"]
+    (call,) = r.choices[0].message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    assert rt.metrics.forced_tokens.value() > before
+    rt.recorder.flush().result()
+    traj = read_any(rt.recorder.open_dir / f"{tid}.msgpack", Trajectory)
+    (step,) = traj.steps
+    assert step.forced and all(0 <= i < len(step.output_ids) for i in step.forced)
+    assert all(step.logprobs[i] == 0.0 for i in step.forced)
+    tokenizer = rt.engine.tokenizer
+    # The skeleton after the first sampled "<" is forced: the marker, the function name.
+    forced_text = tokenizer.decode([step.output_ids[i] for i in step.forced])
+    assert 'tool_call>\n{"name": "get_weather", "arguments": {"' in forced_text
+    (seq,) = sequences(traj)
+    offset = len(step.prompt_ids)
+    for i in range(len(step.output_ids)):
+        assert seq.loss_mask[offset + i] == (0 if i in step.forced else 1)
+
+
+def test_grammar_compile_time_is_exported(rt, client):
+    client.chat.completions.create(model="base", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=5)
+    text = rt.metrics.render()
+    assert 'tinygpt_grammar_compile_seconds_bucket{le="0.0005"}' in text
+    assert 'tinygpt_grammar_compile_seconds_bucket{le="10"}' in text
+    assert rt.metrics.grammar_compile.count() > 0
+
+
+def test_hostile_pattern_is_answered_and_does_not_hold_others(client):
+    """`^(a|b)*a(a|b){17}$` stalled the old DFA compiler for seconds; now it compiles at once
+    and is enforced, while another request decodes beside it."""
+    import threading
+
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a|b)*a(a|b){17}$"}}, "required": ["s"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "h", "schema": schema}}
+    other: list = []
+    t = threading.Thread(target=lambda: other.append(client.chat.completions.create(model="base", messages=ASK, max_tokens=8)))
+    t.start()
+    r = client.chat.completions.create(model="base", messages=ASK, response_format=fmt, temperature=1.0, seed=2, max_tokens=200)
+    t.join()
+    assert other and other[0].choices[0].finish_reason in ("stop", "length")
+    if r.choices[0].finish_reason == "stop":
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    else:
+        assert r.choices[0].finish_reason == "length"
+
+
+def test_a_grammar_over_its_parser_limits_mid_decode_is_a_400_for_that_request_only(client, monkeypatch):
+    from tinygpt.runtime.grammar import compiled
+
+    monkeypatch.setitem(compiled.LIMIT_SETTINGS, "max_lexer_states", 5)
+    schema = {"type": "object", "properties": {"limits_test": {"type": "string"}}, "required": ["limits_test"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "limits", "schema": schema}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="base", messages=ASK, response_format=fmt, max_tokens=50)
+    assert "parser limits" in e.value.body["message"]
+    monkeypatch.undo()
+    ok = client.chat.completions.create(model="base", messages=ASK, max_tokens=4)
+    assert ok.choices[0].finish_reason in ("stop", "length")

@@ -71,7 +71,7 @@ def fake_grammar(tokenizer, script: dict) -> types.ModuleType:
         def from_tokenizer(tok, vocab_size):
             return (tok, vocab_size)
 
-    def build_constraint(info, *, tools, tool_choice, parallel_tool_calls, response_format):
+    def build_constraint(info, *, tools, tool_choice, parallel_tool_calls, response_format, on_compile=None):
         names = [t["function"]["name"] for t in tools or []]
         if "bad_tool" in names:
             raise GrammarError("tool 'bad_tool': schema keyword 'patternProperties' is not supported")
@@ -144,8 +144,15 @@ def test_streamed_tool_call_deltas_accumulate_to_the_call(client, script):
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
     assert content == "Let me check."
-    assert [d.index for d in deltas] == [0, 1] and all(d.id.startswith("call_") for d in deltas)
-    assert [json.loads(d.function.arguments)["city"] for d in deltas] == ["Paris", "Rome"]
+    # OpenAI's shape: per call a first delta with id, type and name, then argument
+    # fragments as they are decoded (several, not one per call).
+    assert sorted({d.index for d in deltas}) == [0, 1]
+    for index, city in enumerate(["Paris", "Rome"]):
+        mine = [d for d in deltas if d.index == index]
+        assert mine[0].id.startswith("call_") and mine[0].type == "function" and mine[0].function.name == "get_weather"
+        assert all(d.id is None and d.function.name is None for d in mine[1:])
+        assert len(mine) > 2
+        assert json.loads("".join(d.function.arguments for d in mine))["city"] == city
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
@@ -173,3 +180,51 @@ def test_a_tool_call_turn_is_reused_token_for_token_by_the_next_request(rt, clie
     assert s1.prompt_ids[: len(s0.prompt_ids) + len(s0.output_ids)] == s0.prompt_ids + s0.output_ids
     assert not s1.prefix_mismatch
     assert traj.tools[0]["function"]["name"] == "get_weather"
+
+
+def test_a_repeated_call_ends_the_turn_without_it(rt, client, script):
+    """Small models repeat the same call until max_tokens: the exact repeat ends the turn,
+    is not returned, and its tokens are not recorded (the turn re-renders as returned)."""
+    script["text"] = CALL + "\n" + CALL.replace("Paris", "Rome") + "\n" + CALL + "\n" + CALL
+    raw = client.chat.completions.with_raw_response.create(
+        model="base", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=300
+    )
+    r, tid = raw.parse(), raw.headers["x-tinygpt-trajectory"]
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [json.loads(c.function.arguments)["city"] for c in r.choices[0].message.tool_calls] == ["Paris", "Rome"]
+    rt.recorder.flush().result()
+    (step,) = read_any(rt.recorder.open_dir / f"{tid}.msgpack", Trajectory).steps
+    assert rt.engine.tokenizer.decode(step.output_ids) == CALL + "\n" + CALL.replace("Paris", "Rome")
+
+
+def test_a_repeated_call_is_never_streamed(client, script):
+    script["text"] = CALL + "\n" + CALL
+    chunks = list(client.chat.completions.create(model="base", messages=ASK, tools=TOOLS, tool_choice="required",
+                                                 stream=True, max_tokens=300))  # fmt: skip
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert {d.index for d in deltas} == {0}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("stop", ["<", "<tool", "\n", "}"])
+def test_stop_strings_never_cut_a_tool_call(client, script, stop):
+    script["text"] = CALL
+    r = client.chat.completions.create(model="base", messages=ASK, tools=TOOLS, tool_choice="required", stop=stop)
+    (call,) = r.choices[0].message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_under_auto_a_stop_string_at_the_call_marker_gives_way_to_the_call():
+    from tinygpt.runtime.grammar import parse_tool_calls
+    from tinygpt.runtime.serving.assembler import Assembler
+
+    a = Assembler(tools=True, stop=["<"], parse=parse_tool_calls, parts=True)
+    for ch in "Sure.\n" + CALL:
+        a.feed(ch)
+    a.finish()
+    assert a.text() == "Sure." and [c.name for c in a.calls] == ["get_weather"]
+    # Elsewhere the stop string still ends free text.
+    b = Assembler(tools=True, stop=["<"], parse=parse_tool_calls, parts=True)
+    for ch in "a <b> c":
+        b.feed(ch)
+    assert b.stopped and "".join(b.content) == "a "

@@ -219,7 +219,7 @@ def _schema_of(item: Item) -> dict | None:
 def _json_validator():
     try:
         import jsonschema
-    except ImportError as e:  # pragma: no cover - jsonschema comes with outlines
+    except ImportError as e:  # pragma: no cover - a declared dependency
         raise ScorerError("json_schema suites need jsonschema: pip install jsonschema") from e
     return jsonschema
 

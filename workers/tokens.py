@@ -4,7 +4,7 @@ Each step of a trajectory holds the exact prompt ids the engine fed and the ids 
 sampled. When a step's prompt starts with everything the previous steps fed and sampled
 (the usual case: the template re-renders earlier turns identically), the steps chain
 into one sequence; the new prompt tokens are context (mask 0) and the sampled ids are
-trained on (mask 1). When it does not (the template could not reproduce an earlier
+trained on (mask 1); ids the grammar forced (`Step.forced`) are context like the prompt. When it does not (the template could not reproduce an earlier
 turn, flagged `prefix_mismatch`, or the client rewrote history) a new sequence starts
 from that step's own prompt, so drifted ids are only ever context and never trained on.
 
@@ -58,7 +58,11 @@ def _chain(traj: Trajectory, masked_steps: frozenset[int] | set[int]) -> list[Se
             cur = Sequence(input_ids=list(prompt), loss_mask=[0] * len(prompt), step=step.index)
         trained = 0 if step.index in masked_steps else 1
         cur.input_ids.extend(step.output_ids)
-        cur.loss_mask.extend([trained] * len(step.output_ids))
+        mask = [trained] * len(step.output_ids)
+        for i in step.forced:  # the grammar chose these, not the model: context only
+            if 0 <= i < len(mask):
+                mask[i] = 0
+        cur.loss_mask.extend(mask)
     if cur is not None:
         out.append(cur)
     return out

@@ -14,7 +14,7 @@ import msgspec
 
 from .base import Contract
 
-TRAJECTORY_VERSION = 1
+TRAJECTORY_VERSION = 2
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
@@ -69,7 +69,7 @@ class Step(Contract):
     index: int
     prompt_ids: list[int]
     output_ids: list[int]
-    # log p of each sampled id, aligned with output_ids.
+    # log p of each sampled id, aligned with output_ids (0.0 for a forced id).
     logprobs: list[float] = []
     top_logprobs: list[list[TopLogprob]] = []
     text: str = ""
@@ -84,6 +84,10 @@ class Step(Contract):
     prefix_mismatch: bool = False
     # "tools", "json_schema", "json_object" or None when decoding was unconstrained.
     constraint: str | None = None
+    # Indices into output_ids of ids the grammar forced (its only continuation, fed in one
+    # step, never sampled): model input the model did not choose, trained like prompt
+    # tokens (loss mask 0). Absent in files from before version 2: nothing was forced.
+    forced: list[int] = []
     # Who produced this step: a session may switch specialist (or version) between turns,
     # so the trajectory-level adapter fields describe its first step only.
     model: str | None = None

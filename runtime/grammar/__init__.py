@@ -1,4 +1,4 @@
-"""Grammar-constrained decoding: JSON schemas and tool calls compiled to token masks.
+"""Grammar-constrained decoding on llguidance: JSON schemas and tool calls as token masks.
 
 The engine's entry points:
 
@@ -6,11 +6,16 @@ The engine's entry points:
     constraint = build_constraint(info, tools=..., tool_choice=..., parallel_tool_calls=...,
                                   response_format=...)   # None: unconstrained
     generate_step(..., logits_processors=[constraint])   # or constraint.advance / allowed
+    constraint.forced()                          # tokens the grammar forces (fast-forward)
     calls = parse_tool_calls(text)              # or split_tool_calls: (content, calls)
-    warm_up(info)                               # optional: precompile json_object
+    warm_up(info)                               # at model load: json_object, the envelope
 
-Every request problem (unsupported schema keyword, invalid schema, unknown tool name,
-bad response_format) raises GrammarError with a message naming it: answer 400.
+This package writes the grammar (requests.py: the tool-call envelope in Lark over
+`%json` schemas; schemas.py: normalization), caches compiled matchers (compiled.py) and
+applies masks (constraint.py); llguidance compiles and walks it. Every request problem
+(a schema keyword llguidance cannot enforce, an invalid schema, an unknown tool name, a
+bad response_format, a grammar over the parser limits) raises GrammarError with a
+message naming it: answer 400.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from .requests import GrammarSpec, grammar_for
 from .tool_calls import ParsedCall, parse_tool_calls, split_tool_calls
 from .vocabulary import TokenizerInfo
 
-# Compiled indices, shared by all requests and tokenizers (keys include the tokenizer).
-grammar_cache = GrammarCache(maxsize=64)
+# Compiled matchers, shared by all requests and tokenizers (keys include the tokenizer).
+grammar_cache = GrammarCache(maxsize=256)
 
 _SPECS: OrderedDict[str, GrammarSpec | None] = OrderedDict()
 _SPECS_LOCK = threading.Lock()
@@ -70,30 +75,37 @@ def build_constraint(
     tool_choice=None,
     parallel_tool_calls=True,
     response_format=None,
+    on_compile=None,
 ) -> Constraint | None:
     """A fresh Constraint for one request, or None when decoding is unconstrained.
 
     `tool_choice`: "none" | "auto" | "required" | {"type": "function", "function":
     {"name": ...}} (default: "auto" with tools). `response_format`: None |
     {"type": "text"} | {"type": "json_object"} | {"type": "json_schema", "json_schema":
-    {"name": ..., "schema": {...}, "strict": true}}. The compiled index is cached by
-    (grammar, tokenizer), so a repeated tool set costs a dictionary lookup.
+    {"name": ..., "schema": {...}, "strict": true}}. The compiled matcher is cached by
+    (grammar, tokenizer), so a repeated tool set costs a lookup and a copy.
+    `on_compile(seconds)` is called when this request's grammar had to be compiled.
     """
     spec = grammar_spec(tools, tool_choice, parallel_tool_calls, response_format)
     if spec is None:
         return None
-    grammar = grammar_cache.get(spec.regex, info)
-    return Constraint(grammar, spec.kind, spec.counts, parallel_calls=spec.parallel_calls)
+    grammar = grammar_cache.get(spec.lark, info, on_compile=on_compile)
+    return Constraint(grammar, spec.kind, parallel_calls=spec.parallel_calls)
 
 
-def warm_up(info: TokenizerInfo) -> None:
-    """Compile the grammar that does not depend on the request, response_format
-    json_object, ahead of the first request that needs it.
+# A one-function tool set: its envelope (the Lark around the schemas, the free-text
+# lexemes) is what every tool request shares with it.
+_WARM_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}}
 
-    Its index is the largest (any JSON object, nested three levels): seconds on a 49k
-    vocabulary. Call it once per tokenizer, e.g. from a background thread at model load.
+
+def warm_up(info: TokenizerInfo, on_compile=None) -> None:
+    """Build what every constrained request needs ahead of the first one: the llguidance
+    tokenizer (the slow part, ~0.5 s at 49k tokens), `json_object`, and the tool-call
+    envelope under `auto` and `required`. Call it once per tokenizer at model load.
     """
-    build_constraint(info, response_format={"type": "json_object"})
+    build_constraint(info, response_format={"type": "json_object"}, on_compile=on_compile)
+    for choice in ("auto", "required"):
+        build_constraint(info, tools=[_WARM_TOOL], tool_choice=choice, on_compile=on_compile)
 
 
 __all__ = [

@@ -1,9 +1,9 @@
-"""Compiled grammars (outlines_core indices) and the LRU that keeps them.
+"""Compiled grammars (llguidance matchers) and the LRU that keeps them.
 
-Compiling a regex into a token-level index walks every token through the DFA from
-every state: 10 ms to seconds. Agents resend the same tools every turn, so indices are
-kept per (regex digest, tokenizer digest); the regex is a canonical function of the
-enforced parts of a schema, so tool sets that differ only in descriptions share one.
+Compiling is milliseconds, but agents resend the same tools every turn, so one compiled
+matcher per (grammar digest, tokenizer digest) is kept and each request gets a
+`deep_copy` of it. Parser limits bound what any grammar may cost, at compile time and
+at every token: a grammar over them is a GrammarError (a 400 that says so).
 """
 
 from __future__ import annotations
@@ -12,75 +12,60 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-
-import numpy as np
+from typing import Callable
 
 from .errors import GrammarError
 from .vocabulary import TokenizerInfo
 
+# Explicit, so the bound is ours and visible: llguidance's defaults, with the lexer's
+# state count (memory, ~1-2 kB each) and the grammar size cut to what tool sets need.
+LIMIT_SETTINGS = dict(
+    max_items_in_row=2000,
+    initial_lexer_fuel=1_000_000,  # ~20 ms of regex analysis at compile time
+    step_lexer_fuel=200_000,  # ~15 ms per token, worst case
+    step_max_items=50_000,  # ~2.5 ms of Earley items per token, worst case
+    max_lexer_states=100_000,  # ~100-200 MB at most
+    max_grammar_size=200_000,
+)
 
-def end_anchored(regex: str) -> str:
-    """`regex` with an end-of-text anchor, so the index accepts exactly its language.
 
-    outlines_core determinizes with leftmost-first match semantics: once a thread
-    matches, lower-priority threads are dropped, so `a|ab` (or free text followed by
-    an optional tool call) would reject "ab". With `$` no thread matches before the
-    end of the text and nothing is dropped. outlines_core cannot build a start state
-    for a `$`-anchored regex that matches the empty string, so grammars never do.
-    """
-    return f"(?:{regex})$"
+def LIMITS():
+    from llguidance import LLParserLimits
+
+    return LLParserLimits(**LIMIT_SETTINGS)
+
+
+def limit_hit(message: str) -> bool:
+    """Whether an llguidance error is a parser limit (too complex), not a grammar mistake."""
+    text = message.lower()
+    return any(k in text for k in ("fuel", "too complex", "toocomplex", "limit", "too many", "too large", "exceeded"))
 
 
 class CompiledGrammar:
-    """One regex over one tokenizer: the index, plus an allowed-token bitmask per state.
+    """One Lark grammar over one tokenizer: a compiled matcher to copy per request."""
 
-    Bitmasks are int32 words (bit i of word w = token 32*w + i), the layout of
-    outlines_core's `Guide.write_mask_into` and of its Metal kernel. They are cached per
-    DFA state and shared by every request using this grammar.
-    """
+    def __init__(self, lark: str, info: TokenizerInfo):
+        from llguidance import LLMatcher
 
-    def __init__(self, regex: str, info: TokenizerInfo):
-        from outlines_core import Index
-
-        self.regex = regex
+        self.lark = lark
         self.info = info
         started = time.perf_counter()
-        try:
-            self.index = Index(end_anchored(regex), info.vocabulary())
-        except ValueError as exc:
-            raise GrammarError(f"the grammar cannot be built for this tokenizer: {exc}") from None
+        matcher = LLMatcher(info.ll_tokenizer(), LLMatcher.grammar_from_lark(lark), log_level=0, limits=LIMITS())
         self.compile_seconds = time.perf_counter() - started
-        self.words = (info.vocab_size + 31) // 32
-        self._masks: dict[int, tuple[np.ndarray, bool, bool]] = {}
-        eos = np.asarray(info.eos_token_ids, dtype=np.int64)
-        self._eos_word, self._eos_bit = eos // 32, (eos % 32).astype(np.uint32)
-        self._primary = (int(eos[0]) // 32, int(eos[0]) % 32)
+        if matcher.is_error():
+            error = matcher.get_error()
+            if limit_hit(error):
+                raise GrammarError(f"the grammar exceeds the server's parser limits (bounded compile time and memory): {error}")
+            raise GrammarError(f"the grammar cannot be built for this tokenizer: {error}")
+        self._template = matcher
 
-    def state_mask(self, state: int, guide) -> tuple[np.ndarray, bool, bool]:
-        """(bitmask words, eos allowed, only eos allowed) for `state`.
-
-        `guide` must stand at `state`; it writes the mask on a cache miss.
-        """
-        cached = self._masks.get(state)
-        if cached is not None:
-            return cached
-        words = np.zeros((1, self.words), dtype=np.int32)
-        guide.write_mask_into(words.ctypes.data, words.size, words.itemsize)
-        words = words[0]
-        view = words.view(np.uint32)
-        word, bit = self._primary
-        eos_allowed = bool((view[word] >> np.uint32(bit)) & np.uint32(1))
-        if eos_allowed:
-            # Every EOS id ends the output, not just the one outlines_core knows.
-            np.bitwise_or.at(view, self._eos_word, np.left_shift(np.uint32(1), self._eos_bit))
-        only_eos = eos_allowed and int(np.unpackbits(words.view(np.uint8)).sum()) == len(set(self.info.eos_token_ids))
-        entry = (words, eos_allowed, only_eos)
-        self._masks[state] = entry
-        return entry
+    def matcher(self):
+        """A fresh matcher at the start of the grammar."""
+        return self._template.deep_copy()
 
 
 class GrammarCache:
-    """A count-bounded LRU of CompiledGrammar keyed by (regex digest, tokenizer digest)."""
+    """A count-bounded LRU of CompiledGrammar keyed by (grammar digest, tokenizer digest)."""
 
     def __init__(self, maxsize: int = 64):
         self.maxsize = maxsize
@@ -90,40 +75,39 @@ class GrammarCache:
         self.hits = 0
         self.compiles = 0
 
-    def get(self, regex: str, info: TokenizerInfo) -> CompiledGrammar:
-        """The compiled grammar for `regex` over `info`, compiling it on a miss."""
-        key = (hashlib.sha256(regex.encode("utf-8")).hexdigest(), info.digest)
+    def get(self, lark: str, info: TokenizerInfo, on_compile: Callable[[float], None] | None = None) -> CompiledGrammar:
+        """The compiled grammar for `lark` over `info`, compiling it on a miss
+        (`on_compile(seconds)` is then called: the /metrics histogram)."""
+        key = (hashlib.sha256(lark.encode("utf-8")).hexdigest(), info.digest)
         with self._lock:
-            grammar = self._lookup(key)
+            grammar = self._items.get(key)
             if grammar is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
                 return grammar
             building = self._building.setdefault(key, threading.Lock())
-        # One compile per key; other keys (and hits) proceed meanwhile.
+        # One compile per key at a time; other keys compile concurrently.
         with building:
             with self._lock:
-                grammar = self._lookup(key)
+                grammar = self._items.get(key)
                 if grammar is not None:
+                    self.hits += 1
                     return grammar
             try:
-                grammar = CompiledGrammar(regex, info)
+                grammar = CompiledGrammar(lark, info)
             except BaseException:
                 with self._lock:
                     self._building.pop(key, None)
                 raise
+            if on_compile is not None:
+                on_compile(grammar.compile_seconds)
             with self._lock:
                 self.compiles += 1
                 self._items[key] = grammar
                 while len(self._items) > self.maxsize:
                     self._items.popitem(last=False)
                 self._building.pop(key, None)
-        return grammar
-
-    def _lookup(self, key) -> CompiledGrammar | None:
-        grammar = self._items.get(key)
-        if grammar is not None:
-            self._items.move_to_end(key)
-            self.hits += 1
-        return grammar
+            return grammar
 
     def clear(self) -> None:
         """Drop every compiled grammar (tests, or after swapping tokenizers)."""

@@ -3,8 +3,16 @@
 The model writes calls as ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``
 (the chat template's format). Text outside those blocks is content; a complete block
 becomes one or more tool calls. Stop strings end plain text (never the inside of a tool
-call or a JSON answer, whose validity the grammar guarantees). Text that might still turn
-into a marker is held back, so a stream never shows half of ``<tool_call>``.
+call or a JSON answer, whose validity the grammar guarantees): a stop string that is the
+start of ``<tool_call>`` gives way to the call. Text that might still turn into a marker
+is held back, so a stream never shows half of ``<tool_call>``.
+
+With `parts` on (grammar-constrained output, always in the template's layout) a call is
+also streamed as it is decoded, in OpenAI's delta shape: a first part with its id and
+name, then argument fragments. A call that repeats an earlier call of the same turn
+exactly ends the turn instead of being emitted (small models loop on the same call until
+max_tokens); its parts are held back while it still could be such a repeat, and `cut`
+says where in the text the repeat began, so the engine can drop its tokens.
 
 The template renders an assistant turn as ``content + "\\n" + <tool_call>...`` with one
 newline between calls; the separator newline is dropped from the content here so the
@@ -13,12 +21,16 @@ next turn re-renders to exactly the sampled text (and reuses its token ids).
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
+# The call body's head in the template's layout: the name, then the arguments follow.
+_HEAD = re.compile(r'\n\{"name": "([A-Za-z0-9_-]{1,64})", "arguments": ')
+_TAIL = "}\n" + CLOSE
 
 
 @dataclass
@@ -29,14 +41,26 @@ class Call:
 
 
 @dataclass
+class CallPart:
+    """A streamed piece of call `index`: the first has its id and name, the rest only
+    argument text (OpenAI's tool-call delta)."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass
 class Piece:
-    """What one `feed` adds: content text and completed calls."""
+    """What one `feed` adds: content text, completed calls, streamed call parts."""
 
     content: str = ""
     calls: list[Call] = field(default_factory=list)
+    parts: list[CallPart] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.content or self.calls)
+        return bool(self.content or self.calls or self.parts)
 
 
 def new_call_id() -> str:
@@ -62,27 +86,35 @@ class Assembler:
     so nothing the model wrote is dropped.
     """
 
-    def __init__(self, *, tools: bool, stop: list[str], parse: Callable[[str], list] | None = None):
+    def __init__(self, *, tools: bool, stop: list[str], parse: Callable[[str], list] | None = None, parts: bool = False):
         self.tools = tools
         self.stop = [s for s in stop if s]
         self.parse = parse
+        self.parts = parts and tools
         self.markers = self.stop + ([OPEN] if tools else [])
         self.in_call = False
         self.pending = ""
         self.stopped = False
         self.content: list[str] = []
         self.calls: list[Call] = []
+        self.fed = 0  # characters fed so far
+        self.cut: int | None = None  # where a repeated call began (it ends the turn)
+        self._call_start = 0
+        self._streamed: Call | None = None  # the call being streamed: id, name, arguments sent
 
     def feed(self, text: str) -> Piece:
         """Consume the next decoded text; returns what can be shown now."""
         if self.stopped:
             return Piece()
         self.pending += text
+        self.fed += len(text)
         out = Piece()
         while self.pending and not self.stopped:
             if self.in_call:
                 end = self.pending.find(CLOSE)
                 if end < 0:
+                    if self.parts:
+                        self._stream_call(out)
                     break
                 block = OPEN + self.pending[: end + len(CLOSE)]
                 self.pending = self.pending[end + len(CLOSE) :]
@@ -90,6 +122,9 @@ class Assembler:
                 self._close_call(block, out)
                 continue
             hit, marker = self._first_marker()
+            if hit >= 0 and marker != OPEN and self.tools and OPEN.startswith(self.pending[hit:hit + len(OPEN)]):
+                # A stop string where a call may be starting: wait, the call wins.
+                break
             if hit < 0:
                 keep = _held_suffix(self.pending, self.markers)
                 # One trailing newline may be the separator before a call: hold it too.
@@ -98,9 +133,11 @@ class Assembler:
                 self._emit(self.pending[: len(self.pending) - keep], out)
                 self.pending = self.pending[len(self.pending) - keep :]
                 break
+            start = self.fed - len(self.pending) + hit
             before, self.pending = self.pending[:hit], self.pending[hit + len(marker) :]
             if marker == OPEN:
                 self._emit(before[:-1] if before.endswith("\n") else before, out)
+                self._call_start = start - 1 if before.endswith("\n") else start
                 self.in_call = True
             else:
                 self._emit(before, out)
@@ -129,9 +166,30 @@ class Assembler:
         best, which = -1, ""
         for m in self.markers:
             i = self.pending.find(m)
-            if i >= 0 and (best < 0 or i < best):
+            # At the same place the call marker wins over a stop string.
+            if i >= 0 and (best < 0 or i < best or (i == best and m == OPEN)):
                 best, which = i, m
         return best, which
+
+    def _stream_call(self, out: Piece) -> None:
+        """Stream the open call's name and argument text decoded so far, unless it may
+        still turn out to repeat an earlier call of this turn."""
+        head = _HEAD.match(self.pending)
+        if head is None:
+            return
+        name, args = head.group(1), self.pending[head.end() :]
+        # The end of the text may be the closing "}\n</tool_call>" rather than arguments.
+        hold = next((n for n in range(min(len(_TAIL), len(args)), 0, -1) if _TAIL.startswith(args[-n:])), 0)
+        ready = args[: len(args) - hold]
+        if any(c.name == name and c.arguments.startswith(ready) for c in self.calls):
+            return  # could still be a repeat: show nothing yet
+        call = self._streamed
+        if call is None:
+            call = self._streamed = Call(id=new_call_id(), name=name, arguments="")
+            out.parts.append(CallPart(len(self.calls), call.id, name, ""))
+        if len(ready) > len(call.arguments) and ready.startswith(call.arguments):
+            out.parts.append(CallPart(len(self.calls), None, None, ready[len(call.arguments) :]))
+            call.arguments = ready
 
     def _emit(self, text: str, out: Piece) -> None:
         if text:
@@ -145,10 +203,25 @@ class Assembler:
                 parsed = list(self.parse(block))
             except ValueError:
                 parsed = []
+        streamed, self._streamed = self._streamed, None
         if not parsed:
             self._emit(block, out)
             return
+        if self.parts and any((p.name, p.arguments_json) == (c.name, c.arguments) for p in parsed for c in self.calls):
+            # The same call again: the turn ends here, without it.
+            self.cut = self._call_start
+            self.stopped = True
+            self.pending = ""
+            return
         for p in parsed:
             call = Call(id=new_call_id(), name=p.name, arguments=p.arguments_json)
+            if self.parts and streamed is not None and len(parsed) == 1 and streamed.name == p.name:
+                call.id = streamed.id
+                if p.arguments_json.startswith(streamed.arguments):
+                    rest = p.arguments_json[len(streamed.arguments) :]
+                    if rest:
+                        out.parts.append(CallPart(len(self.calls), None, None, rest))
+            elif self.parts:
+                out.parts.append(CallPart(len(self.calls), call.id, call.name, call.arguments))
             self.calls.append(call)
             out.calls.append(call)

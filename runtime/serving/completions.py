@@ -7,6 +7,7 @@ submits a `GenRequest` and turns the engine's events into a response or an SSE s
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -42,6 +43,8 @@ from .protocol import (
 )
 from .protocol import Delta as DeltaOut
 from .recorder import Match, Recorder, StepRecord, reply_message
+
+log = logging.getLogger("tinygpt.serving")
 
 # How often a waiting HTTP thread checks that its client and the model thread are alive.
 POLL_SECONDS = 0.25
@@ -98,6 +101,19 @@ class Completions:
         self._grammar_info = None
         self._grammar_lock = threading.Lock()
         self.fingerprint = f"tinygpt-{engine.registry.base_digest[:12]}"
+        # Build the grammar tokenizer, json_object and the tool envelope now, off the
+        # request path, so the first constrained request does not pay for them.
+        threading.Thread(target=self._warm_grammar, name="tinygpt-grammar-warm", daemon=True).start()
+
+    def _warm_grammar(self) -> None:
+        try:
+            from tinygpt.runtime.grammar import warm_up
+
+            warm_up(self._grammar(), on_compile=self.engine.metrics.grammar_compile.observe)
+        except ImportError:
+            return  # constrained requests then answer 501 themselves
+        except Exception:  # a tokenizer the grammar cannot use: requests say so (501)
+            log.warning("grammar warm-up failed", exc_info=True)
 
     # ------------------------------------------------------------ preparing
 
@@ -161,7 +177,8 @@ class Completions:
             top_p=top_p,
             seed=req.seed,
             # A JSON answer must stay whole: stop strings apply to free text only.
-            stop=stop if kind not in ("json_object", "json_schema") else [],
+            # With tool_choice required / a named function the output is only calls: no stop.
+            stop=stop if kind not in ("json_object", "json_schema") and not (tools_mode and choice_forces_calls(req)) else [],
             tools=tools_mode,
             top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0,
             stream=req.stream,
@@ -217,6 +234,7 @@ class Completions:
                 tool_choice=msgspec.to_builtins(choice),
                 parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
                 response_format=msgspec.to_builtins(fmt) if wants_format else None,
+                on_compile=self.engine.metrics.grammar_compile.observe,
             )
         except GrammarError as e:
             raise ApiError(400, str(e), param="tools" if req.tools else "response_format") from None
@@ -338,7 +356,7 @@ class Completions:
                         out.send_event(b"data: " + event.error.body() + b"\n\n")
                     return
                 delta = event.tail if isinstance(event, Done) else event
-                if delta.content or delta.calls or (p.req.logprobs and delta.ids):
+                if delta.content or delta.calls or delta.parts or (p.req.logprobs and delta.ids):
                     n_calls = self._send_delta(out, p, delta, n_calls)
                 if isinstance(event, Done):
                     self._record(p, event)
@@ -362,12 +380,26 @@ class Completions:
                 pass
 
     def _send_delta(self, out: Writer, p: Prepared, delta: Delta, n_calls: int) -> int:
-        calls = []
-        for c in delta.calls:
-            calls.append(
-                ToolCallDelta(index=n_calls, id=c.id, type="function", function=FunctionDelta(name=c.name, arguments=c.arguments))
-            )
-            n_calls += 1
+        calls: list[ToolCallDelta] = []
+        if p.gen.constraint is not None:
+            # Streamed as decoded: a first delta with id and name, then argument fragments
+            # (consecutive fragments of one call merged into one delta).
+            for part in delta.parts:
+                if part.id is None and calls and calls[-1].index == part.index:
+                    calls[-1].function.arguments += part.arguments
+                    continue
+                first = part.id is not None
+                calls.append(ToolCallDelta(
+                    index=part.index, id=part.id if first else msgspec.UNSET, type="function" if first else msgspec.UNSET,
+                    function=FunctionDelta(name=part.name if first else msgspec.UNSET, arguments=part.arguments),
+                ))  # fmt: skip
+                n_calls = max(n_calls, part.index + 1)
+        else:
+            for c in delta.calls:
+                calls.append(
+                    ToolCallDelta(index=n_calls, id=c.id, type="function", function=FunctionDelta(name=c.name, arguments=c.arguments))
+                )
+                n_calls += 1
         body = DeltaOut(content=delta.content or msgspec.UNSET, tool_calls=calls or msgspec.UNSET)
         logprobs = self._logprobs(delta.ids, delta.logprobs, delta.top) if p.req.logprobs else None
         self._send(out, p, body, None, logprobs)
@@ -451,6 +483,7 @@ class Completions:
             tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in done.calls],
             finish_reason=done.finish_reason,
             timings=done.timings,
+            forced=list(done.forced),
             prefix_mismatch=p.prompt.prefix_mismatch,
             constraint=p.constraint_kind,
             model=p.req.model,
@@ -484,5 +517,11 @@ def server_timing(done: Done) -> str:
     return ", ".join(f"{name};dur={1e3 * v:.3f}" for name, v in (("queue", t.queued_s), ("prefill", t.prefill_s), ("decode", t.decode_s)))
 
 
+def choice_forces_calls(req: ChatRequest) -> bool:
+    """tool_choice "required" or a named function: the answer is tool calls only."""
+    choice = req.tool_choice
+    return choice == "required" or (choice is not None and not isinstance(choice, str))
+
+
 def _merge(a: Delta, b: Delta) -> Delta:
-    return Delta(a.content + b.content, a.calls + b.calls, a.ids + b.ids, a.logprobs + b.logprobs, a.top + b.top)
+    return Delta(a.content + b.content, a.calls + b.calls, a.ids + b.ids, a.logprobs + b.logprobs, a.top + b.top, a.parts + b.parts)

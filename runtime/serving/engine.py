@@ -42,6 +42,7 @@ from .protocol import ApiError
 from .sampling import TimedConstraint, make_processors, make_sampler
 
 log = logging.getLogger("tinygpt.serving")
+FAST_FORWARD_MIN = 3
 
 # (max_batch, max_queue, prefill batch) per backend when the config leaves them unset.
 # 2 CPU cores saturate near batch 16; an H100 still gains up to batch 128 and beyond (the
@@ -76,11 +77,17 @@ class PrefixCache(LRUPromptCache):
 class _Seq:
     """A request the model thread is decoding."""
 
-    def __init__(self, req: GenRequest, uid: int, detokenizer, cached: int, admitted: float):
+    def __init__(self, req: GenRequest, uid: int, detokenizer, cached: int, admitted: float, sampler=None, processors=()):
         self.req = req
         self.uid = uid
+        # Kept to re-insert the sequence after feeding forced tokens (fast-forward).
+        self.sampler = sampler
+        self.processors = processors
+        self.forced: list[int] = []  # indices into output_ids of tokens the grammar forced
         self.detok = detokenizer
-        self.assembler = Assembler(tools=req.tools, stop=req.stop, parse=req.parse)
+        # Constrained calls are in the template's layout: stream them piecewise.
+        self.assembler = Assembler(tools=req.tools, stop=req.stop, parse=req.parse, parts=req.constraint is not None)
+        self.text_end: list[int] = []  # characters of output text after each output token
         self.cached = cached
         self.admitted = admitted
         self.first: float | None = None
@@ -341,17 +348,18 @@ class Engine:
             # Last, so the mask sees the penalised logits and has the final word.
             processors.append(TimedConstraint(req.constraint, self.metrics.constraint.observe))
         gen = self._generator(req.key)
+        sampler = make_sampler(req.temperature, req.top_p, req.seed)
         (uid,) = gen.insert(
             [rest],
             max_tokens=[req.max_tokens],
             caches=[cache],
             all_tokens=[list(prompt[:cached])],
-            samplers=[make_sampler(req.temperature, req.top_p, req.seed)],
+            samplers=[sampler],
             logits_processors=[processors],
         )
         detokenizer = copy.copy(self._detokenizer)  # shares the token map; own state
         detokenizer.reset()
-        self._active[(req.key, uid)] = _Seq(req, uid, detokenizer, cached, admitted)
+        self._active[(req.key, uid)] = _Seq(req, uid, detokenizer, cached, admitted, sampler, processors)
         self.n_active = len(self._active)
         req.events.put(Started(prompt_tokens=len(prompt), cached_tokens=cached))
 
@@ -392,6 +400,27 @@ class Engine:
         token = r.token
         eos = r.finish_reason == "stop"
         top = self._top(r.logprobs, seq.req.top_logprobs) if seq.req.top_logprobs else []
+        piece = self._emit(seq, token, logprob, top, eos=eos, final=r.finish_reason is not None)
+        error = getattr(seq.req.constraint, "error", None)
+        if error is not None:
+            # The grammar hit its parser limits mid-decode: a 400 naming them, never the
+            # unconstrained rest of the output.
+            if r.finish_reason is None:
+                gen.remove([seq.uid])
+            self._fail_active(key, seq, ApiError(400, str(error), param="response_format" if seq.req.constraint.kind != "tools" else "tools"))
+        elif r.finish_reason is not None:
+            self._prefix_insert(key, r.all_tokens, r.prompt_cache)
+            self._finish(key, seq, r.finish_reason, eos=eos)
+        elif seq.assembler.stopped:
+            self._stop(key, gen, seq)
+        elif self._fast_forward(key, gen, seq):
+            pass
+        elif seq.req.stream and (piece or seq.req.top_logprobs):
+            seq.req.events.put(seq.unsent)
+            seq.unsent = Delta("", [], [], [], [])
+
+    def _emit(self, seq: _Seq, token: int, logprob: float, top, *, eos: bool = False, final: bool = False):
+        """Record one output token (sampled or forced) and feed its text to the assembler."""
         seq.output_ids.append(token)
         seq.logprobs.append(logprob)
         seq.top.append(top)
@@ -399,10 +428,11 @@ class Engine:
         if not eos:
             seq.detok.add_token(token)
             text = seq.detok.last_segment
-        if r.finish_reason is not None:
+        if final:
             seq.detok.finalize()
             text += seq.detok.last_segment
         piece = seq.assembler.feed(text)
+        seq.text_end.append(seq.assembler.fed)
         if not eos:
             # The stop token is not part of what the client reads (OpenAI omits it too).
             seq.unsent.ids.append(token)
@@ -410,18 +440,78 @@ class Engine:
             seq.unsent.top.append(top)
         seq.unsent.content += piece.content
         seq.unsent.calls += piece.calls
-        if r.finish_reason is not None:
-            self._prefix_insert(key, r.all_tokens, r.prompt_cache)
-            self._finish(key, seq, r.finish_reason, eos=eos)
-        elif seq.assembler.stopped:
+        seq.unsent.parts += piece.parts
+        return piece
+
+    def _stop(self, key: str, gen, seq: _Seq) -> None:
+        """End a sequence the assembler stopped: a stop string, or a repeated tool call
+        (whose tokens are dropped: the turn is what came before it)."""
+        cut = seq.assembler.cut
+        if cut is None:
             caches = gen.remove([seq.uid], return_prompt_caches=True)
             if seq.uid in caches:
                 cache, tokens = caches[seq.uid]
                 self._prefix_insert(key, tokens, cache)
-            self._finish(key, seq, "stop", eos=False)
-        elif seq.req.stream and (piece or seq.req.top_logprobs):
+        else:
+            gen.remove([seq.uid])
+            keep = sum(1 for end in seq.text_end if end <= cut)
+            drop = len(seq.output_ids) - keep
+            del seq.output_ids[keep:], seq.logprobs[keep:], seq.top[keep:]
+            seq.forced = [i for i in seq.forced if i < keep]
+            unsent = min(drop, len(seq.unsent.ids))
+            if unsent:
+                del seq.unsent.ids[-unsent:], seq.unsent.logprobs[-unsent:], seq.unsent.top[-unsent:]
+            self.metrics.rejected.inc(reason="repeated_tool_call")
+        self._finish(key, seq, "stop", eos=False)
+
+    def _fast_forward(self, key: str, gen, seq: _Seq) -> bool:
+        """Feed the tokens the grammar forces next in one forward pass instead of one step
+        each: the JSON skeleton, a function name that is the only choice, closing brackets.
+
+        The batch has already run the model on the last token and sampled the one after
+        under the mask; that pending sample is dropped with the sequence, which goes back
+        in with the forced tokens as a prompt continuation on its own KV cache (one
+        prefill of k tokens, joined to the batch again for the next sampled token). They
+        are recorded as output, marked forced: the model did not choose them.
+        """
+        constraint = seq.req.constraint
+        forced = getattr(constraint, "forced", None)
+        if forced is None or not constraint.started:
+            return False
+        room = seq.req.max_tokens - len(seq.output_ids)
+        ids = forced()[: max(0, room - 1)]
+        # Re-entering the batch costs a prefill pass and a step before the next sample:
+        # worth it from three forced tokens (k single steps become two passes).
+        if len(ids) < FAST_FORWARD_MIN:
+            return False
+        caches = gen.remove([seq.uid], return_prompt_caches=True)
+        if seq.uid not in caches:
+            return False
+        cache, tokens = caches[seq.uid]
+        constraint.advance_many(ids)
+        # The next processor call sees the last forced id as its newest token: already in.
+        constraint.skip_next()
+        (uid,) = gen.insert(
+            [ids],
+            max_tokens=[room - len(ids)],
+            caches=[cache],
+            all_tokens=[list(tokens)],
+            samplers=[seq.sampler],
+            logits_processors=[seq.processors],
+        )
+        del self._active[(key, seq.uid)]
+        seq.uid = uid
+        self._active[(key, uid)] = seq
+        for token in ids:
+            seq.forced.append(len(seq.output_ids))
+            self._emit(seq, token, 0.0, [])
+        self.metrics.forced_tokens.inc(len(ids))
+        if seq.assembler.stopped:
+            self._stop(key, gen, seq)
+        elif seq.req.stream and (seq.unsent.content or seq.unsent.parts or seq.req.top_logprobs):
             seq.req.events.put(seq.unsent)
             seq.unsent = Delta("", [], [], [], [])
+        return True
 
     def _prefix_insert(self, key: str, tokens, cache) -> None:
         if not tokens or not cache:
@@ -467,8 +557,14 @@ class Engine:
                 tail=seq.unsent,
                 timings=timings,
                 eos=eos,
+                forced=list(seq.forced),
             )
         )
+
+    def _fail_active(self, key: str, seq: _Seq, error: ApiError) -> None:
+        del self._active[(key, seq.uid)]
+        self.n_active = len(self._active)
+        self._finish_failed(seq.req, error)
 
     def _finish_failed(self, req: GenRequest, error: ApiError) -> None:
         self.registry.release(req.key)

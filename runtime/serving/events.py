@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..contracts.trajectory import Timings
-from .assembler import Call
+from .assembler import Call, CallPart
 from .protocol import ApiError
 
 TopLogprobs = list[tuple[int, float]]
@@ -62,6 +62,9 @@ class Delta:
     ids: list[int]
     logprobs: list[float]
     top: list[TopLogprobs]
+    # Tool calls streamed as decoded (grammar-constrained requests): id + name, then
+    # argument fragments. `calls` still carries each call once complete.
+    parts: list[CallPart] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +79,8 @@ class Done:
     tail: Delta
     timings: Timings
     eos: bool
+    # Indices into output_ids of tokens the grammar forced (fed, not sampled).
+    forced: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -13,6 +13,8 @@ from typing import Callable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 FAST_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+# Grammar compiles: ~1 ms for a tool set on llguidance, seconds only if something regresses.
+COMPILE_BUCKETS = (5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 def _escape(value: str) -> str:
@@ -141,6 +143,11 @@ class Metrics:
         self.constraint = h(
             "tinygpt_constraint_seconds", "grammar mask time per constrained token", (), buckets=FAST_BUCKETS
         )
+        self.grammar_compile = h(
+            "tinygpt_grammar_compile_seconds", "grammar compile time (a tool set or schema not cached yet)", (),
+            buckets=COMPILE_BUCKETS,
+        )
+        self.forced_tokens = c("tinygpt_forced_tokens_total", "tokens the grammar forced, fed without sampling", ())
         self.adapter_ops = h("tinygpt_adapter_op_seconds", "adapter load / swap / unload time", ("op",))
         self.recorded = c("tinygpt_trajectory_writes_total", "trajectory files written, by kind", ("kind",))
         self.recorder_errors = c("tinygpt_recorder_errors_total", "trajectory writes or hooks that failed", ())
