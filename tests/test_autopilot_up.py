@@ -42,7 +42,10 @@ def write_project(root, model) -> None:
     }
     doc = {"name": "ops", "base_model": str(model), "registries": ["registry"],
            "eval_suites": [{"name": "calls", "kind": "tool_call", "data": "evals/calls.jsonl"}],
-           "specialists": [{"name": "weather", "version": "*", "build": policy}]}  # fmt: skip
+           "specialists": [{"name": "weather", "version": "*", "build": policy}],
+           # The tiny random model's grammar-constrained calls differ by a few tokens, so its
+           # sessions are near duplicates; this test is about the loop (dedupe has its own tests).
+           "pipeline": {"dedupe": {"near_threshold": 0.99}}}  # fmt: skip
     (root / "tinygpt.project.json").write_text(json.dumps(doc))
 
 
