@@ -13,13 +13,16 @@ import json
 import typing
 from pathlib import Path
 
+# The training contract's methods; contracts import no MLX.
+from tinygpt.runtime.contracts.specialist import METHODS
+
 EXAMPLE = (
     "tinygpt train --model smollm2-135m-instruct --data datasets/weather --out adapters/weather --steps 300\n"
     "  tinygpt train --model smollm2-135m-instruct --data datasets/weather --out adapters/weather-qlora --method qlora\n"
     "  tinygpt train --model student --teacher teacher --method distill-logit --distill-top-k 32 --data D --out O"
 )
 
-METHODS = ("lora", "dora", "qlora", "distill-logit", "distill-seq")
+
 
 HELP = {
     "steps": "optimizer updates to run",

@@ -28,7 +28,7 @@ from ..contracts.base import ContractError
 from ..contracts.dataset import DatasetManifest
 from ..contracts.evals import GateResult
 from ..contracts.io import read_json, write_json
-from ..contracts.specialist import SpecialistLock, SpecialistManifest
+from ..contracts.specialist import METHODS, SpecialistLock, SpecialistManifest
 from ..contracts.training import TRAINING_RECORD, TrainingRecord
 from .card import render_card
 from .errors import IntegrityError, PackageError
@@ -42,7 +42,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapters.safetensors"
 # Copied along when the training run left them (the record names base, data and settings).
 EXTRA_FILES = (TRAINING_RECORD, "metrics.jsonl")
-METHODS = ("lora", "dora", "qlora", "distill-logit", "distill-seq")
 
 
 class Built(msgspec.Struct, kw_only=True):
