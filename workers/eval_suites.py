@@ -21,10 +21,12 @@ from tinygpt.runtime.contracts.project import ProjectPins
 
 from .eval_rows import EvalRow, GateInputError, Item
 from .eval_scorers import MetricSpec, ScorerError, metric_spec, scorer_for
+from .suites import rule_suites
 
 
-def declared_suites(project: ProjectPins, project_dir: Path) -> list[EvalSuite]:
-    """The project's suites: `eval_suites`, then those in `gate.suites_file` (a JSON list)."""
+def declared_suites(project: ProjectPins, project_dir: Path, rules: list[str] = ()) -> list[EvalSuite]:
+    """The project's suites: `eval_suites`, then those in `gate.suites_file` (a JSON list),
+    then the shipped suites its promotion rules (`gate.rules` plus `rules`) add."""
     suites = list(project.eval_suites)
     if project.gate.suites_file:
         path = project_dir / project.gate.suites_file
@@ -40,6 +42,10 @@ def declared_suites(project: ProjectPins, project_dir: Path) -> list[EvalSuite]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise GateInputError(f"duplicate suite names: {', '.join(dupes)}")
+    try:
+        suites += rule_suites([*project.gate.rules, *rules], suites)
+    except ValueError as e:
+        raise GateInputError(str(e)) from None
     if not suites:
         raise GateInputError("no eval suites declared: add `eval_suites` to tinygpt.project.json (see README, Eval gate)")
     return suites

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from .base import Contract
+from .evals import PromotionRule
 from .pipeline import DatasetSettings, JudgeSettings, LabelRule
 from .specialist import Method
 
@@ -119,6 +120,8 @@ class EvalJob(Contract):
     candidate_dir: str
     output_dir: str
     schema_version: int = JOBS_VERSION
+    # Promotion rules on top of the project's gate.rules (a build policy names them).
+    rules: list[PromotionRule] = []
 
 
 class PublishJob(Contract):
