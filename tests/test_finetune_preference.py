@@ -139,6 +139,15 @@ def test_reference_is_computed_once_and_cached_with_the_dataset(tiny_base, pref_
     assert not any(m.startswith("reference: scoring") for m in said)
 
 
+def test_an_incumbent_adapter_is_the_reference_it_starts_from(tiny_base, pref_data, tmp_path):
+    incumbent = run(_pref_job(tiny_base, pref_data, tmp_path / "incumbent", "lora", steps=3))
+    record = run(_pref_job(tiny_base, pref_data, tmp_path / "kto", "kto", steps=2, init_adapter=str(tmp_path / "incumbent")))
+    assert record.init_adapter_sha256 == incumbent.adapter_sha256
+    assert record.reference_digest not in ("", record.base_digest)
+    # The first validation is at the reference itself: every implicit reward is 0.
+    assert record.metrics["initial_val_loss"] == pytest.approx(0.5, abs=1e-4)
+
+
 class _Crash(Exception):
     pass
 
@@ -193,6 +202,25 @@ def test_preference_settings_are_checked(tiny_base, pref_data, tmp_path):
         run(_pref_job(tiny_base, pref_data, tmp_path / "out", "kto", pack=True))
     with pytest.raises(TrainingError, match="pref_beta must be positive"):
         run(_pref_job(tiny_base, pref_data, tmp_path / "out", "dpo", pref_beta=0.0))
+
+
+def test_the_command_takes_the_methods_and_their_settings(tmp_path):
+    import argparse
+
+    from tinygpt.runtime.commands import train as command
+    from tinygpt.workers.finetune import config_of
+
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    for method in ("kto", "dpo", "kto-sft"):
+        args = parser.parse_args(["--model", "m", "--data", "d", "--out", "o", "--method", method, "--pref-beta", "0.2",
+                                  "--kto-reference-point", "batch", "--pref-sft-weight", "0.5"])  # fmt: skip
+        hp = command.hyperparameters(args)
+        assert args.method == method and hp == {"pref_beta": 0.2, "kto_reference_point": "batch", "pref_sft_weight": 0.5}
+        from tinygpt.runtime.contracts.jobs import FinetuneJob
+
+        cfg = config_of(FinetuneJob(specialist="s", base_model="m", dataset_dir="d", output_dir="o", method=method, hyperparameters=hp))
+        assert cfg.pref_beta == 0.2
 
 
 def test_version_1_dataset_files_still_decode():

@@ -39,6 +39,8 @@ SPLITS = ("train", "valid", "test")
 @dataclass
 class ImportStats:
     rows: int = 0
+    # Rows with "label": false (undesirable examples).
+    failures: int = 0
     skipped_turns: int = 0
     formats: dict[str, int] = field(default_factory=dict)
 
@@ -198,6 +200,7 @@ def import_jsonl(
             row = DatasetRow(id=row_id, input_ids=ids, loss_mask=mask, split=split, desirable=desirable)
             splits.setdefault(split, []).append(row)
             stats.rows += 1
+            stats.failures += not desirable
     if not any(r.desirable for r in splits.get("train", [])) and not any(p.split == "train" for p in pairs):
         raise EmptyDatasetError(f"{src}: no training rows (an empty file, or every row went to valid/test)")
     manifest = write_dataset(Path(out), name or Path(src).stem, splits, base_model, base_digest, pairs)
