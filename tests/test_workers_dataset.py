@@ -145,6 +145,32 @@ def test_duplicates_other_models_and_pending_work_are_left_out(redis_client, tmp
     assert result.pending == 1 and result.trajectories == 2
 
 
+def test_failed_episodes_become_undesirable_rows_for_preference_training(redis_client, home):
+    from tinygpt.workers.training.data import load_dataset
+
+    helpers.run_stages(redis_client, helpers.GOOD + helpers.BAD)
+    result = helpers.build(redis_client, "prefs")
+    manifest = read_json(home / "datasets" / "prefs" / "manifest.json", DatasetManifest)
+    assert manifest.schema_version == 2 and manifest.undesirable is not None
+    root = home / "datasets" / "prefs"
+    assert hashlib.sha256((root / manifest.undesirable.path).read_bytes()).hexdigest() == manifest.undesirable.sha256
+    bad = rows_of(root / manifest.undesirable.path)
+    # The two label-dropped episodes (an invalid call, negative feedback), every sampled token trained.
+    assert {r.trajectory_id for r in bad} == {"rec-invalid-args", "rec-pair-bad"} and result.undesirable == len(bad)
+    assert not any(r.desirable for r in bad) and all(r.reward is not None and r.reward < 1 for r in bad)
+    invalid = read_any(helpers.HERE / "invalid_args.json", Trajectory)
+    (row,) = [r for r in bad if r.trajectory_id == "rec-invalid-args"]
+    assert sum(row.loss_mask) == sum(len(s.output_ids) for s in invalid.steps)
+    # Successful rows are untouched (desirable, with their reward); SFT never sees the failures.
+    good = all_rows(result)
+    assert all(r.desirable for r in good) and {r.trajectory_id for r in good}.isdisjoint({"rec-invalid-args", "rec-pair-bad"})
+    loaded = load_dataset(result.path)
+    assert sum(len(loaded.undesirable(s)) for s in dataset.SPLITS) == len(bad)
+    assert sum(len(loaded.rows(s)) for s in dataset.SPLITS) == result.rows
+    (pair,) = [p for s in dataset.SPLITS for p in loaded.pairs(s)]
+    assert pair.split == next(r.split for r in good if r.trajectory_id == "rec-pair-good")
+
+
 def test_rows_load_with_the_finetune_loader(redis_client, home):
     from tinygpt.workers.training.data import load_dataset
 

@@ -5,6 +5,7 @@ model that dedupe kept and label kept, and writes
 
     <home>/datasets/<name>/<digest16>/{train,valid,test}.jsonl   DatasetRow per line
                                      pairs.jsonl                 PreferencePair per line
+                                     undesirable.jsonl           failed episodes (KTO)
                                      dropped.jsonl               what was left out, and why
                                      manifest.json               paths relative to this dir
     <home>/datasets/<name>/manifest.json                         the latest build (written last)
@@ -18,6 +19,12 @@ in one split, chosen by a hash of its id and the seed, so no trajectory leaks ac
 splits and a trajectory keeps its split as the dataset grows. A build is named by the
 hash of its contents: rebuilding from the same inputs reuses the same directory, and a
 fine-tune names exactly what it trained on by that digest.
+
+What preference training needs comes from the same trajectories: a failed episode (one
+the label stage dropped while giving it a reward, i.e. it was judged, not merely
+unlabelled) becomes undesirable rows (`desirable=False`, all sampled tokens masked in,
+invalid tool calls included: they are what is undesirable), and each pair carries the
+split of its chosen trajectory. Failed episodes take the split their id hashes to.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -61,6 +69,8 @@ class DatasetResult(Contract):
     trajectories: int = 0
     rows: int = 0
     pairs: int = 0
+    # Rows of failed episodes (for KTO).
+    undesirable: int = 0
     dropped: dict[str, int] = {}
     # Trajectories not yet through dedupe or label when the build ran (not included).
     pending: int = 0
@@ -164,7 +174,7 @@ class _Writer:
         return DatasetFile(path=self.path.name, sha256=self.hash.hexdigest(), rows=self.rows)
 
 
-def _pairs(entries: list[_Entry], margin: float, writer: _Writer) -> int:
+def _pairs(entries: list[_Entry], margin: float, writer: _Writer, split: Callable[[str], Split]) -> int:
     """Chosen / rejected answers to the same step prompt whose rewards differ by `margin`."""
     groups: dict[str, list[tuple[float, int, _Entry]]] = defaultdict(list)
     for e in entries:
@@ -207,6 +217,7 @@ def _pairs(entries: list[_Entry], margin: float, writer: _Writer) -> int:
                     rejected_reward=reward,
                     chosen_trajectory=best.file.trajectory_id,
                     rejected_trajectory=other.file.trajectory_id,
+                    split=split(best.file.trajectory_id),
                 )
             )
             made += 1
@@ -222,6 +233,8 @@ def _digest(manifest: DatasetManifest) -> str:
         "base_digest": manifest.base_digest,
         "splits": {k: v.sha256 for k, v in sorted(manifest.splits.items())},
         "pairs": manifest.pairs.sha256 if manifest.pairs else None,
+        # Only when present, so datasets without failures keep their version-1 digest.
+        **({"undesirable": manifest.undesirable.sha256} if manifest.undesirable else {}),
     }
     return hashlib.sha256(msgspec.json.encode(content)).hexdigest()
 
@@ -234,6 +247,7 @@ def _relative(manifest: DatasetManifest, prefix: str) -> DatasetManifest:
         manifest,
         splits={k: move(v) for k, v in manifest.splits.items()},
         pairs=move(manifest.pairs) if manifest.pairs else None,
+        undesirable=move(manifest.undesirable) if manifest.undesirable else None,
     )
 
 
@@ -308,6 +322,7 @@ def run(job: DatasetJob, conn: redis.Redis) -> DatasetResult:
         trajectories=manifest.trajectories,
         rows=manifest.rows,
         pairs=manifest.pairs.rows if manifest.pairs else 0,
+        undesirable=manifest.undesirable.rows if manifest.undesirable else 0,
         dropped=dict(manifest.dropped),
         pending=pending,
     )
@@ -339,15 +354,36 @@ def _write(
                     trajectory_id=traj.id,
                     step=seq.step,
                     split=split,
+                    reward=e.label.reward if e.label else None,
                 )
             )
             tokens += len(seq.input_ids)
             trained += seq.trained
     files = {s: w.close() for s, w in writers.items()}
+
+    def split_for(tid: str) -> Split:
+        return splits.get(tid) or split_of(tid, job.seed, job.valid_fraction, job.test_fraction)
+
+    same_base = [e for e in on_base if e.dedupe is not None and e.file.base_digest == base_digest]
+    bad_writer = _Writer(tmp / "undesirable.jsonl")
+    for e in same_base:
+        if e.dedupe.verdict == "kept" and e.label is not None and not e.label.keep and e.label.reward is not None:
+            traj = load(e.file)
+            for seq in sequences(traj):
+                bad_writer.write(
+                    DatasetRow(
+                        id=f"{e.file.sha256[:16]}-{seq.step}", input_ids=seq.input_ids, loss_mask=seq.loss_mask,
+                        trajectory_id=traj.id, step=seq.step, split=split_for(traj.id), desirable=False,
+                        reward=e.label.reward,
+                    )
+                )  # fmt: skip
+    undesirable = bad_writer.close()
+    if not undesirable.rows:
+        (tmp / "undesirable.jsonl").unlink()
     pair_writer = _Writer(tmp / "pairs.jsonl")
     # Rejected answers come from label-dropped trajectories too: that is their use.
-    candidates = [e for e in on_base if e.dedupe is not None and e.dedupe.verdict in ("kept", "near") and e.file.base_digest == base_digest]
-    _pairs(candidates, job.pair_margin, pair_writer)
+    candidates = [e for e in same_base if e.dedupe.verdict in ("kept", "near")]
+    _pairs(candidates, job.pair_margin, pair_writer, split_for)
     pairs = pair_writer.close()
     if not pairs.rows:
         (tmp / "pairs.jsonl").unlink()
@@ -365,6 +401,7 @@ def _write(
         created_at=time.time(),
         project=job.project,
         pairs=pairs if pairs.rows else None,
+        undesirable=undesirable if undesirable.rows else None,
         dropped={k: v for k, v in sorted(dropped.items()) if v},
         sources=sorted(e.file.sha256 for e in kept),
     )

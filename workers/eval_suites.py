@@ -21,10 +21,16 @@ from tinygpt.runtime.contracts.project import ProjectPins
 
 from .eval_rows import EvalRow, GateInputError, Item
 from .eval_scorers import MetricSpec, ScorerError, metric_spec, scorer_for
+from .suites import rule_suites
 
 
-def declared_suites(project: ProjectPins, project_dir: Path) -> list[EvalSuite]:
-    """The project's suites: `eval_suites`, then those in `gate.suites_file` (a JSON list)."""
+def declared_suites(project: ProjectPins, project_dir: Path, rules: list[str] = (), *,
+                    only: list[str] | None = None, threshold: float | None = None) -> list[EvalSuite]:
+    """The project's suites: `eval_suites`, then those in `gate.suites_file` (a JSON list),
+    then the shipped suites its promotion rules (`gate.rules` plus `rules`) add.
+
+    A build policy narrows the project's own suites to `only` and sets `threshold` on
+    them; the suites a promotion rule adds keep their own rule (e.g. no-forgetting)."""
     suites = list(project.eval_suites)
     if project.gate.suites_file:
         path = project_dir / project.gate.suites_file
@@ -40,6 +46,17 @@ def declared_suites(project: ProjectPins, project_dir: Path) -> list[EvalSuite]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise GateInputError(f"duplicate suite names: {', '.join(dupes)}")
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise GateInputError(f"no eval suite named {', '.join(unknown)} in the project")
+        suites = [s for s in suites if s.name in only]
+    if threshold is not None:
+        suites = [msgspec.structs.replace(s, threshold=threshold) for s in suites]
+    try:
+        suites += rule_suites([*project.gate.rules, *rules], suites)
+    except ValueError as e:
+        raise GateInputError(str(e)) from None
     if not suites:
         raise GateInputError("no eval suites declared: add `eval_suites` to tinygpt.project.json (see README, Eval gate)")
     return suites

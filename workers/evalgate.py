@@ -9,6 +9,9 @@ the result cache (eval_cache.py) without loading a model or importing MLX. Then 
 
 - regression when the candidate is worse than the baseline by more than `threshold`
   (with `gate.require_significance`, only when the difference is also statistically clear);
+  a suite with `regression: "significant"` fails on any statistically clear loss instead
+  (the no-forgetting rule: `gate.rules: ["no-forgetting"]` adds the shipped general
+  tool-calling suite, workers/suites, judged this way);
 - fail when the candidate misses the suite's absolute `minimum` (a ceiling for
   direction "lower"), with or without a baseline;
 - no baseline and no minimum: reported, not gated (and the report says so).
@@ -73,7 +76,17 @@ def judge(
         p, ci, significant = cmp.p_value, cmp.ci95, cmp.significant
         clear = f"statistically clear, p={p:.3g}" if significant else "not statistically clear" + (f", p={p:.3g}" if p is not None else "")
         worse_by = -better * delta
-        if worse_by > suite.threshold + EPS:
+        if suite.regression == "significant":
+            if worse_by > EPS and significant:
+                passed = False
+                reasons.append(f"worse than the baseline by {_fmt(worse_by)} and {clear}: a significant loss (no forgetting)")
+            elif worse_by > EPS:
+                reasons.append(f"worse by {_fmt(worse_by)} but {clear}: tolerated (only a significant loss fails this suite)")
+            elif worse_by < -EPS:
+                reasons.append(f"better than the baseline by {_fmt(-worse_by)} ({clear})")
+            else:
+                reasons.append("same as the baseline")
+        elif worse_by > suite.threshold + EPS:
             if require_significance and not significant:
                 reasons.append(f"worse by {_fmt(worse_by)} (threshold {_fmt(suite.threshold)}) but {clear}: tolerated (gate.require_significance)")
             else:
@@ -148,6 +161,7 @@ def evaluate_gate(
     temperature: float | None = None,
     update_baseline: bool = False,
     use_cache: bool | None = None,
+    rules: list[str] = (),
     concurrency: int = 8,
     only_suites: list[str] | None = None,
     threshold: float | None = None,
@@ -169,14 +183,8 @@ def evaluate_gate(
     ctx = _context(project_file)
     if passes is not None and passes < 1:
         raise GateInputError(f"--passes must be at least 1, got {passes}")
-    suites = [_effective(s, passes, temperature) for s in declared_suites(ctx.project, ctx.project_dir)]
-    if only_suites:
-        unknown = sorted(set(only_suites) - {s.name for s in suites})
-        if unknown:
-            raise GateInputError(f"no eval suite named {', '.join(unknown)} in {ctx.project_file.name}")
-        suites = [s for s in suites if s.name in only_suites]
-    if threshold is not None:
-        suites = [msgspec.structs.replace(s, threshold=threshold) for s in suites]
+    suites = [_effective(s, passes, temperature)
+              for s in declared_suites(ctx.project, ctx.project_dir, rules, only=only_suites, threshold=threshold)]
     significance = ctx.project.gate.require_significance if require_significance is None else require_significance
     specs = {s.name: check_suite(s) for s in suites}
     files = {s.name: data_files(s, ctx.project_dir) for s in suites}
@@ -273,7 +281,7 @@ def run(job: EvalJob, conn=None, *, say: Callable[[str], None] | None = None,
     try:
         result = evaluate_gate(Path(job.project_file), candidate=Path(job.candidate_dir), specialist=job.specialist,
                                only_suites=job.suites, threshold=job.threshold,
-                               require_significance=job.require_significance, out=out, say=say,
+                               require_significance=job.require_significance, rules=job.rules, out=out, say=say,
                                progress=progress)  # fmt: skip
     except GateInputError as e:
         write_json(out, error_result(str(e)))

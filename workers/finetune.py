@@ -3,7 +3,9 @@
     run(job) -> TrainingRecord
 
 Methods: lora, dora, qlora (LoRA on a cached 4-bit copy of the base), distill-logit
-(KL to a teacher sharing the tokenizer) and distill-seq (train on a teacher's answers).
+(KL to a teacher sharing the tokenizer), distill-seq (train on a teacher's answers), and
+the preference methods kto, dpo and kto-sft (LoRA on successes and failures, or pairs,
+against cached reference log-probs; training/preference.py).
 Training reads the dataset's token ids and loss masks as recorded, holds the machine's
 training lock while it runs, checkpoints as it goes, and writes the output directory
 atomically. The same job run twice resumes (or returns) the same run: the work folder
@@ -26,6 +28,7 @@ import msgspec
 
 from tinygpt.runtime.contracts.io import read_json
 from tinygpt.runtime.contracts.jobs import FinetuneJob
+from tinygpt.runtime.contracts.specialist import PREFERENCE_METHODS
 from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingConfig, TrainingRecord
 
 from .training.checkpoint import ADAPTER_FILE, work_dir
@@ -56,6 +59,15 @@ def config_of(job: FinetuneJob) -> TrainingConfig:
         problems.append("distill_alpha must be within [0, 1]")
     if cfg.distill_top_k < 0:
         problems.append("distill_top_k must be 0 (full logits) or positive")
+    if job.method in PREFERENCE_METHODS:
+        if cfg.pack:
+            problems.append(f"{job.method} scores whole sequences: pack must be off")
+        if cfg.pref_beta <= 0:
+            problems.append("pref_beta must be positive")
+        if cfg.kto_desirable_weight <= 0 or cfg.kto_undesirable_weight <= 0:
+            problems.append("kto_desirable_weight and kto_undesirable_weight must be positive")
+        if cfg.pref_sft_weight is not None and cfg.pref_sft_weight < 0:
+            problems.append("pref_sft_weight must not be negative")
     if job.method == "distill-logit" and not job.teacher_model:
         problems.append("distill-logit needs a teacher model")
     if job.method == "distill-seq" and not (job.teacher_model or cfg.teacher_endpoint):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tinygpt.runtime.contracts.specialist import METHODS
+
 EXAMPLE = "tinygpt build fs-agent --dataset fs-agent-v1 --steps 200\n  tinygpt build sql --dataset-dir ./data/sql --method dora --hp learning_rate=2e-4"
 
 
@@ -25,22 +27,13 @@ def _hp(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _methods() -> list[str]:
-    """Every method the training contract accepts (one list, in the contract)."""
-    from typing import get_args
-
-    from tinygpt.runtime.contracts.specialist import Method
-
-    return list(get_args(Method))
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specialist", help="the specialist's name (lower-case: a-z, 0-9, '.', '_', '-')")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="NAME", help="rebuild this dataset from labelled trajectories first")
     source.add_argument("--dataset-dir", metavar="DIR", help="train on this token-id dataset directory")
     parser.add_argument("--project", help="tinygpt.project.json (default: the nearest one)")
-    parser.add_argument("--method", default="lora", choices=_methods())
+    parser.add_argument("--method", default="lora", choices=METHODS)
     parser.add_argument("--steps", type=int, help="training steps (hyperparameter `steps`)")
     parser.add_argument("--hp", action="append", type=_hp, default=[], metavar="KEY=VALUE",
                         help="a training hyperparameter (repeatable), e.g. learning_rate=1e-4")

@@ -64,6 +64,9 @@ def _import(args, out, err) -> int:
     splits = ", ".join(f"{s} {f.rows}" for s, f in sorted(manifest.splits.items()))
     formats = ", ".join(f"{k} {v}" for k, v in sorted(stats.formats.items()))
     out.print(f"[green]wrote[/] {args.out}: {manifest.rows} rows ({splits}; {formats}), {manifest.trained_tokens} trained tokens")
+    if stats.failures or manifest.pairs:
+        pairs = manifest.pairs.rows if manifest.pairs else 0
+        out.print(f"  for preference training: {stats.failures} of the rows are failures (\"label\": false), {pairs} pairs")
     if stats.skipped_turns:
         err.print(f"[yellow]note[/]: {stats.skipped_turns} assistant turns were masked out (the chat template rewrites them)")
     return 0

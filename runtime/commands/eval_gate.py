@@ -11,7 +11,10 @@ only that flag ever changes the baseline."""
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
+
+from tinygpt.runtime.contracts.evals import PromotionRule
 
 EXAMPLE = (
     "tinygpt eval-gate\n"
@@ -39,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("gate-result.json"), help="where to write the GateResult (default: ./gate-result.json)")
     parser.add_argument("--json", action="store_true", help="print the GateResult as JSON instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--rule", action="append", default=[], choices=typing.get_args(PromotionRule),
+                        help="a promotion rule on top of the project's gate.rules (no-forgetting: no significant "
+                             "loss on the shipped general tool-calling suite)")
 
 
 def _num(x: float) -> str:
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             result = evaluate_gate(
                 args.project, candidate=args.candidate, specialist=args.specialist, baseline=args.baseline,
                 passes=args.passes, temperature=args.temperature, update_baseline=args.update_baseline,
-                use_cache=False if args.no_cache else None, out=args.out, say=say, progress=progress,
+                use_cache=False if args.no_cache else None, rules=args.rule, out=args.out, say=say, progress=progress,
             )  # fmt: skip
     except GateInputError as e:
         result = error_result(str(e))

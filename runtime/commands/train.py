@@ -1,4 +1,4 @@
-"""Fine-tune a specialist adapter from a token-id dataset (LoRA, DoRA, QLoRA, distillation).
+"""Fine-tune a specialist adapter from a token-id dataset (LoRA, DoRA, QLoRA, distillation, KTO / DPO).
 
 Writes an mlx-lm adapter directory (adapter_config.json, adapters.safetensors) with
 metrics.jsonl and training_record.json. Interrupted runs resume: rerun the same command.
@@ -13,13 +13,17 @@ import json
 import typing
 from pathlib import Path
 
+# The training contract's methods; contracts import no MLX.
+from tinygpt.runtime.contracts.specialist import METHODS
+
 EXAMPLE = (
     "tinygpt train --model smollm2-135m-instruct --data datasets/weather --out adapters/weather --steps 300\n"
     "  tinygpt train --model smollm2-135m-instruct --data datasets/weather --out adapters/weather-qlora --method qlora\n"
-    "  tinygpt train --model student --teacher teacher --method distill-logit --distill-top-k 32 --data D --out O"
+    "  tinygpt train --model student --teacher teacher --method distill-logit --distill-top-k 32 --data D --out O\n"
+    "  tinygpt train --model smollm2-135m-instruct --data datasets/weather --out adapters/weather-kto --method kto"
 )
 
-METHODS = ("lora", "dora", "qlora", "distill-logit", "distill-seq")
+
 
 HELP = {
     "steps": "optimizer updates to run",
@@ -38,7 +42,12 @@ HELP = {
     "distill_top_k": "cache the teacher's top-k logits instead of keeping it loaded (0: full logits)",
     "teacher_endpoint": "OpenAI-compatible base URL (…/v1) answering for distill-seq",
     "teacher_accept": "module:function(prompt, answer, reference) -> bool deciding which answers to keep",
-    "init_adapter": "continue training from this adapter directory",
+    "init_adapter": "continue training from this adapter directory (for kto / dpo also the reference)",
+    "pref_beta": "kto / dpo: strength of the implicit KL to the reference (larger stays closer)",
+    "kto_desirable_weight": "kto: weight of desirable (successful) examples",
+    "kto_undesirable_weight": "kto: weight of undesirable (failed) examples",
+    "kto_reference_point": "kto: z0 is 0 (failures must fall below the reference) or the batch's mean reward",
+    "pref_sft_weight": "cross entropy on successes / chosen answers added to the preference loss (kto-sft: 1)",
 }
 
 
@@ -65,6 +74,8 @@ def _option(parser: argparse.ArgumentParser, name: str, hint, default) -> None:
         parser.add_argument(flag, type=hint, **kwargs)
     elif list[str] in args:
         parser.add_argument(flag, nargs="+", metavar="KEY", **kwargs)
+    elif float in args or int in args:  # an optional number
+        parser.add_argument(flag, type=float if float in args else int, **kwargs)
     else:  # optional str
         parser.add_argument(flag, type=str, **kwargs)
 

@@ -1,4 +1,9 @@
-"""Training data built from trajectories: token ids and a loss mask, never text."""
+"""Training data built from trajectories: token ids and a loss mask, never text.
+
+Version 2 adds what preference training needs: rows of failed episodes
+(`desirable=False`, in the manifest's `undesirable` file), a split on each pair, and the
+manifest fields naming both. Version-1 files still decode (the new fields default).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from typing import Literal
 
 from .base import Contract
 
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 
 Split = Literal["train", "valid", "test"]
 
@@ -23,6 +28,10 @@ class DatasetRow(Contract):
     step: int | None = None
     split: Split = "train"
     weight: float = 1.0
+    # False for a failed episode (an undesirable example for KTO); SFT never trains on these.
+    desirable: bool = True
+    # The label stage's reward of the episode, when it had one.
+    reward: float | None = None
 
 
 class PreferencePair(Contract):
@@ -37,6 +46,8 @@ class PreferencePair(Contract):
     chosen_trajectory: str
     rejected_trajectory: str
     schema_version: int = DATASET_VERSION
+    # The chosen trajectory's split, so validation pairs never share a prompt with training ones.
+    split: Split = "train"
 
 
 class DatasetFile(Contract):
@@ -62,6 +73,8 @@ class DatasetManifest(Contract):
     project: str = "default"
     # Preference pairs (chosen / rejected answers to one prompt), when any were found.
     pairs: DatasetFile | None = None
+    # Rows of failed episodes (label-dropped with a reward), each with its own split field.
+    undesirable: DatasetFile | None = None
     # Trajectories left out, by reason (near / exact duplicate, label drop, ...).
     dropped: dict[str, int] = {}
     # The sha256 of every trajectory file the rows came from, sorted.

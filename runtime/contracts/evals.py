@@ -16,6 +16,13 @@ EVAL_VERSION = 1
 
 SuiteKind = Literal["tool_call", "exact_match", "json_schema", "latency", "custom"]
 Direction = Literal["higher", "lower"]
+# "threshold": worse than the baseline by more than `threshold` fails the suite;
+# "significant": only a statistically clear loss fails it, whatever its size (a suite the
+# specialist need not improve on, but may not get worse at: no forgetting).
+Regression = Literal["threshold", "significant"]
+# Promotion rules a gate (or a build policy) can name; each adds shipped suites
+# (workers/suites): "no-forgetting" adds the general tool-calling suite.
+PromotionRule = Literal["no-forgetting"]
 
 
 class EvalSuite(Contract):
@@ -47,6 +54,7 @@ class EvalSuite(Contract):
     options: dict[str, Any] = {}
     # Seeds of sampled passes derive from this, the item id and the pass index.
     seed: int = 0
+    regression: Regression = "threshold"
 
 
 class ItemResult(Contract):

@@ -12,6 +12,7 @@ import msgspec
 
 from .base import Contract
 from .environments import EnvRunSettings
+from .evals import PromotionRule
 from .pipeline import DatasetSettings, JudgeSettings, LabelRule
 from .policy import Selection
 from .specialist import Method
@@ -128,6 +129,8 @@ class EvalJob(Contract):
     suites: list[str] = []
     threshold: float | None = None
     require_significance: bool | None = None
+    # Promotion rules on top of the project's gate.rules (a build policy names them).
+    rules: list[PromotionRule] = []
 
 
 class PublishJob(Contract):

@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 
 from .base import Contract
-from .evals import EvalSuite
+from .evals import EvalSuite, PromotionRule
 from .pipeline import PipelineSettings
 from .policy import BuildPolicy
 
@@ -41,6 +41,9 @@ class GateSettings(Contract):
     cache: bool = True
     # A JSON file (relative to the project file) holding more suites: a list of EvalSuite.
     suites_file: str | None = None
+    # Promotion rules every candidate must also pass, e.g. ["no-forgetting"]: no
+    # significant loss on the shipped general tool-calling suite.
+    rules: list[PromotionRule] = []
 
 
 # ---------------------------------------------------------------- environments (issue 17)

@@ -8,13 +8,18 @@ records what each project's pins resolved to (and what they resolved to before, 
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 from .base import Contract
 
 SPECIALIST_VERSION = 1
 
-Method = Literal["lora", "dora", "qlora", "distill-logit", "distill-seq"]
+# kto / dpo / kto-sft: LoRA trained on preferences (failed episodes, chosen/rejected pairs)
+# against reference log-probs of the starting weights (workers/training/preference.py).
+Method = Literal["lora", "dora", "qlora", "distill-logit", "distill-seq", "kto", "dpo", "kto-sft"]
+PREFERENCE_METHODS = ("kto", "dpo", "kto-sft")
+METHODS: tuple[str, ...] = typing.get_args(Method)
 
 
 def adapter_weights_digest(config_sha256: str, weights_sha256: str) -> str:

@@ -23,6 +23,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 KLDirection = Literal["forward", "reverse"]
 TeacherApi = Literal["chat", "completions"]
 ToolChoice = Literal["auto", "required", "none"]
+KTOReferencePoint = Literal["zero", "batch"]
 
 
 class TrainingConfig(Contract):
@@ -85,7 +86,21 @@ class TrainingConfig(Contract):
     # `module:function(prompt_text, answer_text, reference_text) -> bool`; None: built-in rules.
     teacher_accept: str | None = None
     # Continue from this adapter directory (its recorded base must be this run's base).
+    # For kto / dpo it is also the reference: log-probs come from the starting weights.
     init_adapter: str | None = None
+    # Preference methods (kto, dpo, kto-sft): the strength of the implicit KL to the
+    # reference (beta of DPO / KTO); larger stays closer to the reference.
+    pref_beta: float = 0.1
+    # KTO's weights of desirable / undesirable examples (lambda_D, lambda_U); with
+    # unbalanced classes, choose them so lambda_D * n_D / (lambda_U * n_U) is in [1, 4/3].
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
+    # KTO's reference point z0: "zero" (failures must fall below the reference) or "batch"
+    # (the batch's mean implicit reward, clamped at 0; closer to the paper's KL estimate).
+    kto_reference_point: KTOReferencePoint = "zero"
+    # Weight of a token-mean cross entropy on desirable rows / chosen answers added to the
+    # preference loss (kto-sft defaults it to 1; for dpo it is RPO's NLL term).
+    pref_sft_weight: float | None = None
 
 
 class TrainingRecord(Contract):
@@ -119,6 +134,8 @@ class TrainingRecord(Contract):
     teacher_digest: str = ""
     # The adapter this run started from (continued training), by its weights' sha256.
     init_adapter_sha256: str = ""
+    # Preference methods: the digest of the weights the reference log-probs came from.
+    reference_digest: str = ""
     stopped_early: bool = False
     # train_loss, val_loss (best), initial_val_loss, trained_tokens, tokens_per_second, ...
     metrics: dict[str, float] = {}

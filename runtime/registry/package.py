@@ -28,7 +28,7 @@ from ..contracts.base import ContractError
 from ..contracts.dataset import DatasetManifest
 from ..contracts.evals import GateResult
 from ..contracts.io import read_json, write_json
-from ..contracts.specialist import SpecialistLock, SpecialistManifest, adapter_weights_digest
+from ..contracts.specialist import METHODS, SpecialistLock, SpecialistManifest, adapter_weights_digest
 from ..contracts.training import TRAINING_RECORD, TrainingRecord
 from ..hashing import sha256_file
 from ..models import adapter_format
@@ -43,7 +43,6 @@ CARD = "README.md"
 EVAL_REPORT = "eval_report.json"
 # Copied along when the training run left them (the record names base, data and settings).
 EXTRA_FILES = (TRAINING_RECORD, "metrics.jsonl")
-METHODS = ("lora", "dora", "qlora", "distill-logit", "distill-seq")
 
 
 class Built(msgspec.Struct, kw_only=True):

@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 
 from tinygpt.runtime.contracts.base import ContractError
-from tinygpt.runtime.contracts.dataset import DatasetManifest, DatasetRow
+from tinygpt.runtime.contracts.dataset import DatasetFile, DatasetManifest, DatasetRow, PreferencePair
 from tinygpt.runtime.contracts.io import read_json
 
 from .errors import DatasetFormatError, EmptyDatasetError
@@ -37,9 +37,18 @@ class Dataset:
     manifest: DatasetManifest
     manifest_sha256: str
     splits: dict[str, list[DatasetRow]]
+    # Failed episodes (desirable=False) and preference pairs, by split (preference methods).
+    undesirable_splits: dict[str, list[DatasetRow]] = field(default_factory=dict)
+    pair_splits: dict[str, list[PreferencePair]] = field(default_factory=dict)
 
     def rows(self, split: str) -> list[DatasetRow]:
         return self.splits.get(split, [])
+
+    def undesirable(self, split: str) -> list[DatasetRow]:
+        return self.undesirable_splits.get(split, [])
+
+    def pairs(self, split: str) -> list[PreferencePair]:
+        return self.pair_splits.get(split, [])
 
 
 def _sha256(path: Path) -> str:
@@ -50,16 +59,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_rows(path: Path) -> list[DatasetRow]:
-    """Rows from `.jsonl` (one row per line) or `.msgpack` / `.mpk` (an array of rows)."""
+def _read_rows(path: Path, kind: type = DatasetRow) -> list:
+    """Records from `.jsonl` (one per line) or `.msgpack` / `.mpk` (an array of them)."""
     try:
         if path.suffix in (".msgpack", ".mpk"):
-            return msgspec.msgpack.decode(path.read_bytes(), type=list[DatasetRow])
-        decoder = msgspec.json.Decoder(DatasetRow)
+            return msgspec.msgpack.decode(path.read_bytes(), type=list[kind])
+        decoder = msgspec.json.Decoder(kind)
         with open(path, "rb") as f:
             return [decoder.decode(line) for line in f if line.strip()]
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise DatasetFormatError(f"{path}: not a file of DatasetRow records ({e})") from None
+        raise DatasetFormatError(f"{path}: not a file of {kind.__name__} records ({e})") from None
+
+
+def _checked_file(path: Path, manifest_path: Path, entry: DatasetFile, what: str) -> Path:
+    file = path / entry.path
+    if not file.is_file():
+        raise DatasetFormatError(f"{manifest_path}: {what} names {entry.path}, which is missing")
+    if entry.sha256 and _sha256(file) != entry.sha256:
+        raise DatasetFormatError(f"{file}: sha256 does not match the manifest (changed after it was written)")
+    return file
+
+
+def _check_row(file: Path, row: DatasetRow) -> None:
+    if len(row.input_ids) != len(row.loss_mask):
+        raise DatasetFormatError(f"{file}: row {row.id} has {len(row.input_ids)} ids but {len(row.loss_mask)} mask entries")
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -75,19 +98,27 @@ def load_dataset(path: str | Path) -> Dataset:
     except ContractError as e:
         raise DatasetFormatError(f"not a dataset directory: {e}") from None
     splits: dict[str, list[DatasetRow]] = {}
+    undesirable: dict[str, list[DatasetRow]] = {}
     for name, entry in sorted(manifest.splits.items()):
-        file = path / entry.path
-        if not file.is_file():
-            raise DatasetFormatError(f"{manifest_path}: split {name!r} names {entry.path}, which is missing")
-        if entry.sha256 and _sha256(file) != entry.sha256:
-            raise DatasetFormatError(f"{file}: sha256 does not match the manifest (changed after it was written)")
+        file = _checked_file(path, manifest_path, entry, f"split {name!r}")
         for row in _read_rows(file):
-            if len(row.input_ids) != len(row.loss_mask):
-                raise DatasetFormatError(
-                    f"{file}: row {row.id} has {len(row.input_ids)} ids but {len(row.loss_mask)} mask entries"
-                )
-            splits.setdefault(row.split, []).append(row)
-    return Dataset(path=path, manifest=manifest, manifest_sha256=_sha256(manifest_path), splits=splits)
+            _check_row(file, row)
+            # SFT trains on desirable rows only; a failed one in a split file is a KTO example.
+            (splits if row.desirable else undesirable).setdefault(row.split, []).append(row)
+    if manifest.undesirable is not None:
+        file = _checked_file(path, manifest_path, manifest.undesirable, "undesirable")
+        for row in _read_rows(file):
+            _check_row(file, row)
+            undesirable.setdefault(row.split, []).append(msgspec.structs.replace(row, desirable=False))
+    pairs: dict[str, list[PreferencePair]] = {}
+    if manifest.pairs is not None:
+        file = _checked_file(path, manifest_path, manifest.pairs, "pairs")
+        for pair in _read_rows(file, PreferencePair):
+            pairs.setdefault(pair.split, []).append(pair)
+    return Dataset(
+        path=path, manifest=manifest, manifest_sha256=_sha256(manifest_path), splits=splits,
+        undesirable_splits=undesirable, pair_splits=pairs,
+    )  # fmt: skip
 
 
 def trainable_tokens(row: DatasetRow) -> int:
@@ -236,7 +267,7 @@ class BatchPlan:
                 skip -= len(plan)
             else:
                 for batch in plan[skip:]:
-                    yield collate(self.rows, batch, self.max_len, self.pack)
+                    yield self.collate(batch)
                 skip = 0
             e += 1
 
@@ -245,7 +276,10 @@ class BatchPlan:
         plan = self.epoch(0, shuffle=False)
         if limit >= 0:
             plan = plan[:limit]
-        return [collate(self.rows, batch, self.max_len, self.pack) for batch in plan]
+        return [self.collate(batch) for batch in plan]
+
+    def collate(self, plan: list[list[int]]) -> Batch:
+        return collate(self.rows, plan, self.max_len, self.pack)
 
     @property
     def truncated(self) -> int:

@@ -54,3 +54,15 @@ class OutputExists(TrainingError):
     """The output directory holds a different run's adapter."""
 
     reason = "output-exists"
+
+
+class PreferenceDataError(TrainingError):
+    """A preference method without the examples it needs (no pairs, or KTO with one class)."""
+
+    reason = "preference-data"
+
+
+class ReferenceMismatch(TrainingError):
+    """Cached reference log-probs that belong to other weights or other rows."""
+
+    reason = "reference-mismatch"

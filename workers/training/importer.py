@@ -4,6 +4,10 @@ Formats (as `mlx_lm.lora` reads them):
 - chat / tools: {"messages": [...], "tools": [...]?} rendered with the model's chat template;
 - completions:  {"prompt": ..., "completion": ...}, i.e. one user and one assistant turn;
 - text:         {"text": ...}, every token trained (mlx-lm's meaning of a plain text row).
+For preference training (TRL's conventions):
+- any of the above with "label": false is an undesirable example (a failure, for KTO);
+- {"messages": [...prompt turns], "tools"?, "chosen": {assistant message}, "rejected": {...}}
+  is a preference pair (for DPO): two answers to the same rendered prompt.
 The loss mask follows the runtime's rule: 1 only on what the model itself would sample,
 i.e. each assistant turn's content up to and including its end-of-turn token, never the
 role header, the template's trailing newline, system, user or tool text.
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from tinygpt.runtime.contracts.dataset import DatasetFile, DatasetManifest, DatasetRow
+from tinygpt.runtime.contracts.dataset import DatasetFile, DatasetManifest, DatasetRow, PreferencePair
 from tinygpt.runtime.contracts.io import atomic_write_bytes, write_json
 
 from .data import MANIFEST, trainable_tokens
@@ -35,6 +39,8 @@ SPLITS = ("train", "valid", "test")
 @dataclass
 class ImportStats:
     rows: int = 0
+    # Rows with "label": false (undesirable examples).
+    failures: int = 0
     skipped_turns: int = 0
     formats: dict[str, int] = field(default_factory=dict)
 
@@ -96,6 +102,26 @@ def record_row(tokenizer, record: dict, stats: ImportStats) -> tuple[list[int], 
     return ids, mask
 
 
+def pair_record(tokenizer, record: dict, row_id: str, split: str, stats: ImportStats) -> PreferencePair:
+    """A {"messages", "chosen", "rejected"} record as a pair over the rendered prompt's ids."""
+    messages, tools = record.get("messages"), record.get("tools")
+    if not isinstance(messages, list) or not all(isinstance(record[k], dict) for k in ("chosen", "rejected")):
+        raise DatasetFormatError("a pair record needs `messages` (the prompt turns) and `chosen` / `rejected` assistant messages")
+    prompt = _render(tokenizer, messages, tools, generation_prompt=True)
+    answers = []
+    for key in ("chosen", "rejected"):
+        ids, mask = chat_row(tokenizer, [*messages, {"role": "assistant", **record[key]}], tools, stats)
+        if ids[: len(prompt)] != prompt:
+            raise DatasetFormatError(f"pair {row_id}: the template does not render the prompt as a prefix of the {key} answer")
+        answers.append([t for t, m in zip(ids[len(prompt) :], mask[len(prompt) :]) if m])
+    stats.formats["pairs"] = stats.formats.get("pairs", 0) + 1
+    return PreferencePair(
+        id=row_id, prompt_ids=prompt, chosen_ids=answers[0], rejected_ids=answers[1],
+        chosen_reward=float(record.get("chosen_reward", 1.0)), rejected_reward=float(record.get("rejected_reward", 0.0)),
+        chosen_trajectory="", rejected_trajectory="", split=split,
+    )  # fmt: skip
+
+
 def _split_of(line: bytes, seed: int, valid_fraction: float, test_fraction: float) -> str:
     # By content hash, so re-importing the same file (even reordered) gives the same split.
     u = int.from_bytes(hashlib.sha256(f"{seed}:".encode() + line).digest()[:8], "big") / 2**64
@@ -116,15 +142,20 @@ def read_sources(src: Path, seed: int, valid_fraction: float, test_fraction: flo
     return out
 
 
-def write_dataset(out: Path, name: str, splits: dict[str, list[DatasetRow]], base_model: str, base_digest: str) -> DatasetManifest:
-    """Write rows as `<split>.jsonl` plus `manifest.json` (last: its presence means complete)."""
+def _write_lines(out: Path, name: str, records: list) -> DatasetFile:
+    data = b"".join(msgspec.json.encode(r) + b"\n" for r in records)
+    atomic_write_bytes(out / name, data)
+    return DatasetFile(path=name, sha256=hashlib.sha256(data).hexdigest(), rows=len(records))
+
+
+def write_dataset(out: Path, name: str, splits: dict[str, list[DatasetRow]], base_model: str, base_digest: str,
+                  pairs: list[PreferencePair] | None = None) -> DatasetManifest:  # fmt: skip
+    """Write rows as `<split>.jsonl` (+ `pairs.jsonl`) plus `manifest.json` (last: its presence means complete)."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, rows in sorted(splits.items()):
-        data = b"".join(msgspec.json.encode(r) + b"\n" for r in rows)
-        atomic_write_bytes(out / f"{split}.jsonl", data)
-        files[split] = DatasetFile(path=f"{split}.jsonl", sha256=hashlib.sha256(data).hexdigest(), rows=len(rows))
-    digest = hashlib.sha256("".join(f"{s} {f.sha256}\n" for s, f in sorted(files.items())).encode()).hexdigest()
+    files = {split: _write_lines(out, f"{split}.jsonl", rows) for split, rows in sorted(splits.items())}
+    pair_file = _write_lines(out, "pairs.jsonl", pairs) if pairs else None
+    listed = {**files, **({"pairs": pair_file} if pair_file else {})}
+    digest = hashlib.sha256("".join(f"{s} {f.sha256}\n" for s, f in sorted(listed.items())).encode()).hexdigest()
     every = [r for rows in splits.values() for r in rows]
     manifest = DatasetManifest(
         name=name,
@@ -136,6 +167,7 @@ def write_dataset(out: Path, name: str, splits: dict[str, list[DatasetRow]], bas
         tokens=sum(len(r.input_ids) for r in every),
         trained_tokens=sum(trainable_tokens(r) for r in every),
         created_at=time.time(),
+        pairs=pair_file,
     )
     write_json(out / MANIFEST, manifest)
     return manifest
@@ -148,6 +180,7 @@ def import_jsonl(
     """Tokenize `src` once with `tokenizer` and write a dataset directory at `out`."""
     stats = ImportStats()
     splits: dict[str, list[DatasetRow]] = {}
+    pairs: list[PreferencePair] = []
     for split, lines in read_sources(Path(src), seed, valid_fraction, test_fraction).items():
         for n, line in enumerate(lines, 1):
             try:
@@ -156,11 +189,19 @@ def import_jsonl(
                 raise DatasetFormatError(f"{src}: {split} line {n} is not JSON ({e})") from None
             if not isinstance(record, dict):
                 raise DatasetFormatError(f"{src}: {split} line {n} is not a JSON object")
-            ids, mask = record_row(tokenizer, record, stats)
             row_id = hashlib.sha256(line).hexdigest()[:20]
-            splits.setdefault(split, []).append(DatasetRow(id=row_id, input_ids=ids, loss_mask=mask, split=split))
+            if "chosen" in record or "rejected" in record:
+                pairs.append(pair_record(tokenizer, record, row_id, split, stats))
+                continue
+            desirable = record.get("label", True)
+            if not isinstance(desirable, bool):
+                raise DatasetFormatError(f"{src}: {split} line {n}: `label` must be true or false (desirable or not)")
+            ids, mask = record_row(tokenizer, record, stats)
+            row = DatasetRow(id=row_id, input_ids=ids, loss_mask=mask, split=split, desirable=desirable)
+            splits.setdefault(split, []).append(row)
             stats.rows += 1
-    if not splits.get("train"):
+            stats.failures += not desirable
+    if not any(r.desirable for r in splits.get("train", [])) and not any(p.split == "train" for p in pairs):
         raise EmptyDatasetError(f"{src}: no training rows (an empty file, or every row went to valid/test)")
-    manifest = write_dataset(Path(out), name or Path(src).stem, splits, base_model, base_digest)
+    manifest = write_dataset(Path(out), name or Path(src).stem, splits, base_model, base_digest, pairs)
     return manifest, stats

@@ -65,6 +65,17 @@ def cross_entropy(model, inputs, targets, weights, mask, segments=None):
     return ce.astype(mx.float32).sum() / mx.maximum(ntoks, 1), ntoks
 
 
+def token_logps(model, inputs, targets, segments=None):
+    """log p(target) at every position, float32 (B, L)."""
+    out = logits(model, inputs, segments)
+    return -nn.losses.cross_entropy(out, targets).astype(mx.float32)
+
+
+def sequence_logps(model, inputs, targets, mask):
+    """Per-sequence sum of log p(target) over the masked-in positions (B,)."""
+    return (token_logps(model, inputs, targets) * mask).sum(-1)
+
+
 def _kl(student, teacher, temperature: float, direction: str):
     """Per-position KL between softmax(x / T) distributions; last axis is the vocabulary."""
     log_q = nn.log_softmax(student.astype(mx.float32) / temperature, axis=-1)

@@ -15,10 +15,11 @@ import msgspec
 
 from tinygpt.runtime import paths
 from tinygpt.runtime.contracts.dataset import DatasetRow
+from tinygpt.runtime.contracts.specialist import PREFERENCE_METHODS
 from tinygpt.runtime.contracts.io import atomic_write_bytes
 from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingRecord
 
-from . import adapters, distill, losses, models
+from . import adapters, distill, losses, models, preference
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_FILE, METRICS_FILE, load_checkpoint, trim_metrics, write_output
 from .data import BatchPlan, check_rows, trainable_tokens
 from .distill_seq import EndpointTeacher, LocalTeacher, load_accept, teacher_rows
@@ -111,16 +112,16 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
                 "quantized matmul is ~40x slower than its BLAS matmul); prefer --method lora unless memory is short")
     model, tokenizer = models.load(trained_path)
     vocab = models.vocab_size(model)
+    preference_run = method in PREFERENCE_METHODS
     train_rows, val_rows = dataset.rows("train"), dataset.rows("valid")
     extra: dict[str, float] = {}
     if method == "distill-seq":
         check_rows(train_rows, "train", vocab)
         train_rows, stats = _teacher_rows(ctx, tokenizer, train_rows)
         extra = {f"teacher_{k}": float(v) for k, v in stats.items()}
-    train_rows = check_rows(train_rows, "train", vocab)
-    val_rows = check_rows(val_rows, "valid", vocab) if val_rows else []
-    if not val_rows:
-        say("no validation rows: the last step's adapter is kept and early stopping is off")
+    if not preference_run:  # preference methods pick their own rows (preference.prepare)
+        train_rows = check_rows(train_rows, "train", vocab)
+        val_rows = check_rows(val_rows, "valid", vocab) if val_rows else []
 
     teacher = None
     if method == "distill-logit":
@@ -142,10 +143,22 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
         say(f"resuming from the checkpoint at step {resume[0].step}")
     else:
         metrics_path.unlink(missing_ok=True)
-    train_plan = BatchPlan(train_rows, cfg.batch_size, cfg.max_seq_length, cfg.pack, job.seed)
+    ref_digest = ""
+    if preference_run:
+        # Before the first step (and before a checkpoint is loaded): the model holds the
+        # starting weights, which are the reference.
+        ref_digest = preference.reference_digest(base_digest, init_sha)
+        started_ref = time.time()
+        prepared = preference.prepare(model, method, cfg, dataset, vocab=vocab, seed=job.seed, ref_digest=ref_digest, say=say)
+        objective, train_plan, val_batches = prepared.objective, prepared.train, prepared.val
+        extra |= {**prepared.counts, "reference_seconds": time.time() - started_ref}
+    else:
+        train_plan = BatchPlan(train_rows, cfg.batch_size, cfg.max_seq_length, cfg.pack, job.seed)
+        val_batches = BatchPlan(val_rows, cfg.batch_size, cfg.max_seq_length, cfg.pack, job.seed).fixed(cfg.val_batches)
     if train_plan.truncated:
         say(f"{train_plan.truncated} rows are longer than max_seq_length={cfg.max_seq_length} and are cut")
-    val_batches = BatchPlan(val_rows, cfg.batch_size, cfg.max_seq_length, cfg.pack, job.seed).fixed(cfg.val_batches)
+    if not val_batches:
+        say("no validation rows: the last step's adapter is kept and early stopping is off")
 
     start = resume[0].step if resume else 0
     with Reporter(metrics_path, cfg.steps, start=start, show=progress, title=job.specialist) as reporter:
@@ -158,7 +171,9 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
     state = result.state
     weights = result.best if result.best is not None else result.final
     adapter_file = work / "output.safetensors"
-    mx.save_safetensors(str(adapter_file), weights)
+    # Sorted: the best weights of a resumed run come back from a checkpoint file in another
+    # key order, and the adapter's bytes (its sha256) must not depend on that.
+    mx.save_safetensors(str(adapter_file), dict(sorted(weights.items())))
     base_info = {"base_model": job.base_model, "base_digest": base_digest, "trained_base_digest": trained_digest}
     config = adapters.adapter_config(
         cfg, dora=method == "dora", num_layers=num_layers, model_path=trained_path, base=base_info
@@ -193,6 +208,7 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
         teacher_model=job.teacher_model,
         teacher_digest=teacher_digest,
         init_adapter_sha256=init_sha,
+        reference_digest=ref_digest,
         run_key=run_key,
         adapter_sha256=_sha256(adapter_file),
         steps_done=state.step,
