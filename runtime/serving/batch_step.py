@@ -25,6 +25,7 @@ later prompt batch is merged into (`extend`).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import mlx.core as mx
@@ -66,12 +67,17 @@ class BatchedGenerationBatch(GenerationBatch):
     """`GenerationBatch` whose step does per-batch work once per batch (see module doc)."""
 
     chosen: list[float]
+    # The last step's time queueing the next step (async_eval: kernel launches on a GPU; on
+    # the CPU backend the compute itself) and blocked on the device for this step's tokens.
+    launch_s: float
+    wait_s: float
     _next_chosen: mx.array | None
     _bias_key: tuple | None
     _bias: tuple[mx.array, mx.array, mx.array] | None
 
     def __init__(self, *a: Any, **kw: Any):
         self.chosen = []
+        self.launch_s = self.wait_s = 0.0
         self._next_chosen = None
         self._bias_key = None
         self._bias = None
@@ -174,11 +180,15 @@ class BatchedGenerationBatch(GenerationBatch):
         self._next_tokens = sampled
         self._next_logprobs = RowLogprobs(logprobs)
         self._next_chosen = chosen
+        t = time.perf_counter()
         mx.async_eval(sampled, logprobs, chosen, token_context)
+        self.launch_s = time.perf_counter() - t
 
         if current_chosen is None:  # the first step of a fresh batch
             current_chosen = self._chosen_of(self._current_logprobs, inputs)
+        t = time.perf_counter()
         mx.eval(inputs, current_chosen)
+        self.wait_s = time.perf_counter() - t
         tokens = inputs.tolist()
         self.chosen = current_chosen.tolist()
         for sti, ti in zip(self.tokens, tokens):
