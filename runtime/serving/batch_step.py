@@ -14,7 +14,11 @@ itself is ~5 ms. This subclass does, per step, for the whole batch:
 - one sampler call per distinct sampler (all greedy rows share one), not one per row;
 - the chosen tokens' logprobs gathered in the step's own graph, so they are evaluated with
   the tokens (`chosen`, one float per row) instead of by B more ops afterwards;
-- logprobs kept as one [B, V] array (rows are sliced only when a caller reads one).
+- logprobs kept as one [B, V] array (rows are sliced only when a caller reads one);
+- the KV cache's left padding read from the device once per batch composition, not once per
+  layer per finished sequence: mlx-lm's `BatchKVCache.extract` / `.filter` call `tolist()` on
+  it in every layer, and each such read waits for the step in flight (on a GPU: 30 syncs per
+  finished request, and the pipelining lost whenever a request ends or is fast-forwarded).
 
 As in mlx-lm, step k+1 is queued (`async_eval`) before step k's tokens are read, so the
 caller's per-token Python work overlaps the device's next step. The arithmetic is the same
@@ -30,6 +34,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import GenerationBatch
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from .sampling import LogitBias
 
@@ -76,6 +81,8 @@ class BatchedGenerationBatch(GenerationBatch):
     _bias: tuple[mx.array, mx.array, mx.array] | None
 
     def __init__(self, *a: Any, **kw: Any):
+        self._pads: list[int] | None = None  # host copy of the cache's left padding
+        self._pads_of: mx.array | None = None  # ... of this array (layer 0's)
         self.chosen = []
         self.launch_s = self.wait_s = 0.0
         self._next_chosen = None
@@ -202,8 +209,53 @@ class BatchedGenerationBatch(GenerationBatch):
             return mx.zeros((0,))
         return mx.take_along_axis(rows, tokens.reshape(-1, 1).astype(mx.int32), axis=-1).reshape(-1)
 
+    # -------------------------------------------------------------- KV cache, no per-layer sync
+
+    def _batch_kv(self) -> bool:
+        return bool(self.prompt_cache) and all(type(c) is BatchKVCache for c in self.prompt_cache)
+
+    def _left_pads(self) -> list[int]:
+        """Every layer's left padding (the same in each), read once per composition."""
+        first = self.prompt_cache[0].left_padding
+        if self._pads is None or self._pads_of is not first:
+            self._pads, self._pads_of = first.tolist(), first
+        return self._pads
+
+    def extract_cache(self, idx: int) -> list:
+        if not self._batch_kv():
+            return super().extract_cache(idx)
+        pad = self._left_pads()[idx]
+        out = []
+        for c in self.prompt_cache:  # BatchKVCache.extract minus its tolist()
+            one = KVCache()
+            one.keys = mx.contiguous(c.keys[idx : idx + 1, :, pad : c._idx])
+            one.values = mx.contiguous(c.values[idx : idx + 1, :, pad : c._idx])
+            one.offset = one.keys.shape[2]
+            out.append(one)
+        return out
+
+    def _filter_cache(self, keep: list[int]) -> None:
+        """BatchKVCache.filter on every layer, the padding shift computed on the host."""
+        before = self._left_pads()
+        pads = [before[i] for i in keep]
+        shift = min(pads)
+        for c in self.prompt_cache:
+            if c.keys is not None:
+                c.keys = c.keys[keep]
+                c.values = c.values[keep]
+            c.offset = c.offset[keep]
+            c.left_padding = c.left_padding[keep]
+            if shift > 0:  # drop the columns every row pads
+                if c.keys is not None:
+                    c.keys = c.keys[..., shift:, :]
+                    c.values = c.values[..., shift:, :]
+                c._idx -= shift
+                c.left_padding = c.left_padding - shift
+        self._pads, self._pads_of = [p - shift for p in pads], self.prompt_cache[0].left_padding
+
     def extend(self, batch):
         """mlx-lm's `extend`, with logprobs as one array and the chosen logprobs carried."""
+        self._pads = None
         self.uids.extend(batch.uids)
         from mlx_lm.generate import _extend_cache
 
@@ -234,7 +286,14 @@ class BatchedGenerationBatch(GenerationBatch):
         chosen = self._next_chosen
         # mlx-lm's filter indexes _next_logprobs as a list; hand it one.
         self._next_logprobs = [None] * len(self.uids)
+        caches = self.prompt_cache
+        fast = bool(keep) and self._batch_kv()
+        if fast:
+            self._filter_cache(keep)
+            self.prompt_cache = []  # filtered already: mlx-lm's filter loops over none
         super().filter(keep)
+        if fast:
+            self.prompt_cache = caches
         self._next_logprobs = RowLogprobs(rows[idx] if idx is not None and rows is not None else None)
         self._next_chosen = chosen[idx] if idx is not None and chosen is not None else None
 
