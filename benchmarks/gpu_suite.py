@@ -49,6 +49,8 @@ import tinygpt.runtime  # noqa: E402,F401  (BLAS decision before mlx)
 BIG_SHAPE = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
              "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True}  # fmt: skip
 CLIENTS = (1, 16, 64, 128)
+# Writes the JSON so far (set by main): a part cut off by a time limit keeps what it measured.
+checkpoint = lambda: None  # noqa: E731
 
 
 def random_weights(model_dir: Path) -> None:
@@ -110,7 +112,7 @@ def bare_loop(model, batch: int, n: int, prompt_len: int = 32) -> float:
     from mlx_lm.models.cache import make_prompt_cache
 
     cache = make_prompt_cache(model)
-    prompt = mx.random.randint(0, 1000, (batch, prompt_len), key=mx.random.key(batch))
+    prompt = mx.random.randint(0, min(1000, model.args.vocab_size), (batch, prompt_len), key=mx.random.key(batch))
     y = mx.argmax(model(prompt, cache=cache)[:, -1, :], axis=-1)
     mx.eval(y)
     start = None
@@ -230,6 +232,7 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
     # the runtime's aggregate, the engine and HTTP.
     res["batch_generator"] = {b: batch_generator_rate(model, b, 64, ban) for b in (1, 16, 64, 128)}
     res["batch_generator_no_bias"] = {b: batch_generator_rate(model, b, 64, None) for b in (1, 128)}
+    checkpoint()
     mlx_lm_rate = max(stream_generate_rate(model, tokenizer, prompt_ids, n) for _ in range(3))
     res["mlx_lm_stream_generate_tok_s"] = mlx_lm_rate
     del model
@@ -244,6 +247,7 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
         res["single_stream"] = {"runtime_tok_s": single, "all": runs, "bare_tok_s": bare[1],
                                 "mlx_lm_tok_s": mlx_lm_rate, "ratio_bare": single / bare[1],
                                 "ratio_mlx_lm": single / mlx_lm_rate}
+        checkpoint()
         concurrency(server, 16, 16, ban)  # warm-up: batch shapes compiled once
         agg = []
         for c in CLIENTS:
@@ -252,6 +256,8 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
             row["bare_tok_s_same_batch"] = ref
             row["share_of_bare"] = row["tok_per_s"] / ref if ref else None
             agg.append(row)
+            res["aggregate"] = agg
+            checkpoint()
         res["aggregate"] = agg
         res["constrained"] = constrained(server, n, ban)
         res["metrics_device_line"] = [line for line in server.metrics().splitlines() if line.startswith("tinygpt_device_info")]
@@ -396,6 +402,9 @@ def main() -> int:
     def save() -> None:
         if args.out:
             args.out.write_text(json.dumps(result, indent=2))
+
+    global checkpoint
+    checkpoint = save
 
     def run(name: str, fn, *a) -> None:
         if name not in parts:
