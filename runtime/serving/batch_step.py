@@ -10,7 +10,8 @@ itself is ~5 ms. This subclass does, per step, for the whole batch:
 - one scatter-add for every row's `logit_bias` (`sampling.LogitBias`), the index arrays
   built once per batch composition;
 - the per-row loop only for the rows whose processors cannot be batched (penalties, grammar
-  constraints), their results written back with one indexed assignment;
+  constraints), their results written back with one indexed assignment; the forward pass is
+  queued before that loop, so a grammar's mask is computed while the device runs the model;
 - one sampler call per distinct sampler (all greedy rows share one), not one per row;
 - the chosen tokens' logprobs gathered in the step's own graph, so they are evaluated with
   the tokens (`chosen`, one float per row) instead of by B more ops afterwards;
@@ -131,6 +132,10 @@ class BatchedGenerationBatch(GenerationBatch):
                 rows, cols, vals = self._bias_arrays(biased)
                 logits = logits.at[rows, cols].add(vals.astype(logits.dtype))
             return logits, token_context
+        # Those rows read the last token on the host (a grammar advances on it), which waits
+        # for the previous step: start this step's forward pass first, so the device runs it
+        # while the grammar computes the mask (only the mask and the sampling wait for it).
+        mx.async_eval(logits)
         # A row's processors run in their own order (a constraint comes last, after the
         # bias), so a row that needs the loop gets all its processors there.
         loop_rows = {e for e, _ in other}
