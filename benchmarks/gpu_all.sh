@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1
 START=$SECONDS
 BUDGET=${GPU_ALL_BUDGET_S:-345}
 left() { echo $(( BUDGET - (SECONDS - START) )); }
-cap() { local l; l=$(left); (( l < $1 )) && echo "$l" || echo "$1"; }  # min(cap, time left)
+cap() { local l; l=$(left); (( l < 1 )) && l=1; (( l < $1 )) && echo "$l" || echo "$1"; }  # min(cap, time left), >= 1
 mark() { echo "$1: $(( SECONDS - START )) s" | tee -a "$OUT/timings.txt"; }
 
 if [[ -z "$MODEL" ]]; then
