@@ -8,11 +8,14 @@ values, and never on zeros). All ratios come from this one run on this one card:
 
 - hbm: device-to-device bandwidth (read + write of a 1 GiB array), the ceiling for decode;
 - bare: a bare MLX decode loop (model call + argmax, next step queued before reading the
-  current token) at batch 1 / 16 / 64 / 128, and mlx-lm's `stream_generate` at batch 1;
+  current token) at batch 1 / 16 / 64 / 128 (and on mlx-lm's generation stream at 1 / 128),
+  mlx-lm's `stream_generate` at batch 1, and the runtime's decode step without the server
+  (an mlx-lm `BatchGenerator` with `batch_step`, rows biased as the runtime's are);
 - runtime: `tinygpt serve` with its defaults (a subprocess; the client is this process):
   single-stream SSE decode ÷ the bare loop and ÷ stream_generate; aggregate decode with
   1 / 16 / 64 / 128 concurrent clients (one request each, 128 tokens, EOS banned) ÷ the bare
-  loop at the same batch, with every request's status counted; constrained
+  loop at the same batch, with every request's status counted and the model thread's time
+  per step by phase (/metrics `tinygpt_decode_step_seconds_total`); constrained
   (tool_choice="required") ÷ free decode;
 - train: `tinygpt train` LoRA and QLoRA steps/s ÷ a bare compiled MLX LoRA step (rank 8 on
   every linear of every block, Adam) on the same batches of the same dataset;
@@ -46,6 +49,8 @@ import tinygpt.runtime  # noqa: E402,F401  (BLAS decision before mlx)
 BIG_SHAPE = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
              "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True}  # fmt: skip
 CLIENTS = (1, 16, 64, 128)
+# Writes the JSON so far (set by main): a part cut off by a time limit keeps what it measured.
+checkpoint = lambda: None  # noqa: E731
 
 
 def random_weights(model_dir: Path) -> None:
@@ -107,7 +112,7 @@ def bare_loop(model, batch: int, n: int, prompt_len: int = 32) -> float:
     from mlx_lm.models.cache import make_prompt_cache
 
     cache = make_prompt_cache(model)
-    prompt = mx.random.randint(0, 1000, (batch, prompt_len), key=mx.random.key(batch))
+    prompt = mx.random.randint(0, min(1000, model.args.vocab_size), (batch, prompt_len), key=mx.random.key(batch))
     y = mx.argmax(model(prompt, cache=cache)[:, -1, :], axis=-1)
     mx.eval(y)
     start = None
@@ -120,6 +125,52 @@ def bare_loop(model, batch: int, n: int, prompt_len: int = 32) -> float:
         y = nxt
     y.tolist()
     return batch * n / (time.perf_counter() - start)
+
+
+def bare_loop_stream(model, batch: int, n: int) -> float:
+    """The bare loop on mlx-lm's `generation_stream` (where `generate_step` and the runtime's
+    BatchGenerator run), to tell a stream effect apart from the rest."""
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    with mx.stream(generation_stream):
+        return bare_loop(model, batch, n)
+
+
+def batch_generator_rate(model, batch: int, n: int, ban: dict | None, prompt_len: int = 32) -> dict:
+    """The runtime's decode step without the server: an mlx-lm `BatchGenerator` with our
+    batched step (`batch_step`), `batch` sequences joined at once, greedy, with each row's
+    `logit_bias` as the runtime gives it (EOS banned) or none; tok/s over `n` steps and the
+    step's time split (graph building + bookkeeping / async_eval / wait for the device)."""
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    from tinygpt.runtime.serving import batch_step
+    from tinygpt.runtime.serving.sampling import make_processors, make_sampler
+
+    gen = BatchGenerator(model, stop_tokens=[], completion_batch_size=batch, prefill_batch_size=batch)
+    batch_step.install(gen)
+    vocab = min(1000, model.args.vocab_size)
+    prompts = mx.random.randint(0, vocab, (batch, prompt_len), key=mx.random.key(batch)).tolist()
+    procs = [make_processors(prompt_len, logit_bias={int(k): v for k, v in (ban or {}).items()} or None,
+                             presence_penalty=None, frequency_penalty=None) for _ in range(batch)]  # fmt: skip
+    gen.insert(prompts, max_tokens=[n + 64] * batch, samplers=[make_sampler(0.0, 1.0, None)] * batch,
+               logits_processors=procs)
+    while len(gen._generation_batch) < batch:
+        gen.next()
+    for _ in range(3):
+        gen.next()
+    gb = gen._generation_batch
+    launch = wait = 0.0
+    start = time.perf_counter()
+    for _ in range(n):
+        gen.next()
+        launch += gb.launch_s
+        wait += gb.wait_s
+    wall = time.perf_counter() - start
+    gen.close()
+    return {"tok_s": batch * n / wall, "ms_per_step": 1e3 * wall / n, "launch_ms": 1e3 * launch / n,
+            "wait_ms": 1e3 * wait / n, "host_ms": 1e3 * (wall - launch - wait) / n}
 
 
 def stream_generate_rate(model, tokenizer, prompt_ids: list[int], n: int) -> float:
@@ -141,7 +192,9 @@ def concurrency(server, clients: int, n: int, ban: dict) -> dict:
         except Exception as e:  # noqa: BLE001  (counted and reported, not hidden)
             errors.append(str(e)[:200])
 
-    steps0 = _decode_steps(server)
+    from serving_overhead import phases
+
+    before = phases(server)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
     for t in threads:
@@ -149,19 +202,15 @@ def concurrency(server, clients: int, n: int, ban: dict) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    steps = _decode_steps(server) - steps0
-    # Decode steps the model thread ran, and the mean batch: tells the per-step cost apart
-    # from admission / prefill / HTTP time in the wall clock.
+    after = phases(server)
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    steps = d.pop("steps")
+    # Decode steps the model thread ran, the mean batch, and the model thread's time per step
+    # by phase (/metrics): tells the per-step cost apart from admission / prefill / HTTP time.
     return {"clients": clients, "served": len(tokens), "failed": len(errors), "errors": errors[:3],
             "tokens": sum(tokens), "seconds": wall, "tok_per_s": sum(tokens) / wall, "decode_steps": steps,
-            "mean_batch": sum(tokens) / steps if steps else None, "ms_per_step": 1e3 * wall / steps if steps else None}
-
-
-def _decode_steps(server) -> float:
-    for line in server.metrics().splitlines():
-        if line.startswith("tinygpt_decode_steps_total"):
-            return float(line.split()[-1])
-    return 0.0
+            "mean_batch": sum(tokens) / steps if steps else None, "ms_per_step": 1e3 * wall / steps if steps else None,
+            "phase_ms_per_step": {k: 1e3 * v / steps for k, v in d.items()} if steps else {}}
 
 
 def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
@@ -177,6 +226,13 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
     res["weight_bytes"] = weight_bytes(model)
     bare = {b: max(bare_loop(model, b, 128) for _ in range(2)) for b in (1, 16, 64, 128)}
     res["bare_tok_s"] = bare
+    res["bare_generation_stream_tok_s"] = {b: bare_loop_stream(model, b, 128) for b in (1, 128)}
+    # The runtime's own decode step without the server, at the same batches: the gap from
+    # the bare loop to this is the batched step (KV cache, mask, processors); from this to
+    # the runtime's aggregate, the engine and HTTP.
+    res["batch_generator"] = {b: batch_generator_rate(model, b, 64, ban) for b in (1, 16, 64, 128)}
+    res["batch_generator_no_bias"] = {b: batch_generator_rate(model, b, 64, None) for b in (1, 128)}
+    checkpoint()
     mlx_lm_rate = max(stream_generate_rate(model, tokenizer, prompt_ids, n) for _ in range(3))
     res["mlx_lm_stream_generate_tok_s"] = mlx_lm_rate
     del model
@@ -191,6 +247,7 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
         res["single_stream"] = {"runtime_tok_s": single, "all": runs, "bare_tok_s": bare[1],
                                 "mlx_lm_tok_s": mlx_lm_rate, "ratio_bare": single / bare[1],
                                 "ratio_mlx_lm": single / mlx_lm_rate}
+        checkpoint()
         concurrency(server, 16, 16, ban)  # warm-up: batch shapes compiled once
         agg = []
         for c in CLIENTS:
@@ -199,6 +256,8 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
             row["bare_tok_s_same_batch"] = ref
             row["share_of_bare"] = row["tok_per_s"] / ref if ref else None
             agg.append(row)
+            res["aggregate"] = agg
+            checkpoint()
         res["aggregate"] = agg
         res["constrained"] = constrained(server, n, ban)
         res["metrics_device_line"] = [line for line in server.metrics().splitlines() if line.startswith("tinygpt_device_info")]
@@ -343,6 +402,9 @@ def main() -> int:
     def save() -> None:
         if args.out:
             args.out.write_text(json.dumps(result, indent=2))
+
+    global checkpoint
+    checkpoint = save
 
     def run(name: str, fn, *a) -> None:
         if name not in parts:

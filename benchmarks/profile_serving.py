@@ -34,6 +34,9 @@ def main() -> int:
     p.add_argument("--model-dir", required=True, type=Path)
     p.add_argument("--clients", type=int, default=128)
     p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--max-batch", type=int, help="default: the device's (16 on a CPU, 256 on a GPU)")
+    p.add_argument("--sort", default="tottime", choices=("tottime", "cumulative"))
+    p.add_argument("--stream", action="store_true", help="SSE clients instead of whole responses")
     args = p.parse_args()
 
     from gpu_suite import random_weights
@@ -65,14 +68,19 @@ def main() -> int:
         split["tokens_s"] += time.perf_counter() - t
 
     engine_mod.Engine._run, engine_mod.Engine._on_token = run, on_token
-    rt = Runtime(ServerConfig(model=str(model_dir), port=0, trajectories_dir=str(tmp / "traj"))).start()
+    rt = Runtime(ServerConfig(model=str(model_dir), port=0, trajectories_dir=str(tmp / "traj"),
+                              max_batch=args.max_batch, max_queue=4 * args.clients)).start()
     try:
         client = OpenAI(base_url=rt.url + "/v1", api_key="x", max_retries=0)
         ban = {str(t): -100 for t in rt.engine.tokenizer.eos_token_ids}
 
         def one(i: int) -> None:
-            client.chat.completions.create(model="base", max_tokens=args.tokens, temperature=0, logit_bias=ban,
-                                           messages=[{"role": "user", "content": f"client {i}: the weather in town"}])
+            out = client.chat.completions.create(model="base", max_tokens=args.tokens, temperature=0, logit_bias=ban,
+                                                 stream=args.stream,
+                                                 messages=[{"role": "user", "content": f"client {i}: the weather in town"}])
+            if args.stream:
+                for _ in out:
+                    pass
 
         for n in (16, args.clients):  # the first round warms the shapes up
             steps0 = rt.metrics.decode_steps.value()
@@ -90,7 +98,7 @@ def main() -> int:
     stats = pstats.Stats(prof)
     out = io.StringIO()
     stats.stream = out
-    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats(args.sort).print_stats(40)
     print(out.getvalue()[:9000])
     result = {"clients": args.clients, "tokens": args.clients * args.tokens, "wall_s": wall, "steps": steps,
               "tok_per_s": args.clients * args.tokens / wall, "ms_per_step": 1e3 * wall / max(steps, 1),

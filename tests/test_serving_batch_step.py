@@ -42,8 +42,9 @@ def _requests(tok):
     ]
 
 
-def _run(model, tok, *, batched: bool) -> dict[int, tuple[list[int], list[float]]]:
-    """Decode the requests, three joining later, with `batched` or the stock step."""
+def _run(model, tok, *, batched: bool) -> tuple[dict[int, tuple[list[int], list[float]]], dict[int, list]]:
+    """Decode the requests, three joining later, with `batched` or the stock step: each
+    request's (tokens, logprobs) and its finished KV cache."""
     gen = BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids], completion_batch_size=8,
                          prefill_batch_size=2)
     if batched:
@@ -51,6 +52,7 @@ def _run(model, tok, *, batched: bool) -> dict[int, tuple[list[int], list[float]
     reqs = _requests(tok)
     out: dict[int, tuple[list[int], list[float]]] = {}
     order: dict[int, int] = {}
+    caches: dict[int, list] = {}
 
     def insert(items):
         for idx, (prompt, n, sampler, procs) in items:
@@ -70,6 +72,10 @@ def _run(model, tok, *, batched: bool) -> dict[int, tuple[list[int], list[float]
                 ids, lps = out[order[r.uid]]
                 ids.append(r.token)
                 lps.append(lp)
+                if r.finish_reason is not None:
+                    # The finished row's KV cache (what the prefix cache keeps), cut out of
+                    # the batch without mlx-lm's per-layer padding reads: the same arrays.
+                    caches[order[r.uid]] = [(c.offset, c.keys.tolist(), c.values.tolist()) for c in r.prompt_cache]
                 # The row the response carries is the full distribution the token came from.
                 assert math.isclose(r.logprobs[r.token].item(), lp, rel_tol=1e-5, abs_tol=1e-5)
             if steps == 3:
@@ -79,7 +85,7 @@ def _run(model, tok, *, batched: bool) -> dict[int, tuple[list[int], list[float]
         if steps > 200:
             raise AssertionError("decoding did not finish")
     gen.close()
-    return out
+    return out, caches
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -88,9 +94,12 @@ def test_batched_step_matches_mlx_lm_tokens_and_logprobs(tiny_model_dir, dtype):
     # batched step must round the same way (seen on an H200 before it did).
     model, tok = mlx_lm.load(str(tiny_model_dir))
     model.set_dtype(getattr(mx, dtype))
-    stock = _run(model, tok, batched=False)
-    fast = _run(model, tok, batched=True)
+    stock, stock_caches = _run(model, tok, batched=False)
+    fast, fast_caches = _run(model, tok, batched=True)
     assert stock.keys() == fast.keys() == set(range(6))
+    assert stock_caches.keys() == fast_caches.keys() == set(range(6))
+    for idx in stock_caches:
+        assert fast_caches[idx] == stock_caches[idx], f"request {idx}: extracted KV cache differs"
     for idx in stock:
         assert fast[idx][0] == stock[idx][0], f"request {idx}: tokens differ"
         assert fast[idx][1] == pytest.approx(stock[idx][1], abs=1e-6), f"request {idx}: logprobs differ"

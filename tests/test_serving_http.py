@@ -173,6 +173,22 @@ def test_metrics_count_requests_and_tokens(client, rt):
     assert "tinygpt_queue_depth 0" in text
 
 
+def test_metrics_split_the_model_threads_decode_time_by_phase(client, rt):
+    def phases() -> dict[str, float]:
+        text = get(rt.port, "/metrics")[1].decode()
+        return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith('tinygpt_decode_step_seconds_total{phase="')}
+
+    before = phases()
+    ban = {str(t): -100 for t in rt.engine.tokenizer.eos_token_ids}
+    client.chat.completions.create(model="base", messages=HELLO, max_tokens=8, logit_bias=ban)
+    after = phases()
+    assert set(after) == {"prefill", "launch", "wait", "step", "tokens"}
+    # A request that decoded 8 tokens spent time launching steps and handling its tokens.
+    assert after["launch"] > before.get("launch", 0.0) and after["tokens"] > before.get("tokens", 0.0)
+    assert all(v >= 0.0 for v in after.values())
+
+
 def _stream_then_drop(rt, max_tokens: int) -> None:
     port = rt.port
     body = json.dumps(endless(rt, max_tokens=max_tokens, stream=True)).encode()

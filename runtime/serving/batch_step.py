@@ -10,11 +10,16 @@ itself is ~5 ms. This subclass does, per step, for the whole batch:
 - one scatter-add for every row's `logit_bias` (`sampling.LogitBias`), the index arrays
   built once per batch composition;
 - the per-row loop only for the rows whose processors cannot be batched (penalties, grammar
-  constraints), their results written back with one indexed assignment;
+  constraints), their results written back with one indexed assignment; the forward pass is
+  queued before that loop, so a grammar's mask is computed while the device runs the model;
 - one sampler call per distinct sampler (all greedy rows share one), not one per row;
 - the chosen tokens' logprobs gathered in the step's own graph, so they are evaluated with
   the tokens (`chosen`, one float per row) instead of by B more ops afterwards;
-- logprobs kept as one [B, V] array (rows are sliced only when a caller reads one).
+- logprobs kept as one [B, V] array (rows are sliced only when a caller reads one);
+- the KV cache's left padding read from the device once per batch composition, not once per
+  layer per finished sequence: mlx-lm's `BatchKVCache.extract` / `.filter` call `tolist()` on
+  it in every layer, and each such read waits for the step in flight (on a GPU: 30 syncs per
+  finished request, and the pipelining lost whenever a request ends or is fast-forwarded).
 
 As in mlx-lm, step k+1 is queued (`async_eval`) before step k's tokens are read, so the
 caller's per-token Python work overlaps the device's next step. The arithmetic is the same
@@ -25,10 +30,12 @@ later prompt batch is merged into (`extend`).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import GenerationBatch
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from .sampling import LogitBias
 
@@ -66,12 +73,19 @@ class BatchedGenerationBatch(GenerationBatch):
     """`GenerationBatch` whose step does per-batch work once per batch (see module doc)."""
 
     chosen: list[float]
+    # The last step's time queueing the next step (async_eval: kernel launches on a GPU; on
+    # the CPU backend the compute itself) and blocked on the device for this step's tokens.
+    launch_s: float
+    wait_s: float
     _next_chosen: mx.array | None
     _bias_key: tuple | None
     _bias: tuple[mx.array, mx.array, mx.array] | None
 
     def __init__(self, *a: Any, **kw: Any):
+        self._pads: list[int] | None = None  # host copy of the cache's left padding
+        self._pads_of: mx.array | None = None  # ... of this array (layer 0's)
         self.chosen = []
+        self.launch_s = self.wait_s = 0.0
         self._next_chosen = None
         self._bias_key = None
         self._bias = None
@@ -118,6 +132,10 @@ class BatchedGenerationBatch(GenerationBatch):
                 rows, cols, vals = self._bias_arrays(biased)
                 logits = logits.at[rows, cols].add(vals.astype(logits.dtype))
             return logits, token_context
+        # Those rows read the last token on the host (a grammar advances on it), which waits
+        # for the previous step: start this step's forward pass first, so the device runs it
+        # while the grammar computes the mask (only the mask and the sampling wait for it).
+        mx.async_eval(logits)
         # A row's processors run in their own order (a constraint comes last, after the
         # bias), so a row that needs the loop gets all its processors there.
         loop_rows = {e for e, _ in other}
@@ -174,11 +192,15 @@ class BatchedGenerationBatch(GenerationBatch):
         self._next_tokens = sampled
         self._next_logprobs = RowLogprobs(logprobs)
         self._next_chosen = chosen
+        t = time.perf_counter()
         mx.async_eval(sampled, logprobs, chosen, token_context)
+        self.launch_s = time.perf_counter() - t
 
         if current_chosen is None:  # the first step of a fresh batch
             current_chosen = self._chosen_of(self._current_logprobs, inputs)
+        t = time.perf_counter()
         mx.eval(inputs, current_chosen)
+        self.wait_s = time.perf_counter() - t
         tokens = inputs.tolist()
         self.chosen = current_chosen.tolist()
         for sti, ti in zip(self.tokens, tokens):
@@ -192,8 +214,53 @@ class BatchedGenerationBatch(GenerationBatch):
             return mx.zeros((0,))
         return mx.take_along_axis(rows, tokens.reshape(-1, 1).astype(mx.int32), axis=-1).reshape(-1)
 
+    # -------------------------------------------------------------- KV cache, no per-layer sync
+
+    def _batch_kv(self) -> bool:
+        return bool(self.prompt_cache) and all(type(c) is BatchKVCache for c in self.prompt_cache)
+
+    def _left_pads(self) -> list[int]:
+        """Every layer's left padding (the same in each), read once per composition."""
+        first = self.prompt_cache[0].left_padding
+        if self._pads is None or self._pads_of is not first:
+            self._pads, self._pads_of = first.tolist(), first
+        return self._pads
+
+    def extract_cache(self, idx: int) -> list:
+        if not self._batch_kv():
+            return super().extract_cache(idx)
+        pad = self._left_pads()[idx]
+        out = []
+        for c in self.prompt_cache:  # BatchKVCache.extract minus its tolist()
+            one = KVCache()
+            one.keys = mx.contiguous(c.keys[idx : idx + 1, :, pad : c._idx])
+            one.values = mx.contiguous(c.values[idx : idx + 1, :, pad : c._idx])
+            one.offset = one.keys.shape[2]
+            out.append(one)
+        return out
+
+    def _filter_cache(self, keep: list[int]) -> None:
+        """BatchKVCache.filter on every layer, the padding shift computed on the host."""
+        before = self._left_pads()
+        pads = [before[i] for i in keep]
+        shift = min(pads)
+        for c in self.prompt_cache:
+            if c.keys is not None:
+                c.keys = c.keys[keep]
+                c.values = c.values[keep]
+            c.offset = c.offset[keep]
+            c.left_padding = c.left_padding[keep]
+            if shift > 0:  # drop the columns every row pads
+                if c.keys is not None:
+                    c.keys = c.keys[..., shift:, :]
+                    c.values = c.values[..., shift:, :]
+                c._idx -= shift
+                c.left_padding = c.left_padding - shift
+        self._pads, self._pads_of = [p - shift for p in pads], self.prompt_cache[0].left_padding
+
     def extend(self, batch):
         """mlx-lm's `extend`, with logprobs as one array and the chosen logprobs carried."""
+        self._pads = None
         self.uids.extend(batch.uids)
         from mlx_lm.generate import _extend_cache
 
@@ -224,7 +291,14 @@ class BatchedGenerationBatch(GenerationBatch):
         chosen = self._next_chosen
         # mlx-lm's filter indexes _next_logprobs as a list; hand it one.
         self._next_logprobs = [None] * len(self.uids)
+        caches = self.prompt_cache
+        fast = bool(keep) and self._batch_kv()
+        if fast:
+            self._filter_cache(keep)
+            self.prompt_cache = []  # filtered already: mlx-lm's filter loops over none
         super().filter(keep)
+        if fast:
+            self.prompt_cache = caches
         self._next_logprobs = RowLogprobs(rows[idx] if idx is not None and rows is not None else None)
         self._next_chosen = chosen[idx] if idx is not None and chosen is not None else None
 

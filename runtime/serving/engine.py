@@ -369,19 +369,31 @@ class Engine:
             if not any(k == key for k, _ in self._active):
                 continue
             try:
+                start, prefill = time.perf_counter(), gen._counters.prompt_time
                 _, responses = gen.next()
                 if not responses:
                     continue
+                batch = gen._generation_batch
+                stepped = time.perf_counter()
                 self.metrics.decode_steps.inc()
                 # The sampled tokens' logprobs, evaluated with the tokens in the step's graph
                 # (batch_step), not by one op per sequence here.
-                chosen = gen._generation_batch.chosen
-                for r, lp in zip(responses, chosen):
+                for r, lp in zip(responses, batch.chosen):
                     self._on_token(key, gen, r, lp)
+                self._account(start, stepped, gen._counters.prompt_time - prefill, batch)
             except Exception as e:
                 # A failure inside one batch (e.g. a constraint raising) fails that batch only.
                 log.exception("decode step failed for %s", key)
                 self._drop_generator(key, ApiError(500, f"generation failed: {e}", type="server_error"))
+
+    def _account(self, start: float, stepped: float, prefill: float, batch) -> None:
+        """Split one decode step's model-thread time into phases (/metrics)."""
+        inc = self.metrics.step_seconds.inc
+        inc(prefill, phase="prefill")
+        inc(batch.launch_s, phase="launch")
+        inc(batch.wait_s, phase="wait")
+        inc(max(0.0, stepped - start - prefill - batch.launch_s - batch.wait_s), phase="step")
+        inc(time.perf_counter() - stepped, phase="tokens")
 
     def _top(self, row, k: int) -> TopLogprobs:
         idx = mx.argpartition(-row, kth=k - 1)[:k]

@@ -137,6 +137,13 @@ class Metrics:
         self.completion_tokens = c("tinygpt_completion_tokens_total", "tokens sampled", ("model",))
         self.rejected = c("tinygpt_rejected_total", "requests refused before generation, by reason", ("reason",))
         self.decode_steps = c("tinygpt_decode_steps_total", "batched decode steps (tokens / steps = mean batch size)", ())
+        # Where the model thread's time goes in decode steps: "prefill" of prompts joining
+        # the batch, "launch" queueing the next step (async_eval; the compute itself on the
+        # CPU backend), "wait" blocked on the device for this step's tokens, "step" the rest
+        # of mlx-lm's step (graph building, per-sequence bookkeeping, batch joins/filters),
+        # "tokens" the per-token work after it (detokenizing, tool calls, events).
+        # Little "wait" and much "step" + "tokens" = host-bound.
+        self.step_seconds = c("tinygpt_decode_step_seconds_total", "model-thread time in decode steps, by phase", ("phase",))
         self.latency = h("tinygpt_request_seconds", "chat completion latency, request to last token", ("model",))
         self.ttft = h("tinygpt_time_to_first_token_seconds", "request to first sampled token", ("model",))
         self.queue_wait = h("tinygpt_queue_wait_seconds", "time a request waited for a batch slot", ())
