@@ -262,3 +262,22 @@ def test_old_steps_decode_as_full():
     old = {"index": 0, "prompt_ids": [1], "output_ids": [2], "forced": []}
     step = msgspec.json.decode(json.dumps(old), type=Step)
     assert step.tool_mode == "full" and step.inserted == []
+
+
+def test_pin_tool_mode_is_validated_with_its_path(tmp_path):
+    import subprocess
+    import sys
+
+    from tinygpt.runtime.contracts import ContractError
+    from tinygpt.runtime.project import load_project
+
+    good = {"name": "p", "specialists": [{"name": "weather", "tool_mode": "deferred"}]}
+    (tmp_path / "tinygpt.project.json").write_text(json.dumps(good))
+    assert load_project(tmp_path / "tinygpt.project.json").specialists[0].tool_mode == "deferred"
+    bad = {"name": "p", "specialists": [{"name": "weather"}, {"name": "mail", "tool_mode": "lazy"}]}
+    (tmp_path / "tinygpt.project.json").write_text(json.dumps(bad))
+    with pytest.raises(ContractError, match=r"specialists\[1\]\.tool_mode"):
+        load_project(tmp_path / "tinygpt.project.json")
+    out = subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "validate", str(tmp_path / "tinygpt.project.json")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode != 0 and "specialists[1].tool_mode" in out.stdout + out.stderr

@@ -32,6 +32,10 @@ def tools_template() -> str:
     return files.joinpath("templates/chatml_tools.jinja").read_text(encoding="utf-8")
 
 
+# How TinyGPT's packaged template begins (model conversions copy it into tokenizer_config.json).
+_TINYGPT_TEMPLATE_HEAD = "{#- A tool-aware ChatML template (Qwen3 style)"
+
+
 def has_tools_section(template: str | None) -> bool:
     # The template branches on the `tools` variable when it can render tool definitions.
     return bool(template) and "tools" in template and ("tool_call" in template or "tool_calls" in template)
@@ -62,6 +66,10 @@ class ChatPrompts:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         own = getattr(tokenizer, "chat_template", None)
+        if own and own.startswith(_TINYGPT_TEMPLATE_HEAD):
+            # A copy of TinyGPT's template written by an older conversion: the packaged one
+            # renders the same turns and knows what it has learned since (the tool index).
+            own = None
         self.template = own if has_tools_section(own) else tools_template()
         self.own_template = self.template is own
 
