@@ -281,3 +281,31 @@ def test_pin_tool_mode_is_validated_with_its_path(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "validate", str(tmp_path / "tinygpt.project.json")],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode != 0 and "specialists[1].tool_mode" in out.stdout + out.stderr
+
+
+def test_the_grammar_feeds_the_chosen_schema_after_the_name(tiny_model_dir):
+    """Phase 1 samples a name among the index's; phase 2's schema is the grammar's only
+    continuation (forced), and the arguments after it are constrained to that schema."""
+    from tokenizers import Tokenizer
+
+    from tinygpt.runtime.grammar import TokenizerInfo, build_constraint
+
+    tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+
+    info = TokenizerInfo.from_tokenizer(_hf(tiny_model_dir), vocab_size=512)
+    c = build_constraint(info, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, deferred=True)
+    head = '<tool_call>\n{"name": "set_timer"'
+    for token in tok.encode(head, add_special_tokens=False).ids:
+        c.advance(token)
+    fed = tok.decode(c.forced(), skip_special_tokens=False)
+    assert fed.startswith(schema_insertion(TOOLS[1]) + ', "arguments": {"'), fed
+    full = build_constraint(info, tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
+    for token in tok.encode(head, add_special_tokens=False).ids:
+        full.advance(token)
+    assert tok.decode(full.forced(), skip_special_tokens=False).startswith(', "arguments": {"')
+
+
+def _hf(model_dir):
+    from mlx_lm.utils import load_tokenizer
+
+    return load_tokenizer(model_dir)
