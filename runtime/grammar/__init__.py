@@ -83,9 +83,9 @@ def build_constraint(
     `tool_choice`: "none" | "auto" | "required" | {"type": "function", "function":
     {"name": ...}} (default: "auto" with tools). `response_format`: None |
     {"type": "text"} | {"type": "json_object"} | {"type": "json_schema", "json_schema":
-    {"name": ..., "schema": {...}, "strict": true}}. `deferred`: the tool mode of that
-    name (deferred.py): a chosen tool's schema is a forced literal before its arguments. The compiled matcher is cached by
-    (grammar, tokenizer), so a repeated tool set costs a lookup and a copy.
+    {"name": ..., "schema": {...}, "strict": true}}. `deferred` (deferred.py): a chosen
+    tool's schema is a forced literal between its name and its arguments. The compiled
+    matcher is cached by (grammar, tokenizer), so a repeated tool set costs a lookup and a copy.
     `on_compile(seconds)` is called when this request's grammar had to be compiled.
     """
     spec = grammar_spec(tools, tool_choice, parallel_tool_calls, response_format, deferred)
