@@ -76,10 +76,8 @@ def test_index_line_and_insertion_text():
     assert first_sentence("Weather for a city. Uses the forecast.") == "Weather for a city."
     assert first_sentence("  spread\n over lines") == "spread"
     assert first_sentence("x" * 400).endswith("...") and len(first_sentence("x" * 400)) == 160
-    assert index_line(TOOLS[0]) == "get_weather(city, unit): Weather for a city."
-    assert index_line({"type": "function", "function": {"name": "bare"}}) == "bare()"
-    many = {"type": "object", "properties": {f"p{i}": {} for i in range(10)}}
-    assert index_line(_tool("wide", "", many)) == "wide(p0, p1, p2, p3, p4, p5, p6, p7, ...)"
+    assert index_line(TOOLS[0]) == "get_weather: Weather for a city."
+    assert index_line({"type": "function", "function": {"name": "bare"}}) == "bare"
     # The description follows only where it says more than the index line.
     assert schema_insertion(TOOLS[1]) == ', "parameters": ' + json.dumps(TIMER)
     assert schema_insertion(TOOLS[0]).startswith(', "description": "Weather for a city. Uses the national')
@@ -106,7 +104,7 @@ def test_index_prompt_is_shorter_and_lists_one_line_per_tool(rt, client):
                                               seed=1, extra_headers=DEFERRED)
     assert deferred.usage.prompt_tokens < 0.6 * full.usage.prompt_tokens, (deferred.usage, full.usage)
     text = rt.completions.prompts.render(rt_messages(ASK), rt_tools(TOOLS), "deferred")
-    assert "\nget_weather(city, unit): Weather for a city.\nset_timer(minutes): Start a kitchen timer.\n" in text
+    assert "\nget_weather: Weather for a city.\nset_timer: Start a kitchen timer.\n" in text
     assert '"properties"' not in text
 
 
@@ -158,7 +156,7 @@ def test_trajectory_records_both_phases(rt, client):
     decode = rt.completions.prompts.decode
     # Phase 1's input: the index prompt, no schema.
     prompt = decode(step.prompt_ids)
-    assert "get_weather(city, unit): Weather for a city." in prompt and '"properties"' not in prompt
+    assert "get_weather: Weather for a city." in prompt and '"properties"' not in prompt
     # Phase 2's input: the chosen tool's schema, fed (forced: loss mask 0), never sampled.
     assert step.inserted and set(step.inserted) <= set(step.forced)
     assert step.inserted == list(range(step.inserted[0], step.inserted[-1] + 1))

@@ -1,8 +1,7 @@
 """Deferred tools: a one-line index in the prompt, each tool's schema only once chosen.
 
-With `tool_mode: deferred` the system prompt lists every tool as one line (its name, its
-parameters' names and the first sentence of its description) instead of its full JSON
-schema. A call is then
+With `tool_mode: deferred` the system prompt lists every tool as one line (its name and
+the first sentence of its description) instead of its full JSON schema. A call is then
 decoded in two phases inside one request: the grammar lets the model pick a name from
 the index; the chosen tool's schema follows the name as a literal of the grammar, so the
 engine feeds it (forced tokens: model input, not model output) before the model writes
@@ -26,7 +25,6 @@ from ..contracts.tool_mode import TOOL_MODES, ToolMode, check_tool_mode  # noqa:
 
 # The index line keeps descriptions short: a first sentence, at most this many characters.
 INDEX_LINE_CHARS = 160
-INDEX_PARAMS = 8
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 _SPACE = re.compile(r"\s+")
 
@@ -46,18 +44,10 @@ def first_sentence(description: str | None) -> str:
 
 
 def index_line(tool: dict) -> str:
-    """`name(param, ...): first sentence`: a tool's line in the prompt's index.
-
-    The parameter names (at most INDEX_PARAMS of them) tell apart tools whose names and
-    first sentences look alike (`triangle_area_base_height` vs `..._heron`) for a few tokens.
-    """
+    """`name: first sentence` (or the bare name): a tool's line in the prompt's index."""
     f = _function(tool)
-    properties = (f.get("parameters") or {}).get("properties")
-    names = list(properties) if isinstance(properties, dict) else []
-    shown = ", ".join(names[:INDEX_PARAMS]) + (", ..." if len(names) > INDEX_PARAMS else "")
     summary = first_sentence(f.get("description"))
-    line = f"{f.get('name')}({shown})"
-    return f"{line}: {summary}" if summary else line
+    return f"{f.get('name')}: {summary}" if summary else str(f.get("name"))
 
 
 def schema_insertion(tool: dict) -> str:
