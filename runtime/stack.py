@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .models import DEFAULT_MODEL
-from .serving.config import ServerConfig
+from .serving.config import DEFAULTS, ServerConfig
 
 # ---------------------------------------------------------------- the runtime
 
@@ -256,6 +256,14 @@ class Stack:
     def logs_to_files(self) -> bool:
         return not getattr(self.args, "plain", True) and sys.stderr.isatty()
 
+    def _tool_modes(self) -> dict[str, str]:
+        """Specialist name -> the tool mode its pin asks for (pins without one: the server's)."""
+        if self.project_file is None:
+            return {}
+        from tinygpt.runtime.project import load_project
+
+        return {p.name: p.tool_mode for p in load_project(self.project_file).specialists if p.tool_mode}
+
     def _start_runtime(self, model_dir: Path) -> None:
         os.environ["REDIS_URL"] = self.redis_url
         config = ServerConfig(
@@ -270,6 +278,8 @@ class Stack:
             insecure=self.args.insecure,
             project=self.project_name,
             session_idle_s=self.args.session_idle,
+            tool_mode=getattr(self.args, "tool_mode", DEFAULTS.tool_mode),
+            tool_modes=self._tool_modes(),
         )
         try:
             deferred = self.daemon.defer if self.daemon is not None else None

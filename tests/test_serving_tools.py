@@ -71,7 +71,7 @@ def fake_grammar(tokenizer, script: dict) -> types.ModuleType:
         def from_tokenizer(tok, vocab_size):
             return (tok, vocab_size)
 
-    def build_constraint(info, *, tools, tool_choice, parallel_tool_calls, response_format, on_compile=None):
+    def build_constraint(info, *, tools, tool_choice, parallel_tool_calls, response_format, deferred=False, on_compile=None):
         names = [t["function"]["name"] for t in tools or []]
         if "bad_tool" in names:
             raise GrammarError("tool 'bad_tool': schema keyword 'patternProperties' is not supported")

@@ -87,6 +87,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-idle", type=float, default=d.session_idle_s,
                         help=f"seconds before an idle trajectory is sealed (default: {d.session_idle_s:g})")
     parser.add_argument("--project", default=d.project, help="project name recorded in trajectories")
+    parser.add_argument("--tool-mode", choices=["full", "deferred"], default=d.tool_mode,
+                        help="how tools are shown: full schemas in the prompt, or a one-line index whose chosen "
+                             f"tool's schema is fed after its name (default: {d.tool_mode}; a request may ask otherwise)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         session_idle_s=args.session_idle,
         project=args.project,
         adapters=list(args.adapter),
+        tool_mode=args.tool_mode,
     )
     try:
         runtime = start_runtime(config, queue=args.queue)

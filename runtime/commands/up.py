@@ -59,6 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", default=None,
                         help="GPUs to use: all | 0,1,... | none (default: none pinned). One GPU: runtime and workers "
                              "share it with memory budgets; several: the runtime on the first, a worker per other GPU")
+    parser.add_argument("--tool-mode", choices=["full", "deferred"], default=DEFAULTS.tool_mode,
+                        help=f"how tools are shown unless a specialist's pin or a request says otherwise (default: {DEFAULTS.tool_mode})")
     parser.add_argument("--refresh", type=float, default=2.0, help="status screen refresh in seconds (default: 2)")
     parser.add_argument("--plain", action="store_true", help="log lines instead of the live screen, worker logs on stderr (default when not a TTY)")
 

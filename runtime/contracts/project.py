@@ -8,6 +8,7 @@ import msgspec
 
 from .base import Contract
 from .evals import EvalSuite, PromotionRule
+from .tool_mode import ToolMode
 from .pipeline import PipelineSettings
 from .policy import BuildPolicy
 
@@ -31,6 +32,10 @@ class SpecialistPin(Contract, omit_defaults=True):
     sha256: Sha256 | None = None
     # When and how `tinygpt up` builds a new version of it by itself (None: only by hand).
     build: BuildPolicy | None = None
+    # How requests for it see their tools (None: the server's --tool-mode): "full" schemas
+    # in the prompt or a "deferred" one-line index (runtime/grammar/deferred.py). Serve it
+    # in the mode it was trained and gated in.
+    tool_mode: ToolMode | None = None
 
 
 class GateSettings(Contract):

@@ -14,7 +14,7 @@ import msgspec
 
 from .base import Contract
 
-TRAJECTORY_VERSION = 2
+TRAJECTORY_VERSION = 3
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
@@ -88,6 +88,12 @@ class Step(Contract):
     # step, never sampled): model input the model did not choose, trained like prompt
     # tokens (loss mask 0). Absent in files from before version 2: nothing was forced.
     forced: list[int] = []
+    # How the tools were shown (version 3; older files: "full"): "full" lists every schema in
+    # the prompt; "deferred" lists one line per tool, and the chosen tool's schema is fed after
+    # a call's name (runtime/grammar/deferred.py). `inserted`: indices into output_ids of the
+    # ids carrying that fed schema, phase 2's input; always also in `forced` (loss mask 0).
+    tool_mode: str = "full"
+    inserted: list[int] = []
     # Who produced this step: a session may switch specialist (or version) between turns,
     # so the trajectory-level adapter fields describe its first step only.
     model: str | None = None

@@ -41,14 +41,14 @@ _SPECS_LOCK = threading.Lock()
 _SPECS_MAX = 256
 
 
-def grammar_spec(tools=None, tool_choice=None, parallel_tool_calls=True, response_format=None) -> GrammarSpec | None:
+def grammar_spec(tools=None, tool_choice=None, parallel_tool_calls=True, response_format=None, deferred=False) -> GrammarSpec | None:
     """The grammar a request asks for (memoized by the request's canonical JSON)."""
     # The schema walkers recurse per level: a schema nested hundreds deep is a 400, not a RecursionError.
     if max(value_depth(tools), value_depth(response_format)) > MAX_DEPTH:
         raise GrammarError(f"tools/response_format are nested more than {MAX_DEPTH} levels deep")
     try:
         key_text = json.dumps(
-            [tools, tool_choice, bool(parallel_tool_calls), response_format],
+            [tools, tool_choice, bool(parallel_tool_calls), response_format, bool(deferred)],
             sort_keys=True,
             separators=(",", ":"),
             allow_nan=False,
@@ -60,7 +60,7 @@ def grammar_spec(tools=None, tool_choice=None, parallel_tool_calls=True, respons
         if key in _SPECS:
             _SPECS.move_to_end(key)
             return _SPECS[key]
-    spec = grammar_for(tools, tool_choice, parallel_tool_calls, response_format)
+    spec = grammar_for(tools, tool_choice, parallel_tool_calls, response_format, deferred)
     with _SPECS_LOCK:
         _SPECS[key] = spec
         while len(_SPECS) > _SPECS_MAX:
@@ -75,6 +75,7 @@ def build_constraint(
     tool_choice=None,
     parallel_tool_calls=True,
     response_format=None,
+    deferred=False,
     on_compile=None,
 ) -> Constraint | None:
     """A fresh Constraint for one request, or None when decoding is unconstrained.
@@ -82,11 +83,12 @@ def build_constraint(
     `tool_choice`: "none" | "auto" | "required" | {"type": "function", "function":
     {"name": ...}} (default: "auto" with tools). `response_format`: None |
     {"type": "text"} | {"type": "json_object"} | {"type": "json_schema", "json_schema":
-    {"name": ..., "schema": {...}, "strict": true}}. The compiled matcher is cached by
-    (grammar, tokenizer), so a repeated tool set costs a lookup and a copy.
+    {"name": ..., "schema": {...}, "strict": true}}. `deferred` (deferred.py): a chosen
+    tool's schema is a forced literal between its name and its arguments. The compiled
+    matcher is cached by (grammar, tokenizer), so a repeated tool set costs a lookup and a copy.
     `on_compile(seconds)` is called when this request's grammar had to be compiled.
     """
-    spec = grammar_spec(tools, tool_choice, parallel_tool_calls, response_format)
+    spec = grammar_spec(tools, tool_choice, parallel_tool_calls, response_format, deferred)
     if spec is None:
         return None
     grammar = grammar_cache.get(spec.lark, info, on_compile=on_compile)

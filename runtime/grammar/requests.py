@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from .deferred import insertions
 from .errors import GrammarError
 from .schemas import arguments_schema, json_schema
 
@@ -43,8 +44,11 @@ class GrammarSpec:
     parallel_calls: bool = False
 
 
-def grammar_for(tools=None, tool_choice=None, parallel_tool_calls=True, response_format=None) -> GrammarSpec | None:
+def grammar_for(tools=None, tool_choice=None, parallel_tool_calls=True, response_format=None, deferred=False) -> GrammarSpec | None:
     """The grammar a request asks for, or None when its output is unconstrained.
+
+    `deferred`: each call's chosen name is followed by that tool's schema as a literal
+    (deferred.schema_insertion), fed by the engine before the model writes the arguments.
 
     Raises GrammarError for a malformed request or a schema that cannot be enforced.
     """
@@ -71,9 +75,10 @@ def grammar_for(tools=None, tool_choice=None, parallel_tool_calls=True, response
                 f"tool_choice.function.name: unknown function {wanted!r}; tools define {', '.join(names)}"
             )
         functions = [(n, s) for n, s in functions if n == wanted]
+    inserts = insertions(tools) if deferred else {}
     rules = [f'body: {" | ".join(f"body_{i}" for i in range(len(functions)))}']
     for i, (name, schema) in enumerate(functions):
-        head = json.dumps(f'\n{{"name": "{name}", "arguments": ')
+        head = json.dumps(f'\n{{"name": "{name}"{inserts.get(name, "")}, "arguments": ')
         tail = json.dumps("}\n" + TOOL_CALL_CLOSE)
         rules.append(f"body_{i}: {head} %json {_embed(schema)} {tail}")
     more = ' ("\\n" call)*' if parallel_tool_calls else ""

@@ -10,7 +10,9 @@ from .requests import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 _BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.S)
 # The layout the grammar and the template write; arguments are then kept byte for byte.
-_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*')
+_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*')
+_KEY = re.compile(r'("(?:[^"\\]|\\.)*")\s*:\s*')
+_SEP = re.compile(r"\s*,\s*")
 _DECODER = json.JSONDecoder()
 
 
@@ -70,12 +72,35 @@ def _parse_body(body: str) -> ParsedCall | None:
             return None
     if not isinstance(arguments, dict):
         return None
-    head = _HEAD.match(body)
-    if head is not None and json.loads(head.group(1)) == value["name"]:
+    start = _arguments_start(body, value["name"])
+    if start is not None:
         try:
-            parsed, end = _DECODER.raw_decode(body, head.end())
+            parsed, end = _DECODER.raw_decode(body, start)
         except json.JSONDecodeError:
             parsed = None
         if parsed == arguments and isinstance(value.get("arguments"), dict):
-            return ParsedCall(value["name"], body[head.end() : end])
+            return ParsedCall(value["name"], body[start:end])
     return ParsedCall(value["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+def _arguments_start(body: str, name: str) -> int | None:
+    """Where the arguments' text starts in a body of the usual layout: the name first,
+    any other keys (a deferred call's fed schema, deferred.py) between it and the arguments."""
+    head = _HEAD.match(body)
+    if head is None or json.loads(head.group(1)) != name:
+        return None
+    at = head.end()
+    while True:
+        key = _KEY.match(body, at)
+        if key is None:
+            return None
+        if json.loads(key.group(1)) == "arguments":
+            return key.end()
+        try:
+            _, at = _DECODER.raw_decode(body, key.end())
+        except json.JSONDecodeError:
+            return None
+        sep = _SEP.match(body, at)
+        if sep is None:
+            return None
+        at = sep.end()

@@ -111,6 +111,8 @@ class Runtime:
             default_max_tokens=self.config.max_tokens,
             vocab_size=int(cfg["vocab_size"]),
             project=self.config.project,
+            tool_mode=self.config.tool_mode,
+            tool_modes=self.config.tool_modes,
         )
         # The Responses and Anthropic Messages APIs answer through the same core.
         self.responses = Responses(self.completions)

@@ -28,8 +28,10 @@ from typing import Callable
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
-# The call body's head in the template's layout: the name, then the arguments follow.
-_HEAD = re.compile(r'\n\{"name": "([A-Za-z0-9_-]{1,64})", "arguments": ')
+# The call body's head in the template's layout: the name, then (deferred tools: its fed
+# schema, then) the arguments.
+_HEAD = re.compile(r'\n\{"name": "([A-Za-z0-9_-]{1,64})"')
+_ARGUMENTS = ', "arguments": '
 _TAIL = "}\n" + CLOSE
 
 
@@ -86,8 +88,11 @@ class Assembler:
     so nothing the model wrote is dropped.
     """
 
-    def __init__(self, *, tools: bool, stop: list[str], parse: Callable[[str], list] | None = None, parts: bool = False):
+    def __init__(self, *, tools: bool, stop: list[str], parse: Callable[[str], list] | None = None, parts: bool = False,
+                 inserts: dict[str, str] | None = None):
         self.tools = tools
+        # Deferred tools: function name -> the schema text fed between its name and arguments.
+        self.inserts = inserts or {}
         self.stop = [s for s in stop if s]
         self.parse = parse
         self.parts = parts and tools
@@ -177,7 +182,10 @@ class Assembler:
         head = _HEAD.match(self.pending)
         if head is None:
             return
-        name, args = head.group(1), self.pending[head.end() :]
+        name, lead = head.group(1), self.inserts.get(head.group(1), "") + _ARGUMENTS
+        if not self.pending.startswith(lead, head.end()):
+            return
+        args = self.pending[head.end() + len(lead) :]
         # The end of the text may be the closing "}\n</tool_call>" rather than arguments.
         hold = next((n for n in range(min(len(_TAIL), len(args)), 0, -1) if _TAIL.startswith(args[-n:])), 0)
         ready = args[: len(args) - hold]

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Protocol
 
 import msgspec
 
+from ..contracts.tool_mode import check_tool_mode
 from ..contracts.trajectory import SamplingParams, Step, ToolCall, TopLogprob
 from .adapters import AdapterInfo
 from .engine import Engine
@@ -75,6 +76,8 @@ class Prepared:
     constraint_kind: str | None
     id: str
     created: int
+    # "full" or "deferred" (runtime/grammar/deferred.py) for a request with tools, else "full".
+    tool_mode: str = "full"
 
 
 class Completions:
@@ -90,6 +93,8 @@ class Completions:
         default_max_tokens: int,
         vocab_size: int,
         project: str = "default",
+        tool_mode: str = "full",
+        tool_modes: dict[str, str] | None = None,
     ):
         self.engine = engine
         self.prompts = prompts
@@ -98,6 +103,9 @@ class Completions:
         self.default_max_tokens = default_max_tokens
         self.vocab_size = vocab_size
         self.project = project
+        # The server's tool mode, and per specialist name (tinygpt.project.json pins).
+        self.tool_mode = tool_mode
+        self.tool_modes = dict(tool_modes or {})
         self._grammar_info = None
         self._grammar_lock = threading.Lock()
         self.fingerprint = f"tinygpt-{engine.registry.base_digest[:12]}"
@@ -117,12 +125,17 @@ class Completions:
 
     # ------------------------------------------------------------ preparing
 
-    def prepare(self, req: ChatRequest, session: str | None) -> Prepared:
-        """Validate, resolve the model and build the prompt; raises ApiError (4xx)."""
+    def prepare(self, req: ChatRequest, session: str | None, tool_mode: str | None = None) -> Prepared:
+        """Validate, resolve the model and build the prompt; raises ApiError (4xx).
+
+        `tool_mode`: the request's X-TinyGPT-Tool-Mode header (it wins over `metadata.tool_mode`).
+        """
         self._check(req, session)
+        asked_mode = _asked_tool_mode(req, tool_mode)
         key, adapter = self.engine.registry.acquire(req.model)
         try:
-            return self._prepare(req, session, key, adapter)
+            mode = asked_mode or (self.tool_modes.get(adapter.name) if adapter else None) or self.tool_mode
+            return self._prepare(req, session, key, adapter, mode)
         except BaseException:
             self.engine.registry.release(key)
             raise
@@ -142,9 +155,11 @@ class Completions:
             if m.refusal or m.annotations:
                 raise ApiError(400, "refusal / annotations are not supported in messages", param="messages")
 
-    def _prepare(self, req: ChatRequest, session: str | None, key: str, adapter: AdapterInfo | None) -> Prepared:
+    def _prepare(self, req: ChatRequest, session: str | None, key: str, adapter: AdapterInfo | None, mode: str) -> Prepared:
         match = self.recorder.index.find(session, req.messages) if self.recorder else Match("", 0, session)
-        text = self.prompts.render(req.messages, req.tools)
+        uses_tools = bool(req.tools) and req.tool_choice != "none"
+        mode = mode if uses_tools else "full"
+        text = self.prompts.render(req.messages, req.tools, mode)
         prompt = self.prompts.build(text, match.prior)
         n = len(prompt.ids)
         if n >= self.context_length:
@@ -163,7 +178,17 @@ class Completions:
                 param="max_tokens",
             )
         max_tokens = asked or min(self.default_max_tokens, self.context_length - n)
-        constraint, kind, tools_mode, parse = self._constraint(req)
+        constraint, kind, tools_mode, parse = self._constraint(req, deferred=mode == "deferred")
+        inserts = None
+        budget = max_tokens
+        if mode == "deferred":
+            from tinygpt.runtime.grammar.deferred import insertions
+
+            inserts = insertions([msgspec.to_builtins(t) for t in req.tools])
+            # The fed schema is input, not the model's answer: max_tokens still leaves the
+            # model its whole budget for the first call's name and arguments.
+            longest = max(len(self.prompts.encode(t)) for t in inserts.values())
+            budget = min(max_tokens + longest, self.context_length - n)
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         temperature = 1.0 if req.temperature is None else req.temperature
         top_p = 1.0 if req.top_p is None else req.top_p
@@ -172,7 +197,7 @@ class Completions:
             key=key,
             model=req.model,
             prompt_ids=prompt.ids,
-            max_tokens=max_tokens,
+            max_tokens=budget,
             temperature=temperature,
             top_p=top_p,
             seed=req.seed,
@@ -187,6 +212,7 @@ class Completions:
             frequency_penalty=req.frequency_penalty,
             constraint=constraint,
             parse=parse,
+            inserts=inserts,
         )
         sampling = SamplingParams(
             temperature=temperature,
@@ -198,7 +224,9 @@ class Completions:
             top_logprobs=req.top_logprobs or 0,
         )
         tools = [msgspec.to_builtins(t) for t in req.tools or []]
-        return Prepared(req, gen, prompt, match, adapter, sampling, tools, kind, gen.id, int(time.time()))
+        if uses_tools:
+            self.engine.metrics.tool_requests.inc(mode=mode)
+        return Prepared(req, gen, prompt, match, adapter, sampling, tools, kind, gen.id, int(time.time()), mode)
 
     def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
         if not bias:
@@ -210,7 +238,7 @@ class Completions:
             out[int(k)] = v
         return out
 
-    def _constraint(self, req: ChatRequest):
+    def _constraint(self, req: ChatRequest, *, deferred: bool = False):
         """(constraint, kind, parse tool calls?, parser) for the request's tools / response_format."""
         choice = req.tool_choice if req.tool_choice is not None else ("auto" if req.tools else "none")
         if choice != "none" and not req.tools:
@@ -234,6 +262,7 @@ class Completions:
                 tool_choice=msgspec.to_builtins(choice),
                 parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
                 response_format=msgspec.to_builtins(fmt) if wants_format else None,
+                deferred=deferred,
                 on_compile=self.engine.metrics.grammar_compile.observe,
             )
         except GrammarError as e:
@@ -472,6 +501,15 @@ class Completions:
             reply_message(done.content, done.calls),
             PriorTurn(p.prompt.ids, p.prompt.text, list(done.output_ids), output_text),
         )
+        forced, inserted = list(done.forced), []
+        if p.gen.inserts:
+            from tinygpt.runtime.grammar.deferred import fed_indices
+
+            inserted = fed_indices(output_text, done.text_end[: len(done.output_ids)], p.gen.inserts)
+            # Fed, not chosen: an id of the schema the grammar left to a (one-way) sample is
+            # model input all the same.
+            forced = sorted(set(forced) | set(inserted))
+            self.engine.metrics.schema_tokens.inc(len(inserted))
         a = p.adapter
         step = Step(
             index=p.match.index,
@@ -483,7 +521,9 @@ class Completions:
             tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in done.calls],
             finish_reason=done.finish_reason,
             timings=done.timings,
-            forced=list(done.forced),
+            forced=forced,
+            tool_mode=p.tool_mode,
+            inserted=inserted,
             prefix_mismatch=p.prompt.prefix_mismatch,
             constraint=p.constraint_kind,
             model=p.req.model,
@@ -515,6 +555,20 @@ def server_timing(done: Done) -> str:
     """The standard Server-Timing header: where the time went, in milliseconds."""
     t = done.timings
     return ", ".join(f"{name};dur={1e3 * v:.3f}" for name, v in (("queue", t.queued_s), ("prefill", t.prefill_s), ("decode", t.decode_s)))
+
+
+TOOL_MODE_HEADER = "X-TinyGPT-Tool-Mode"
+
+
+def _asked_tool_mode(req: ChatRequest, header: str | None) -> str | None:
+    """The request's own tool mode (header, else metadata.tool_mode); a bad one is a 400 naming it."""
+    for where, value in ((TOOL_MODE_HEADER, header), ("metadata.tool_mode", (req.metadata or {}).get("tool_mode"))):
+        if value is not None:
+            try:
+                return check_tool_mode(value, where)
+            except ValueError as e:
+                raise ApiError(400, str(e), param="tool_mode") from None
+    return None
 
 
 def choice_forces_calls(req: ChatRequest) -> bool:

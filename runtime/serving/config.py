@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
+from ..contracts.tool_mode import ToolMode
+
 
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything `tinygpt serve` can set; defaults are the command's defaults."""
@@ -44,6 +46,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_idle_s: float = 600.0
     project: str = "default"
     adapters: list[tuple[str, str]] = []
+    # How tools are shown (runtime/grammar/deferred.py): "full" schemas in the prompt, or
+    # "deferred" (a one-line index; a chosen tool's schema fed after its name). Requests
+    # may ask otherwise; `tool_modes` sets it per specialist (tinygpt.project.json pins).
+    tool_mode: ToolMode = "full"
+    tool_modes: dict[str, ToolMode] = {}
 
 
 DEFAULTS = ServerConfig(model="")  # read by argument parsers for their defaults

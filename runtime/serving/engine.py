@@ -86,7 +86,8 @@ class _Seq:
         self.forced: list[int] = []  # indices into output_ids of tokens the grammar forced
         self.detok = detokenizer
         # Constrained calls are in the template's layout: stream them piecewise.
-        self.assembler = Assembler(tools=req.tools, stop=req.stop, parse=req.parse, parts=req.constraint is not None)
+        self.assembler = Assembler(tools=req.tools, stop=req.stop, parse=req.parse, parts=req.constraint is not None,
+                                   inserts=req.inserts)
         self.text_end: list[int] = []  # characters of output text after each output token
         self.cached = cached
         self.admitted = admitted
@@ -570,6 +571,7 @@ class Engine:
                 timings=timings,
                 eos=eos,
                 forced=list(seq.forced),
+                text_end=list(seq.text_end),
             )
         )
 

@@ -40,6 +40,8 @@ class GenRequest:
     frequency_penalty: float | None = None
     constraint: Any = None  # a grammar logits processor; called in the model thread only
     parse: Callable[[str], list] | None = None
+    # Deferred tools: function name -> the schema text the grammar feeds after its name.
+    inserts: dict[str, str] | None = None
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -81,6 +83,8 @@ class Done:
     eos: bool
     # Indices into output_ids of tokens the grammar forced (fed, not sampled).
     forced: list[int] = field(default_factory=list)
+    # Characters of output text after each output id (to place fed text among the ids).
+    text_end: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from ..contracts.trajectory import Feedback
-from .completions import ClientGone
+from .completions import TOOL_MODE_HEADER, ClientGone
 from .guard import RequestGuard
 from .messages_protocol import error_body as anthropic_error_body
 from .protocol import AdapterLoad, ApiError, ChatRequest, FeedbackRequest, decode, encode
@@ -323,7 +323,7 @@ class Handler(BaseHTTPRequestHandler):
     def _chat(self) -> None:
         req = decode(self._body(), ChatRequest)
         session = self.headers.get(SESSION_HEADER) or (req.metadata or {}).get("session_id")
-        prepared = self.rt.completions.prepare(req, session)
+        prepared = self.rt.completions.prepare(req, session, self.headers.get(TOOL_MODE_HEADER))
         self.rt.completions.run(prepared, self, {})
 
     def _responses(self) -> None:

@@ -24,7 +24,7 @@ import threading
 
 import msgspec
 
-from .completions import ClientGone, Completions, Prepared, Writer, server_timing
+from .completions import TOOL_MODE_HEADER, ClientGone, Completions, Prepared, Writer, server_timing
 from .events import Delta, Done, Started
 from .protocol import (
     ApiError,
@@ -184,7 +184,7 @@ class Messages:
             parallel_tool_calls=parallel,
             user=req.metadata.user_id if req.metadata else None,
         )
-        p = self.c.prepare(chat, headers.get(SESSION_HEADER))
+        p = self.c.prepare(chat, headers.get(SESSION_HEADER), headers.get(TOOL_MODE_HEADER))
         p.id = p.gen.id = new_id("msg")
         answer_headers = self.c.submit(p, {})
         if req.stream:

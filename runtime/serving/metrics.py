@@ -154,6 +154,8 @@ class Metrics:
             "tinygpt_grammar_compile_seconds", "grammar compile time (a tool set or schema not cached yet)", (),
             buckets=COMPILE_BUCKETS,
         )
+        self.tool_requests = c("tinygpt_tool_requests_total", "requests with tools, by tool mode (full or deferred)", ("mode",))
+        self.schema_tokens = c("tinygpt_deferred_schema_tokens_total", "tool schema tokens fed after a deferred call's name", ())
         self.forced_tokens = c("tinygpt_forced_tokens_total", "tokens the grammar forced, fed without sampling", ())
         self.adapter_ops = h("tinygpt_adapter_op_seconds", "adapter load / swap / unload time", ("op",))
         self.recorded = c("tinygpt_trajectory_writes_total", "trajectory files written, by kind", ("kind",))

@@ -32,6 +32,10 @@ def tools_template() -> str:
     return files.joinpath("templates/chatml_tools.jinja").read_text(encoding="utf-8")
 
 
+# How TinyGPT's packaged template begins (model conversions copy it into tokenizer_config.json).
+_TINYGPT_TEMPLATE_HEAD = "{#- A tool-aware ChatML template (Qwen3 style)"
+
+
 def has_tools_section(template: str | None) -> bool:
     # The template branches on the `tools` variable when it can render tool definitions.
     return bool(template) and "tools" in template and ("tool_call" in template or "tool_calls" in template)
@@ -62,13 +66,32 @@ class ChatPrompts:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         own = getattr(tokenizer, "chat_template", None)
+        if own and own.startswith(_TINYGPT_TEMPLATE_HEAD):
+            # A copy of TinyGPT's template written by an older conversion: the packaged one
+            # renders the same turns and knows what it has learned since (the tool index).
+            own = None
         self.template = own if has_tools_section(own) else tools_template()
         self.own_template = self.template is own
 
-    def render(self, messages: list[Message], tools: list[Tool] | None) -> str:
-        """The prompt text (with the assistant generation header)."""
-        convo = [self._message(m) for m in messages]
+    def render(self, messages: list[Message], tools: list[Tool] | None, tool_mode: str = "full") -> str:
+        """The prompt text (with the assistant generation header).
+
+        `tool_mode` "deferred": the tools as a one-line index, and earlier calls with the
+        schema that was fed after their name (runtime/grammar/deferred.py), so the text
+        of earlier turns is exactly what the model saw and sampled.
+        """
+        extra: dict = {}
+        fed: dict[str, str] = {}
         tool_defs = [{"type": "function", "function": _function(t)} for t in tools] if tools else None
+        if tool_mode == "deferred" and tool_defs:
+            if "tool_index" not in self.template:
+                raise ApiError(400, "tool_mode 'deferred' needs a chat template with a tool index (TinyGPT's); this "
+                               "model's own template renders tools its own way (use tool_mode 'full')", param="tool_mode")
+            from tinygpt.runtime.grammar.deferred import index_line, insertions
+
+            extra["tool_index"] = [index_line(t) for t in tool_defs]
+            fed, tool_defs = insertions(tool_defs), None
+        convo = [self._message(m, fed) for m in messages]
         try:
             with _lock:
                 return self.tokenizer.apply_chat_template(
@@ -77,6 +100,7 @@ class ChatPrompts:
                     chat_template=self.template,
                     add_generation_prompt=True,
                     tokenize=False,
+                    **extra,
                 )
         except (jinja2.TemplateError, TypeError, ValueError, KeyError) as e:
             raise ApiError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
@@ -108,19 +132,27 @@ class ChatPrompts:
         return Prompt(text, self.encode(text), prefix_mismatch=True)
 
     @staticmethod
-    def _message(m: Message) -> dict:
+    def _message(m: Message, fed: dict[str, str]) -> dict:
         # Templates know system/user/assistant/tool; OpenAI's "developer" is a system turn.
         out: dict = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         if m.name is not None:
             out["name"] = m.name
         if m.tool_calls:
             out["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                {"id": c.id, "type": "function", "function": _call(c.function.name, c.function.arguments, fed)}
                 for c in m.tool_calls
             ]
         if m.tool_call_id is not None:
             out["tool_call_id"] = m.tool_call_id
         return out
+
+
+def _call(name: str, arguments: str, fed: dict[str, str]) -> dict:
+    # A deferred call renders with the schema that was fed after its name (`fed_schema`).
+    out = {"name": name, "arguments": arguments}
+    if name in fed:
+        out["fed_schema"] = fed[name]
+    return out
 
 
 def _function(tool: Tool) -> dict:

@@ -21,7 +21,7 @@ import threading
 
 import msgspec
 
-from .completions import ClientGone, Completions, Prepared, Writer, server_timing
+from .completions import TOOL_MODE_HEADER, ClientGone, Completions, Prepared, Writer, server_timing
 from .events import Delta, Done, Started
 from .protocol import (
     ApiError,
@@ -159,7 +159,7 @@ class Responses:
         head = [Message(role="system", content=req.instructions)] if req.instructions is not None else []
         chat = self.chat_request(req, head + convo)
         session = headers.get(SESSION_HEADER) or (req.metadata or {}).get("session_id")
-        p = self.c.prepare(chat, session)
+        p = self.c.prepare(chat, session, headers.get(TOOL_MODE_HEADER))
         p.id = p.gen.id = new_id("resp")
         self.answer(req, p, tuple(convo), out)
 
