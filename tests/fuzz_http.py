@@ -88,7 +88,7 @@ WRONG_TYPES = [
     {"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, {"tool_choice": "sometimes"},
     {"tool_choice": {"type": "function", "function": {"name": "missing"}}, "tools": [TOOL]},
     {"response_format": {"type": "xml"}}, {"response_format": {"type": "json_schema", "json_schema": {"schema": 5}}},
-    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object", "patternProperties": {"a": {}}}}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "array", "uniqueItems": True}}}},
     {"logit_bias": {"x": 500}}, {"stop": [1, 2]}, {"stop": ["a"] * 9}, {"n": 3}, {"metadata": {"a": 1}},
     {"unknown_field": 1}, {"seed": "x"}, {"logprobs": 1}, {"top_logprobs": 99}, {"user": None, "store": "x"},
     {"messages": [{"role": "assistant", "tool_calls": [{"id": 1}]}]}, {"model": ""}, {"model": "no-such-model"},

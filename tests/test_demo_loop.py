@@ -86,7 +86,9 @@ def test_demo_command_runs_the_loop_end_to_end(tiny_model_dir, tmp_path, redis_u
     assert summary["collection"]["episodes"] == 6 and summary["collection"]["successes"] == 6
     pipe = summary["pipeline"]
     assert pipe["files"] == 6 and pipe["ingested"] == 6 and pipe["quarantined"] == 0 and pipe["worker_exit"] == 0
-    assert pipe["kept_by_label"] >= 1 and pipe["kept_by_label"] + pipe["duplicates"] == 6
+    # A random model often rambles to max_tokens: those sessions are dropped on quality (the
+    # label stage's min_quality), the seeded rest carry on.
+    assert pipe["kept_by_label"] >= 1 and pipe["kept_by_label"] + pipe["dropped_by_label"] + pipe["duplicates"] == 6
     assert pipe["rows"]["train"] >= 1 and pipe["rows"]["test"] == 0
     assert summary["training"]["steps_done"] == 2 and (work / "adapter" / "adapters.safetensors").is_file()
     assert summary["gate"]["verdict"] == "pass" and summary["gate"]["n"] == 2

@@ -591,8 +591,9 @@ class Engine:
             del self._active[(key, uid)]
             self._finish_failed(seq.req, ApiError(499, "client closed the request"))
         if gone:
-            self.n_active = len(self._active)
+            # Counted before n_active drops, so whoever sees the engine idle sees the count.
             self.metrics.rejected.inc(len(gone), reason="client_gone")
+            self.n_active = len(self._active)
 
     def _drop_generator(self, key: str, error: ApiError) -> None:
         for (k, uid), seq in list(self._active.items()):
