@@ -113,6 +113,41 @@ def test_demo_drives_the_daemon_through_two_rounds(tiny_model_dir, tmp_path, mon
     assert pins["specialists"][0].get("version", "*") == "*" and pins["eval_suites"][0]["kind"] == "environment"
 
 
+def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypatch):
+    """--url: an operator's `tinygpt up` already runs with its own policy; the demo only sends
+    episodes and feedback, waits for the version the daemon promotes, and measures."""
+    from tests.daemon_support import Up
+    from tinygpt.runtime.demo.loop import DemoConfig, run_demo
+    from tinygpt.runtime.demo.project import write_project
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TINYGPT_HOME", str(home))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    ops = tmp_path / "ops"
+    ops.mkdir()
+    (ops / "toyweather.py").write_text(textwrap.dedent(TOY))
+    # The operator's policy: build once 6 new rows are kept (what 3 tasks x 2 attempts give).
+    write_project(ops / "tinygpt.project.json", project="ops", model=str(tiny_model_dir), task="weather", name="weather", seed=0,
+                  test_tasks=2, gate_tasks=2, training={"steps": 2, "batch_size": 2, "num_layers": 2, "eval_every": 0},
+                  builds_started=0, release_rows=6, entry="toyweather:Weather")  # fmt: skip
+    up = Up(home, ops, "--project", str(ops / "tinygpt.project.json"), "--session-idle", "1")
+    try:
+        url = up.wait(r"Runtime: (http://\S+/v1)").group(1)
+        work = tmp_path / "demo"
+        work.mkdir()
+        (work / "toyweather.py").write_text(textwrap.dedent(TOY))
+        cfg = DemoConfig(work=str(work), url=url, task="weather", entry="toyweather:Weather", name="weather", tasks=3, attempts=2,
+                         test_tasks=2, gate_tasks=2, concurrency=4)  # fmt: skip
+        summary = run_demo(cfg, say=lambda m: None)
+    finally:
+        assert up.stop() == 0, up.text
+    (r,) = summary.rounds
+    assert r.promoted == "weather@1" and r.build.verdict == "pass" and r.build.rows == 6
+    assert summary.after.served_by == "weather@1" and summary.peak_rss_mb is None
+    assert not (work / "tinygpt.project.json").exists()  # the daemon's own project file rules
+    assert "Autopilot: weather: 6 new rows (≥ 6): building" in up.text
+
+
 def test_demo_command_refuses_bad_options(capsys):
     from tinygpt.runtime.commands import demo
 

@@ -191,12 +191,12 @@ def _mtime(path: Path) -> float | None:
     return path.stat().st_mtime if path.is_file() else None
 
 
-def latest_build(name: str, project: str, since: float):
-    """(folder, AutopilotBuild) of the newest build of `name` for `project` started after `since`."""
+def latest_build(name: str, project: str | None, since: float):
+    """(folder, AutopilotBuild) of the newest build of `name` (for `project`, when given) started after `since`."""
     from tinygpt.queue.autopilot import RECORD, build_records
     from tinygpt.runtime import paths
 
-    found = [r for r in build_records(name) if r.project == project and r.started_at >= since - 1.0]
+    found = [r for r in build_records(name) if project in (None, r.project) and r.started_at >= since - 1.0]
     if not found:
         return None, None
     record = found[-1]
@@ -204,7 +204,7 @@ def latest_build(name: str, project: str, since: float):
     return (folder, record) if (folder / RECORD).is_file() else (None, None)
 
 
-def read_build(name: str, project: str, since: float, registry: Path, version: str, served_at: float | None) -> Build | None:
+def read_build(name: str, project: str | None, since: float, registry: Path, version: str, served_at: float | None) -> Build | None:
     """What the daemon's build folder says: verdict, numbers, per-kind results, stage times."""
     from tinygpt.queue.autopilot import RECORD, numbers
     from tinygpt.runtime.contracts.evals import GateResult
@@ -244,7 +244,7 @@ def read_build(name: str, project: str, since: float, registry: Path, version: s
                  version=version, numbers=nums, per_kind=kinds, seconds=seconds)  # fmt: skip
 
 
-def refused_build(name: str, project: str, since: float) -> str | None:
+def refused_build(name: str, project: str | None, since: float) -> str | None:
     """A build of `name` started after `since` whose gate said no (from its files)."""
     from tinygpt.runtime.contracts.evals import GateResult
     from tinygpt.runtime.contracts.io import read_json
@@ -260,7 +260,7 @@ def refused_build(name: str, project: str, since: float) -> str | None:
     return None if result.verdict == "pass" else f"{result.verdict}: {result.message}"
 
 
-def wait_for_version(root_url: str, name: str, previous: str, *, key: str | None, project: str, since: float,
+def wait_for_version(root_url: str, name: str, previous: str, *, key: str | None, project: str | None, since: float,
                      up: Up | None, after_line: int) -> tuple[str, float]:  # fmt: skip
     """Wait until the runtime serves a version of `name` other than `previous`; (version, when).
     Raises DemoError when the daemon's build failed or its gate refused the candidate."""

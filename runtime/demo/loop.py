@@ -129,7 +129,8 @@ def _standalone(cfg: DemoConfig):
 class _Demo:
     def __init__(self, cfg: DemoConfig, work: Path, say, progress):
         self.cfg, self.work, self.say, self.progress = cfg, work, say, progress
-        self.project = cfg.project or f"demo-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # A daemon at --url records under its own project file's name, whatever the demo says.
+        self.project = "" if cfg.url else cfg.project or f"demo-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.project_file = work / PROJECT_FILE
         self.up = None
         self.url = ""
@@ -238,7 +239,7 @@ class _Demo:
             plan = runner.exploration_plan(train, tools, cfg.attempts, cfg.explore)
             self.say(f"round {r}: collect {len(train)} tasks x {cfg.attempts} attempts at T={cfg.temperature} with {shown}"
                      + (f" ({sum(a.force is not None for a in plan)} exploring)" if cfg.explore else ""))  # fmt: skip
-            clock = time.perf_counter()
+            clock, started = time.perf_counter(), time.time()
             got = self.episodes(plan, self.sampling(model, cfg.temperature, cfg.seed + 100 * r, COLLECT_TAG))
             c = report.collection(len(train), cfg.attempts, cfg.temperature, shown, got, round(time.perf_counter() - clock, 2))
             rnd = report.Round(round=r, collection=c)
@@ -246,7 +247,7 @@ class _Demo:
             self._add("collect", c.seconds)
             self.say(f"   {c.successes}/{c.episodes} runs succeeded ({c.tasks_solved} of {c.tasks} tasks solved)")
             write_summary(self.work, self.summary)
-            version = self.wait_for_build(rnd, serving)
+            version = self.wait_for_build(rnd, serving, started)
             if not version:
                 break
             serving = version
@@ -254,14 +255,14 @@ class _Demo:
     def _add(self, key: str, value: float) -> None:
         self.seconds[key] = round(self.seconds.get(key, 0.0) + value, 2)
 
-    def wait_for_build(self, rnd: report.Round, serving: str) -> str:
+    def wait_for_build(self, rnd: report.Round, serving: str, since: float) -> str:
         """Wait while the daemon labels the round, builds, gates, publishes and swaps; the new
-        version ("" when the gate refused it after an earlier promotion)."""
+        version ("" when the gate refused it after an earlier promotion). A daemon at --url
+        follows its own trigger, which may fire while the round still collects (`since`)."""
         from . import daemon
 
         cfg = self.cfg
         after_line = len(self.up.lines) if self.up else 0
-        since = time.time()
         if self.up is not None:
             self.say("   waiting for the daemon to seal, ingest, dedupe and label the sessions")
             clock = time.perf_counter()
@@ -280,10 +281,10 @@ class _Demo:
             self.builds += 1
         self.say("   waiting for the daemon: dataset ▶ finetune ▶ eval gate ▶ publish ▶ hot swap")
         try:
-            version, served_at = daemon.wait_for_version(self.url, cfg.name, serving, key=cfg.api_key, project=self.project,
+            version, served_at = daemon.wait_for_version(self.url, cfg.name, serving, key=cfg.api_key, project=self.build_project,
                                                          since=since, up=self.up, after_line=after_line)  # fmt: skip
         except DemoError:
-            rnd.build = daemon.read_build(cfg.name, self.project, since, registry_dir(), "", None)
+            rnd.build = daemon.read_build(cfg.name, self.build_project, since, registry_dir(), "", None)
             if self.up is not None:
                 self.write(release_rows=0)  # hold builds again: the demo is done collecting
             if rnd.build is not None:
@@ -295,13 +296,18 @@ class _Demo:
         if self.up is not None:
             self.write(release_rows=0)
         rnd.promoted = f"{cfg.name}@{version}"
-        rnd.build = daemon.read_build(cfg.name, self.project, since, registry_dir(), version, served_at)
+        rnd.build = daemon.read_build(cfg.name, self.build_project, since, registry_dir(), version, served_at)
         if rnd.build is not None:
             self._build_seconds(rnd.build)
             self.say(f"   {rnd.build.verdict}: {'; '.join(rnd.build.numbers)}")
         self.say(f"   the runtime serves {rnd.promoted} (hot-swapped by the daemon)")
         write_summary(self.work, self.summary)
         return version
+
+    @property
+    def build_project(self) -> str | None:
+        """Whose builds to read: ours, or any project's (a daemon at --url records under its own)."""
+        return self.project if self.cfg.url is None else None
 
     def _build_seconds(self, build: report.Build) -> None:
         for stage, value in build.seconds.items():
