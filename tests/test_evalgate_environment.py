@@ -125,3 +125,16 @@ def test_an_unknown_environment_or_bad_options_is_a_clear_input_error(world, tin
         project = _project(tmp_path, tiny_model_dir, {"name": "s", "kind": "environment", **extra})
         with pytest.raises(GateInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
             evaluate_gate(project, candidate=world["good"])
+
+
+def test_the_eval_gate_command_prints_success_per_task_kind(world, capsys):
+    from tinygpt.runtime.commands import eval_gate
+
+    parser = __import__("argparse").ArgumentParser()
+    eval_gate.configure(parser)
+    out = world["root"] / "cli-gate.json"
+    code = eval_gate.run(parser.parse_args(["--project", str(world["project"]), "--candidate", str(world["worse"]),
+                                            "--baseline", str(world["good"]), "--out", str(out)]))  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 1 and "REGRESSION" in printed
+    assert "per task kind (baseline → candidate): a 100% →" in printed and "(n=6)" in printed
