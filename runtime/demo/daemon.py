@@ -173,9 +173,9 @@ def settle(conn, project: str, name: str, session_idle: float) -> int:
     # Sessions seal once idle for `session_idle` seconds (the recorder checks every few).
     time.sleep(session_idle + min(session_idle, 5.0) + 1.0)
     steady, last = 0, None
-    # The autopilot reads the label log every 2 s: a count unchanged over 3 s with nothing
+    # The autopilot reads the label log every 2 s: a count unchanged over 5 s with nothing
     # left on the data queue is final.
-    while steady < 6:
+    while steady < 10:
         rows = pending_rows(conn, project, name)
         busy = _data_queue_busy(conn)
         steady = steady + 1 if busy == 0 and rows == last else 0
