@@ -8,7 +8,7 @@ messages, the checker's reward through the feedback endpoint. The daemon ingests
 labels, builds, gates, publishes and hot-swaps by itself; the demo waits, then measures
 held-out success before / after on the same tasks (paired, per task kind).
   --task fileops   six file tools on a sandboxed in-memory filesystem (the default)
-  --task shop      a shop API: search, add to cart, apply a coupon, check out
+  --task shop      a shop API: search products, add to and remove from the cart, place the order
 Prints the before / after table and writes demo-summary.json (with per-stage wall times
 and peak memory) to the work directory. Exit codes: 0 the loop completed (the summary
 says whether it improved), 1 it stopped early (nothing to train on, the gate refused),
