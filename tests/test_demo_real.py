@@ -28,10 +28,12 @@ pytestmark = [
 ]
 
 
-def test_demo_loop_on_the_default_model(tmp_path, redis_url, monkeypatch, capsys):
+def test_demo_loop_on_the_default_model(tmp_path, monkeypatch, capsys):
     from tinygpt.runtime.commands import demo
 
-    monkeypatch.setenv("TINYGPT_HOME", str(tmp_path / "home"))  # the model is converted from the package
+    home = tmp_path / "home"
+    monkeypatch.setenv("TINYGPT_HOME", str(home))  # the model is converted from the package
+    monkeypatch.delenv("REDIS_URL", raising=False)
     work = tmp_path / "demo"
     parser = argparse.ArgumentParser()
     demo.configure(parser)
@@ -40,9 +42,10 @@ def test_demo_loop_on_the_default_model(tmp_path, redis_url, monkeypatch, capsys
     assert demo.run(args) == 0, capsys.readouterr().err
 
     summary = json.loads(capsys.readouterr().out)
-    assert summary["collection"]["successes"] >= 1 and summary["pipeline"]["rows"]["train"] >= 1
-    assert summary["gate"]["verdict"] == "pass" and summary["after"]["served_by"] == "fileops@1"
-    sessions = [read_any(p, Trajectory) for p in (work / "trajectories").glob("*.msgpack")]
+    (r,) = summary["rounds"]
+    assert r["collection"]["successes"] >= 1 and r["rows"] >= 1
+    assert r["build"]["verdict"] == "pass" and summary["after"]["served_by"] == "fileops@1"
+    sessions = [read_any(p, Trajectory) for p in (home / "trajectories").glob("*.msgpack")]
     assert len(sessions) == 4 * 2 + 4 + 4
     # The template re-renders every earlier turn as sampled: each session is one training sequence.
     assert not any(step.prefix_mismatch for traj in sessions for step in traj.steps)

@@ -7,9 +7,8 @@ import json
 import msgspec
 import pytest
 
-from tinygpt.runtime.demo import tasks as T
-from tinygpt.runtime.demo.fs import TOOL_NAMES, TOOLS, FakeFS, execute, normalize
-from tinygpt.runtime.demo.specialist import gate_row
+from tinygpt.runtime.environments.bundled import fileops_tasks as T
+from tinygpt.runtime.environments.bundled.fileops_fs import TOOL_NAMES, TOOLS, FakeFS, execute, normalize
 
 
 def test_tools_are_openai_function_definitions():
@@ -136,18 +135,6 @@ def test_task_round_trips_as_a_contract():
     assert msgspec.json.decode(msgspec.json.encode(task), type=T.Task) == task
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"id": "x", "surprise": 1}', type=T.Task)
-
-
-def test_gate_rows_accept_what_the_sandbox_accepts():
-    move = T.generate(1, 0, "test", mix={"move": 1.0})[0]
-    row = gate_row(move)
-    args = row["expected"][0]["arguments"]
-    src, dst = move.solution[0].arguments["source"], move.solution[0].arguments["destination"]
-    assert row["tool_choice"] == "required" and row["messages"][-1]["content"] == move.prompt
-    assert args["source"] == [src, src.lstrip("/")]
-    assert dst.rsplit("/", 1)[0] in args["destination"]
-    write = gate_row(T.generate(1, 0, "test", mix={"write": 1.0})[0])
-    assert len(write["expected"][0]["arguments"]["content"]) == 1
 
 
 def test_a_task_list_holds_no_task_twice_and_its_slices_are_disjoint():

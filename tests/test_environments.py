@@ -318,22 +318,6 @@ def test_env_command_without_a_project_file_exits_2(tmp_path, monkeypatch, capsy
     assert "tinygpt.project.json" in capsys.readouterr().err
 
 
-def test_demo_task_shop_runs_the_bundled_environment(tmp_path, home, tiny_model_dir, redis_url, capsys):
-    """`tinygpt demo --task shop` on a random model: held-out measured, nothing solved, stops with the reason."""
-    from tinygpt.runtime import cli
-
-    work = tmp_path / "demo"
-    code = cli.main(["demo", "--task", "shop", "--model", str(tiny_model_dir), "--work", str(work), "--tasks", "2", "--attempts", "1",
-                     "--test-tasks", "2", "--explore", "1.0", "--concurrency", "2"])  # fmt: skip
-    assert code == 1
-    assert "nothing to train on" in capsys.readouterr().err
-    record = read_json(work / "env-run.json", EnvRunRecord)
-    assert record.environment == "shop" and record.baseline.n == 2
-    (r,) = record.rounds
-    assert r.attempts == r.explored == 2 and r.rows == 0 and "nothing to train on" in record.note
-    assert json.loads((work / "tinygpt.project.json").read_text())["registries"][0].endswith("demo/specialists")
-
-
 def test_the_readme_example_environment_works(tmp_path):
     """The README's example is complete: it loads from the project file, splits disjointly, and
     its checker rewards the right call and refuses the wrong one."""

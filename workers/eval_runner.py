@@ -208,10 +208,16 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
         try:
             served: dict = {}
             models = {i: _load(rt, jobs[i].target, served) for i in indices}
-            batch = [i for i in indices if jobs[i].suite.kind != "latency"]
+            batch = [i for i in indices if jobs[i].suite.kind not in ("latency", "environment")]
             if batch:
                 _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], concurrency, say, reports,
                                 batch, answered)  # fmt: skip
+            for i in (i for i in indices if jobs[i].suite.kind == "environment"):
+                from .eval_environment import run as run_environment
+
+                job = jobs[i]
+                say(f"{job.suite.name}: {len(job.items)} episodes of {job.suite.environment!r} on {job.target.describe}")
+                reports[i] = run_environment(rt.port, job.suite, models[i], job.key, concurrency, lambda: answered(None))
             for i in (i for i in indices if jobs[i].suite.kind == "latency"):
                 job = jobs[i]
                 say(f"{job.suite.name}: {len(job.items)} rows x {job.suite.passes} on {job.target.describe} (one at a time)")

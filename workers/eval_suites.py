@@ -59,7 +59,9 @@ def declared_suites(project: ProjectPins, project_dir: Path, rules: list[str] = 
         raise GateInputError(str(e)) from None
     if not suites:
         raise GateInputError("no eval suites declared: add `eval_suites` to tinygpt.project.json (see README, Eval gate)")
-    return suites
+    from .eval_environment import bind
+
+    return [bind(s, project, project_dir) if s.kind == "environment" else s for s in suites]
 
 
 def check_suite(suite: EvalSuite) -> MetricSpec:
@@ -80,11 +82,16 @@ def check_suite(suite: EvalSuite) -> MetricSpec:
         problems.append('format "bfcl" is for kind "tool_call"')
     if suite.scorer and suite.kind != "custom":
         problems.append('`scorer` is only for kind "custom"')
+    if not suite.data:
+        problems.append("`data` (the rows file) is missing" if suite.kind != "environment" else "it was not bound to its environment")
+    if suite.environment is not None and suite.kind != "environment":
+        problems.append('`environment` is only for kind "environment"')
     if problems:
         raise GateInputError(f"{where}: " + "; ".join(problems))
     try:
         spec = metric_spec(suite)
-        scorer_for(suite)  # imports a custom scorer now: an unknown one is a config error
+        if suite.kind != "environment":  # its checker is the environment's own
+            scorer_for(suite)  # imports a custom scorer now: an unknown one is a config error
     except ScorerError as e:
         raise GateInputError(str(e)) from None
     return spec
@@ -161,7 +168,11 @@ def _read_jsonl(suite: EvalSuite, path: Path) -> list[Item]:
 def load_items(suite: EvalSuite, project_dir: Path) -> list[Item]:
     """The suite's rows, parsed and checked for its kind."""
     files = data_files(suite, project_dir)
-    if suite.format == "bfcl":
+    if suite.kind == "environment":
+        from .eval_environment import load_items as environment_items
+
+        items = environment_items(suite)
+    elif suite.format == "bfcl":
         from .eval_bfcl import load_bfcl
 
         items = load_bfcl(files[0], files[1])

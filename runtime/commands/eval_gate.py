@@ -71,6 +71,17 @@ def _table(result):
     return table
 
 
+def _per_kind(result, suite: str) -> str:
+    """Environment suites: success per task kind, baseline → candidate."""
+    cand = result.candidate.suite(suite)
+    base = result.baseline.suite(suite) if result.baseline else None
+    if cand is None or not cand.per_kind:
+        return ""
+    base_kinds = base.per_kind if base else {}
+    return ", ".join(f"{k} {f'{base_kinds[k].mean:.0%} → ' if k in base_kinds else ''}{c.mean:.0%} (n={c.n})"
+                     for k, c in cand.per_kind.items())  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -110,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     out.print(_table(result))
     for v in result.suites:
         out.print(f"  {'[green]✓[/]' if v.passed else '[red]✗[/]'} {escape(v.suite)}: {escape(v.reason)}", highlight=False)
+        if kinds := _per_kind(result, v.suite):
+            out.print(f"    per task kind (baseline → candidate): {escape(kinds)}", highlight=False)
     cache = result.extra.get("cache", {})
     ran = ", ".join(cache.get("ran", [])) or "nothing (all from the cache)"
     out.print(f"[dim]ran: {escape(ran)}; {result.extra.get('seconds', 0):.2f} s; result: {escape(str(args.out))}[/]")

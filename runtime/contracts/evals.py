@@ -14,7 +14,7 @@ from .base import Contract
 
 EVAL_VERSION = 1
 
-SuiteKind = Literal["tool_call", "exact_match", "json_schema", "latency", "custom"]
+SuiteKind = Literal["tool_call", "exact_match", "json_schema", "latency", "custom", "environment"]
 Direction = Literal["higher", "lower"]
 # "threshold": worse than the baseline by more than `threshold` fails the suite;
 # "significant": only a statistically clear loss fails it, whatever its size (a suite the
@@ -31,7 +31,12 @@ class EvalSuite(Contract):
     name: str
     kind: SuiteKind
     # JSON Lines rows, relative to the project file (for format="bfcl": the question file).
-    data: str
+    # Not for kind "environment": the gate sets it to the environment's module file.
+    data: str = ""
+    # Kind "environment": the name of an environment of the project file (or a bundled one);
+    # its held-out ("test") split is the suite, each task one episode through the runtime.
+    # options: {"tasks": N (default 24), "skip": K (default 0): tasks K..K+N-1 of the split}.
+    environment: str | None = None
     metric: str = "accuracy"
     # Which way is better. Optional for the metrics the gate knows (accuracy, tokens_per_s,
     # *_ms); any other metric without a direction is a configuration error.
@@ -56,6 +61,13 @@ class EvalSuite(Contract):
     seed: int = 0
     regression: Regression = "threshold"
 
+    def __post_init__(self) -> None:
+        if self.kind == "environment":
+            if not self.environment:
+                raise ValueError('kind "environment" needs `environment` (the name of one of the project\'s environments)')
+        elif not self.data:
+            raise ValueError(f"missing required field `data` (the rows file of kind {self.kind!r})")
+
 
 class ItemResult(Contract):
     id: str
@@ -65,6 +77,13 @@ class ItemResult(Contract):
     detail: str = ""
     # Line of the row in the suite's data file (1-based; 0 when unknown).
     line: int = 0
+
+
+class KindScore(Contract):
+    """One task kind of a suite whose items have kinds (environment suites)."""
+
+    n: int
+    mean: float
 
 
 class SuiteReport(Contract):
@@ -84,6 +103,8 @@ class SuiteReport(Contract):
     # Content hash of everything the numbers depend on (model, adapter, suite data, settings).
     key: str = ""
     seconds: float = 0.0
+    # Per task kind (environment suites): the same items, grouped.
+    per_kind: dict[str, KindScore] = {}
 
     @property
     def metric_value(self) -> float:

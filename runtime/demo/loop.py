@@ -1,283 +1,332 @@
-"""The whole loop, end to end: baseline ▶ collect ▶ pipeline ▶ train ▶ gate ▶ swap ▶ after.
+"""The demo: a user's agent working an environment through `tinygpt up`, which gets better at it by itself.
 
-1. The scripted agent works held-out tasks greedily on the base model (the "before").
-2. It works the training tasks several times each at a temperature, through the same
-   runtime, which records every session; the checker's verdict goes back as feedback.
-3. The recorded files go through the real queue (ingest ▶ dedupe ▶ label ▶ dataset, one
-   burst worker process): only successful runs are kept (rejection sampling).
-4. `tinygpt train` fits a LoRA specialist on the kept runs' token ids.
-5. The eval gate compares it with the base model on other held-out tasks.
-6. If it passes, the publish stage packages it into a registry in the work directory, the
-   demo's project pins that version, and the runtime pulls, verifies and hot-swaps it in
-   while serving (no restart, no base reload), as `tinygpt up` does on a pin change;
-7. the agent works the held-out tasks again, now asking for the specialist (the "after").
+1. Start `tinygpt up` (embedded Redis, the base model) on a project file written in the work
+   directory (runtime/demo/project.py: the specialist pinned "*", its build policy, the
+   environment's held-out split as the gate) — or use one already running (`--url`).
+2. Before: the agent works held-out tasks greedily through the runtime (the base model).
+3. Per round: the agent works every training task `attempts` times at a temperature with
+   what serves now (chat with the environment's tools, results as `tool` messages, the
+   checker's reward through the feedback endpoint: runtime/environments/runner.py), part of
+   the attempts exploring under a constrained tool_choice. Then it waits: the daemon seals,
+   ingests, dedupes and labels the sessions; the demo lets the build policy fire once the
+   round is counted; the daemon builds the dataset, fine-tunes, gates, publishes and
+   hot-swaps the new version in. The round ends when the runtime serves it.
+4. After: the same held-out tasks again, now asking for the specialist; paired per task.
 
-Eval runs are recorded like any session but never enqueued, so held-out tasks cannot
-leak into training.
+The demo never runs a pipeline stage itself; stage times and verdicts are read back from
+the daemon's build folders. Held-out sessions are recorded too, but tagged so the build
+policy's selection never takes them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from tinygpt.runtime.contracts.base import Contract
 
-from . import report, tasks
-from .agent import AgentConfig, Episode, make_client, run_many
+from . import report
 from .errors import DemoError
-from .pipeline import PipelineError, run_pipeline, trajectory_file
-from .specialist import TrainSettings, gate, publish, registry_dir, train, write_gate_project
+from .project import COLLECT_TAG, HELD_OUT_TAG, registry_dir, write_project
 
 log = logging.getLogger("tinygpt.demo")
 
 SUMMARY_FILE = "demo-summary.json"
+PROJECT_FILE = "tinygpt.project.json"
+
+__all__ = ["DemoConfig", "DemoError", "SUMMARY_FILE", "TrainSettings", "run_demo"]
+
+
+class TrainSettings(Contract):
+    # About two passes over the twenty-odd distinct successes a default run keeps. Every
+    # row is ~850 tokens (tool list and worked examples) for ~50 trained ones, so steps
+    # are what costs: ~20 s each with batch 2 on 2 shared cores.
+    steps: int = 24
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    # Adapting only the top blocks keeps the backward pass short on a CPU.
+    num_layers: int = 8
+    lora_rank: int = 8
 
 
 class DemoConfig(Contract):
     """Every knob of `tinygpt demo`; the defaults finish in minutes on a 2-core CPU."""
 
     work: str
+    # An environment: a bundled one (fileops, shop), or any with `entry`.
+    task: str = "fileops"
+    # `package.module:Class` of the environment (importable from the work directory), written
+    # into the project file's `environments`; None: the bundled environment `task`.
+    entry: str | None = None
     model: str = "smollm2-135m-instruct"
-    # An already running runtime (…/v1 optional); None starts one in this process.
+    # A running `tinygpt up` (…/v1 optional); None starts one.
     url: str | None = None
     api_key: str | None = None
-    admin_key: str | None = None
-    # Where that runtime writes trajectories (its --trajectories-dir), to read them back.
-    trajectories_dir: str | None = None
     name: str = "fileops"
     project: str | None = None
-    redis_url: str | None = None
     tasks: int = 24
     attempts: int = 4
     test_tasks: int = 24
     gate_tasks: int = 12
+    rounds: int = 1
+    explore: float = 0.0
     temperature: float = 0.7
-    max_turns: int = 3
+    # Requests per episode; None: the environment's own (fileops: 3).
+    max_turns: int | None = None
     concurrency: int = 8
     seed: int = 0
+    # How long a session stays open after its last request in the `up` the demo starts.
+    session_idle: float = 2.0
     train: TrainSettings = msgspec.field(default_factory=TrainSettings)
-
-
-@dataclass
-class Served:
-    """The runtime the agent talks to, however it was started."""
-
-    url: str
-    base_name: str
-    trajectories_dir: Path
-    seal: Callable[[], None]
-    # (project file, name, published version, its package dir) -> what the swap did.
-    swap: Callable[[Path, str, str, str], dict[str, Any]]
-
-
-@contextlib.contextmanager
-def local_runtime(cfg: DemoConfig, work: Path, project: str) -> Iterator[Served]:
-    """A runtime in this process on 127.0.0.1 and a free port, recording into `work`."""
-    from tinygpt.runtime.serving.app import Runtime, ServerConfig
-
-    traj = work / "trajectories"
-    config = ServerConfig(
-        model=cfg.model, port=0, trajectories_dir=str(traj), project=project,
-        # Sessions are sealed explicitly once collected; never mid-run by the idle timer.
-        session_idle_s=24 * 3600.0, max_batch=max(16, cfg.concurrency), api_key=cfg.api_key,
-    )  # fmt: skip
-    # No queue hook: the demo puts the collection files on the pipeline itself, so eval
-    # sessions (recorded too) never reach a training set.
-    rt = Runtime(config).start()
-
-    def swap(project_file: Path, name: str, version: str, package: str) -> dict[str, Any]:
-        # What `tinygpt up` does when a pin changes: pull from the registry, verify, hot-swap.
-        from tinygpt.runtime.registry.swap import Swapper
-
-        report = Swapper(rt, project_file, say=log.info).sync("demo: published")
-        if name in report.errors or f"{name}@{version}" not in report.loaded + report.kept:
-            raise DemoError(f"the runtime did not swap in {name}@{version}: {report.errors.get(name, 'not loaded')}")
-        return {"via": "pin + registry pull + hot swap (Swapper)", "swap_seconds": report.swap_seconds.get(f"{name}@{version}")}
-
-    try:
-        yield Served(url=rt.url, base_name=rt.registry.base_name, trajectories_dir=traj,
-                     seal=lambda: rt.recorder.seal_all().result(), swap=swap)  # fmt: skip
-    finally:
-        rt.stop()
-
-
-def _http_json(url: str, *, key: str | None = None, body: dict | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
-    req.add_header("Content-Type", "application/json")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        return json.loads(resp.read())
-
-
-@contextlib.contextmanager
-def remote_runtime(cfg: DemoConfig) -> Iterator[Served]:
-    """A runtime started elsewhere on this machine (`tinygpt serve --no-queue ...`)."""
-    if not cfg.trajectories_dir:
-        raise DemoError("--url needs --trajectories-dir: the demo reads that runtime's recorded sessions from disk")
-    root = cfg.url.rstrip("/").removesuffix("/v1")
-    cards = _http_json(f"{root}/v1/models", key=cfg.api_key)["data"]
-    base = next((c["id"] for c in cards if "root" not in c), None)
-    if base is None:
-        raise DemoError(f"{root}/v1/models lists no base model")
-
-    def swap(project_file: Path, name: str, version: str, package: str) -> dict[str, Any]:
-        # That runtime follows its own project's pins; load the published package directly.
-        body = {"name": name, "path": package, "version": version}
-        result = _http_json(f"{root}/admin/adapters", key=cfg.admin_key or cfg.api_key, body=body)
-        return {"via": "POST /admin/adapters (hot swap)", "swap_seconds": result.get("seconds")}
-
-    yield Served(url=root, base_name=base, trajectories_dir=Path(cfg.trajectories_dir), seal=lambda: None, swap=swap)
 
 
 def _no_progress(total: int) -> Callable[[], None]:
     return lambda: None
 
 
-def run_demo(
-    cfg: DemoConfig,
-    *,
-    say: Callable[[str], None] = print,
-    progress: Callable[[int], Callable[[], None]] = _no_progress,
-) -> report.DemoSummary:
-    """Run the loop and write `<work>/demo-summary.json`; raises DemoError when it cannot finish.
+def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print,
+             progress: Callable[[int], Callable[[], None]] = _no_progress) -> report.DemoSummary:  # fmt: skip
+    """Run the demo and write `<work>/demo-summary.json`; raises DemoError when it cannot finish
+    (whatever was measured before is in the summary file too)."""
+    from tinygpt.runtime.environments import runner
+    from tinygpt.runtime.environments.loader import EnvironmentBroken, load
 
-    `progress(total)` is called at the start of each agent phase and returns the
-    function called once per finished run (for a progress bar). Whatever was measured
-    before a DemoError is in the summary file too.
-    """
     work = Path(cfg.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    project = cfg.project or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    served = remote_runtime(cfg) if cfg.url else local_runtime(cfg, work, project)
-    with served as srv:
-        run = _Loop(cfg, srv, work, project, say, progress)
-        try:
-            run.measure_before_and_collect()
-            run.specialize()
-        except DemoError as e:
-            if run.summary is not None:
-                run.summary.note = str(e)
-            raise
-        finally:
-            if run.summary is not None:
-                write_summary(work, run.summary)
+    run = _Demo(cfg, work, say, progress)
+    try:
+        run.env = load(run.project_file, cfg.task, run.pins()) if cfg.url is None else _standalone(cfg)
+        train, test = runner.split_tasks(run.env, cfg.task, cfg.tasks, cfg.test_tasks, cfg.seed)
+        run.start()
+        run.measure_before(test)
+        run.rounds(train)
+        run.measure_after(test)
+    except EnvironmentBroken as e:
+        run.note(str(e))
+        raise DemoError(str(e)) from None
+    except DemoError as e:
+        run.note(str(e))
+        raise
+    finally:
+        run.close()
     return run.summary
 
 
-class _Loop:
-    """One demo run: the steps in order, each filling in the summary as it goes."""
+def _standalone(cfg: DemoConfig):
+    """The environment without a project file of ours (--url: the daemon has its own)."""
+    from tinygpt.runtime.environments.loader import BUNDLED, EnvironmentBroken, instantiate
 
-    def __init__(self, cfg: DemoConfig, srv: Served, work: Path, project: str, say, progress):
-        self.cfg, self.srv, self.work, self.project, self.say, self.progress = cfg, srv, work, project, say, progress
-        self.client = make_client(srv.url, cfg.api_key)
-        # One list of distinct held-out tasks, cut in two: the gate's tasks and the before /
-        # after tasks are disjoint by construction, not by chance.
-        held_out = tasks.generate(cfg.test_tasks + cfg.gate_tasks, cfg.seed, "test")
-        self.test, self.gate_set = held_out[: cfg.test_tasks], held_out[cfg.test_tasks :]
-        self.train_set = tasks.generate(cfg.tasks, cfg.seed, "train")
+    entry = cfg.entry or BUNDLED.get(cfg.task)
+    if entry is None:
+        raise EnvironmentBroken(f"no bundled environment {cfg.task!r} (bundled: {', '.join(BUNDLED)})")
+    return instantiate(entry, Path(cfg.work).resolve())
+
+
+class _Demo:
+    def __init__(self, cfg: DemoConfig, work: Path, say, progress):
+        self.cfg, self.work, self.say, self.progress = cfg, work, say, progress
+        # A daemon at --url records under its own project file's name, whatever the demo says.
+        self.project = "" if cfg.url else cfg.project or f"demo-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.project_file = work / PROJECT_FILE
+        self.up = None
+        self.url = ""
+        self.base = ""
+        self.env = None
         self.summary: report.DemoSummary | None = None
-        self.collected: list[Episode] = []
         self.seconds: dict[str, float] = {}
-        self._clock = time.perf_counter()
+        self.kinds: dict[str, str] = {}
+        self.builds = 0
+        if cfg.url is None:
+            self.write(release_rows=0)
 
-    def lap(self, phase: str) -> float:
-        now = time.perf_counter()
-        self.seconds[phase] = round(now - self._clock, 2)
-        self._clock = now
-        return self.seconds[phase]
+    # -- the project file and the daemon
 
-    def episodes(self, task_list: list[tasks.Task], attempts: int, agent: AgentConfig) -> list[Episode]:
-        jobs = [(t, a) for t in task_list for a in range(attempts)]
+    def write(self, release_rows: int) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        from tinygpt.runtime.environments.training import TrainSettings as Fit
+
+        training = Fit(steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate, num_layers=t.num_layers,
+                       lora_rank=t.lora_rank, seed=cfg.seed).hyperparameters()  # fmt: skip
+        write_project(self.project_file, project=self.project, model=cfg.model, task=cfg.task, name=cfg.name, seed=cfg.seed,
+                      test_tasks=cfg.test_tasks, gate_tasks=cfg.gate_tasks, training=training, builds_started=self.builds, entry=cfg.entry,
+                      release_rows=release_rows)  # fmt: skip
+
+    def pins(self):
+        from tinygpt.runtime.project import load_project
+
+        return load_project(self.project_file)
+
+    def start(self) -> None:
+        from tinygpt.runtime.environments import runner
+
+        from . import daemon
+
+        clock = time.perf_counter()
+        if self.cfg.url is None:
+            self.say(f"starting `tinygpt up` on {self.project_file} (log: {self.work / 'up.log'})")
+            self.up = daemon.Up(self.work, self.project_file, session_idle=self.cfg.session_idle, say=self.say)
+            self.url = self.up.wait_line(r"Runtime: (http://\S+?)(/v1)?\s").group(1)
+        else:
+            self.url = self.cfg.url.rstrip("/").removesuffix("/v1")
+        self.seconds["start"] = round(time.perf_counter() - clock, 2)
+        self.base = daemon.base_name(self.url, self.cfg.api_key)
+        self.client = runner.make_client(self.url, self.cfg.api_key)
+        self.say(f"runtime {self.url}/v1 serving {self.base}; work dir {self.work}")
+
+    def close(self) -> None:
+        if self.up is not None:
+            code = self.up.stop()
+            if self.summary is not None:
+                self.summary.peak_rss_mb = round(self.up.peak_rss / 2**20, 1)
+                self.summary.daemon["exit_code"] = code
+        if self.summary is not None:
+            write_summary(self.work, self.summary)
+
+    def note(self, text: str) -> None:
+        if self.summary is not None:
+            self.summary.note = text
+
+    # -- episodes, as a user's agent runs them
+
+    def sampling(self, model: str, temperature: float, seed: int | None, tag: dict[str, str]):
+        from tinygpt.runtime.environments import runner
+
+        return runner.Sampling(model=model, temperature=temperature, max_turns=self.cfg.max_turns or self.env.max_turns, max_tokens=self.env.max_tokens,
+                               seed=seed, source=f"demo:{self.cfg.task}", metadata=tag)  # fmt: skip
+
+    def episodes(self, jobs, cfg):
+        from tinygpt.runtime.environments import runner
+
         advance = self.progress(len(jobs))
-        return run_many(self.client, jobs, agent, concurrency=self.cfg.concurrency, on_done=lambda e: advance())
+        return runner.run_many(self.client, self.env, self.cfg.task, jobs, cfg, concurrency=self.cfg.concurrency,
+                               on_done=lambda r: advance())  # fmt: skip
 
-    def measure_before_and_collect(self) -> None:
-        cfg, srv = self.cfg, self.srv
-        self.say(f"runtime {srv.url}/v1 serving {srv.base_name}; work dir {self.work}")
-        greedy = AgentConfig(model=srv.base_name, temperature=0.0, max_turns=cfg.max_turns)
-        self.say(f"1/6 baseline: {len(self.test)} held-out tasks, greedy, on the base model")
-        before = report.score(srv.base_name, self.episodes(self.test, 1, greedy))
-        before.seconds = self.lap("before")
+    def held_out(self, model: str, test) -> list:
+        from tinygpt.runtime.environments import runner
+
+        return self.episodes([runner.Attempt(t) for t in test], self.sampling(model, 0.0, None, HELD_OUT_TAG))
+
+    def measure_before(self, test) -> None:
+        cfg = self.cfg
+        self.kinds = {t.id: t.kind for t in test}
+        self.say(f"before: {len(test)} held-out {cfg.task} tasks, greedy, on the base model")
+        clock = time.perf_counter()
+        before = report.score(self.base, self.held_out("base", test))
+        before.seconds = self.seconds["before"] = round(time.perf_counter() - clock, 2)
         self.say(f"   {before.successes}/{before.n} succeeded")
+        settings = msgspec.to_builtins(cfg)
+        self.summary = report.DemoSummary(model=cfg.model, task=cfg.task, specialist=cfg.name, project=self.project,
+                                          runtime_url=self.url, before=before, settings=settings, seconds=self.seconds,
+                                          daemon={"project_file": str(self.project_file) if cfg.url is None else "",
+                                                  "log": str(self.work / "up.log") if self.up else "",
+                                                  "registry": str(registry_dir())})  # fmt: skip
 
-        self.say(f"2/6 collect: {len(self.train_set)} training tasks x {cfg.attempts} attempts at temperature {cfg.temperature}")
-        sampled = msgspec.structs.replace(greedy, temperature=cfg.temperature, seed=cfg.seed + 1)
-        self.collected = self.episodes(self.train_set, cfg.attempts, sampled)
-        srv.seal()
-        c = report.collection(len(self.train_set), cfg.attempts, cfg.temperature, self.collected, self.lap("collect"))
-        self.say(f"   {c.successes}/{c.episodes} runs succeeded ({c.tasks_solved} of {c.tasks} tasks solved)")
-        self.summary = report.DemoSummary(
-            model=cfg.model, specialist=cfg.name, project=self.project, runtime_url=srv.url, before=before,
-            after=None, collection=c, pipeline={}, training=None, gate=None, published=None,
-            settings=msgspec.to_builtins(cfg), seconds=self.seconds,
-        )  # fmt: skip
+    def rounds(self, train) -> None:
+        from tinygpt.runtime.environments import runner
 
-    def specialize(self) -> None:
-        """Steps 3-6, then the held-out tasks again on the specialist."""
-        cfg, srv, summary = self.cfg, self.srv, self.summary
-        files = [trajectory_file(srv.trajectories_dir, e.trajectory_id) for e in self.collected if e.trajectory_id]
-        if None in files:
-            raise DemoError(f"recorded sessions are missing from {srv.trajectories_dir} (is it the runtime's --trajectories-dir?)")
-        if cfg.url:
-            from tinygpt.runtime.contracts.io import read_any
-            from tinygpt.runtime.contracts.trajectory import Trajectory
+        from . import daemon
 
-            # A runtime started elsewhere records under its own --project.
-            self.project = summary.project = read_any(files[0], Trajectory).project
-        redis_url = cfg.redis_url or _redis_url()
-        self.say(f"3/6 pipeline: {len(files)} recorded sessions ▶ ingest ▶ dedupe ▶ label ▶ dataset (burst worker)")
+        cfg = self.cfg
+        serving = daemon.served_version(self.url, cfg.name, cfg.api_key)
+        tools = runner.tool_names(self.env)
+        for r in range(1, cfg.rounds + 1):
+            model = cfg.name if serving else "base"
+            shown = f"{cfg.name}@{serving}" if serving else self.base
+            plan = runner.exploration_plan(train, tools, cfg.attempts, cfg.explore)
+            self.say(f"round {r}: collect {len(train)} tasks x {cfg.attempts} attempts at T={cfg.temperature} with {shown}"
+                     + (f" ({sum(a.force is not None for a in plan)} exploring)" if cfg.explore else ""))  # fmt: skip
+            clock, started = time.perf_counter(), time.time()
+            got = self.episodes(plan, self.sampling(model, cfg.temperature, cfg.seed + 100 * r, COLLECT_TAG))
+            c = report.collection(len(train), cfg.attempts, cfg.temperature, shown, got, round(time.perf_counter() - clock, 2))
+            rnd = report.Round(round=r, collection=c)
+            self.summary.rounds.append(rnd)
+            self._add("collect", c.seconds)
+            self.say(f"   {c.successes}/{c.episodes} runs succeeded ({c.tasks_solved} of {c.tasks} tasks solved)")
+            write_summary(self.work, self.summary)
+            version = self.wait_for_build(rnd, serving, started)
+            if not version:
+                break
+            serving = version
+
+    def _add(self, key: str, value: float) -> None:
+        self.seconds[key] = round(self.seconds.get(key, 0.0) + value, 2)
+
+    def wait_for_build(self, rnd: report.Round, serving: str, since: float) -> str:
+        """Wait while the daemon labels the round, builds, gates, publishes and swaps; the new
+        version ("" when the gate refused it after an earlier promotion). A daemon at --url
+        follows its own trigger, which may fire while the round still collects (`since`)."""
+        from . import daemon
+
+        cfg = self.cfg
+        after_line = len(self.up.lines) if self.up else 0
+        if self.up is not None:
+            self.say("   waiting for the daemon to seal, ingest, dedupe and label the sessions")
+            clock = time.perf_counter()
+            conn = daemon.redis_connection()
+            try:
+                rnd.rows = daemon.settle(conn, self.project, cfg.name, cfg.session_idle)
+            finally:
+                conn.close()
+            self._add("settle", time.perf_counter() - clock)
+            if not rnd.rows:
+                raise DemoError("the daemon kept no training rows from this round: more --tasks, --attempts or --explore "
+                                "give the sampler more chances")  # fmt: skip
+            self.say(f"   {rnd.rows} new kept rows; the build policy may start a build now")
+            since = time.time()
+            self.write(release_rows=rnd.rows)
+            self.builds += 1
+        self.say("   waiting for the daemon: dataset ▶ finetune ▶ eval gate ▶ publish ▶ hot swap")
         try:
-            run = run_pipeline(files, base_model=srv.base_name, project=self.project, dataset_name=self.project,
-                               redis_url=redis_url, seed=cfg.seed)  # fmt: skip
-        except PipelineError as e:
-            raise DemoError(f"pipeline: {e}") from None
-        summary.pipeline = dict(vars(run))
-        self.lap("pipeline")
-        self.say(f"   kept {run.kept_by_label} of {run.ingested} sessions; dataset {run.dataset_dir} rows {run.rows}")
-        if not run.rows.get("train"):
-            raise DemoError("the dataset has no training rows: more --tasks or --attempts give the sampler more chances")
+            version, served_at = daemon.wait_for_version(self.url, cfg.name, serving, key=cfg.api_key, project=self.build_project,
+                                                         since=since, up=self.up, after_line=after_line)  # fmt: skip
+        except DemoError:
+            rnd.build = daemon.read_build(cfg.name, self.build_project, since, registry_dir(), "", None)
+            if self.up is not None:
+                self.write(release_rows=0)  # hold builds again: the demo is done collecting
+            if rnd.build is not None:
+                self._build_seconds(rnd.build)
+            if not serving:
+                raise
+            self.say(f"   the gate refused the new candidate; {cfg.name}@{serving} keeps serving")
+            return ""
+        if self.up is not None:
+            self.write(release_rows=0)
+        rnd.promoted = f"{cfg.name}@{version}"
+        rnd.build = daemon.read_build(cfg.name, self.build_project, since, registry_dir(), version, served_at)
+        if rnd.build is not None:
+            self._build_seconds(rnd.build)
+            self.say(f"   {rnd.build.verdict}: {'; '.join(rnd.build.numbers)}")
+        self.say(f"   the runtime serves {rnd.promoted} (hot-swapped by the daemon)")
+        write_summary(self.work, self.summary)
+        return version
 
-        adapter = self.work / "adapter"
-        self.say(f"4/6 train: LoRA, {cfg.train.steps} steps on {run.rows['train']} rows")
-        summary.training = msgspec.to_builtins(train(cfg.model, Path(run.dataset_dir), adapter, cfg.name, cfg.train))
-        self.lap("train")
+    @property
+    def build_project(self) -> str | None:
+        """Whose builds to read: ours, or any project's (a daemon at --url records under its own)."""
+        return self.project if self.cfg.url is None else None
 
-        self.say(f"5/6 gate: candidate vs base model on {len(self.gate_set)} other held-out tasks (first call)")
-        project_file = write_gate_project(self.work, cfg.model, self.gate_set, self.project, cfg.name)
-        verdict = gate(project_file, adapter, cfg.name, self.work / "gate-result.json")
-        summary.gate = msgspec.to_builtins(verdict)
-        self.lap("gate")
-        if verdict.verdict != "pass":
-            raise DemoError(f"the eval gate refused the specialist ({verdict.verdict}: {verdict.message}); the base model keeps serving")
+    def _build_seconds(self, build: report.Build) -> None:
+        for stage, value in build.seconds.items():
+            self._add(stage if stage == "swap" else f"build_{stage}", value)
 
-        self.say(f"6/6 publish {cfg.name} to the registry {registry_dir()}, pin it, hot-swap it in")
-        published = publish(self.work, project_file, adapter, cfg.name, redis_url)
-        summary.published = {**published, **srv.swap(project_file, cfg.name, published["version"], published["path"])}
-        self.lap("publish")
-        specialist = AgentConfig(model=cfg.name, temperature=0.0, max_turns=cfg.max_turns)
-        after = report.score(cfg.name, self.episodes(self.test, 1, specialist))
-        after.seconds = self.lap("after")
+    def measure_after(self, test) -> None:
+        from . import daemon
+
+        cfg, summary = self.cfg, self.summary
+        version = daemon.served_version(self.url, cfg.name, cfg.api_key)
+        if not version:
+            raise DemoError(f"no version of {cfg.name} was promoted; the base model keeps serving")
+        self.say(f"after: the same {len(test)} held-out tasks on {cfg.name}@{version}")
+        clock = time.perf_counter()
+        after = report.score(cfg.name, self.held_out(cfg.name, test))
+        after.seconds = self.seconds["after"] = round(time.perf_counter() - clock, 2)
         summary.after = after
         summary.improved = after.success_rate > summary.before.success_rate
-        summary.paired = report.paired(summary.before, after)
-
-
-def _redis_url() -> str:
-    from tinygpt.queue.connection import redis_url
-
-    return redis_url()
+        summary.paired = report.paired(summary.before, after, self.kinds)
 
 
 def write_summary(work: Path, summary: report.DemoSummary) -> Path:

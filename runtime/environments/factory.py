@@ -97,10 +97,10 @@ def local_runtime(model: str, work: Path, project: str, concurrency: int) -> Ite
 
 def pipeline_settings(s: EnvRunSettings) -> PipelineSettings:
     """Keep an episode only when its reward reached `success_reward` and every call validated."""
-    from tinygpt.runtime.demo.pipeline import DEMO_NEAR_THRESHOLD
+    from .pipeline import NEAR_THRESHOLD
 
     return PipelineSettings(
-        dedupe=DedupeSettings(near_threshold=DEMO_NEAR_THRESHOLD),
+        dedupe=DedupeSettings(near_threshold=NEAR_THRESHOLD),
         label=LabelRule(min_reward=s.success_reward, require={"feedback": s.success_reward, "tool_validity": 1.0},
                         keep_unlabelled=False),  # fmt: skip
         dataset=DatasetSettings(valid_fraction=0.05, test_fraction=0.0, seed=s.seed),
@@ -109,7 +109,7 @@ def pipeline_settings(s: EnvRunSettings) -> PipelineSettings:
 
 def gate_verdict(s: EnvRunSettings, baseline: HeldOut, candidate: HeldOut) -> EnvGate:
     """Paired on the same held-out tasks: which flipped, the exact sign test, the rule."""
-    from tinygpt.runtime.demo.report import sign_test
+    from tinygpt.workers.eval_stats import sign_test
 
     before, after = set(baseline.solved), set(candidate.solved)
     gained, lost = len(after - before), len(before - after)
@@ -254,7 +254,7 @@ class _Run:
                 serving = s.specialist
 
     def one_round(self, r: int, serving: str, train_set, test_set, incumbent: list[EpisodeResult]):
-        from tinygpt.runtime.demo.pipeline import PipelineError, run_pipeline, trajectory_file
+        from .pipeline import PipelineError, run_pipeline, trajectory_file
 
         s, srv = self.s, self.srv
         rec = RoundRecord(round=r, collected_with=serving, attempts=0, successes=0, method=s.train.method)
@@ -297,8 +297,7 @@ class _Run:
             self.save()
             raise EnvRunError(f"round {r}: {rec.note} (more tasks, attempts or exploration give the sampler more chances)")
 
-        from tinygpt.runtime.demo.errors import DemoError
-        from tinygpt.runtime.demo.specialist import TrainSettings, train
+        from .training import TrainError, TrainSettings, train
 
         adapter = self.work / f"round-{r}" / "adapter"
         t = s.train
@@ -307,7 +306,7 @@ class _Run:
             train(self.record.model, Path(run.dataset_dir), adapter, s.specialist,
                   TrainSettings(steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate, num_layers=t.num_layers,
                                 lora_rank=t.lora_rank, seed=s.seed + r), method=t.method)  # fmt: skip
-        except DemoError as e:
+        except TrainError as e:
             raise EnvRunError(f"round {r}: {e}") from None
         lap("train")
 
@@ -356,6 +355,4 @@ class _Run:
 
 
 def _client(url: str):
-    from tinygpt.runtime.demo.agent import make_client
-
-    return make_client(url)
+    return runner.make_client(url)

@@ -50,6 +50,9 @@ class Sampling:
     seed: int | None = None
     success_reward: float = 1.0
     source: str = "environment"
+    # OpenAI request `metadata` on every request (a build policy's selection can match it:
+    # e.g. collection episodes tagged for training, held-out ones not).
+    metadata: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,18 @@ class Attempt:
     attempt: int = 0
     force: str | None = None
     require_more: bool = False
+
+
+def make_client(base_url: str, api_key: str | None = None, timeout: float = 600.0):
+    """An `openai.OpenAI` client for the runtime at `base_url` (…/v1 added when missing)."""
+    from openai import OpenAI
+
+    url = base_url.rstrip("/")
+    if not url.endswith("/v1"):
+        url += "/v1"
+    # No retries: a refused request is a result to report, and a retry would record a
+    # second step in the session's trajectory.
+    return OpenAI(base_url=url, api_key=api_key or "unused", timeout=timeout, max_retries=0)
 
 
 def tool_names(env: Environment) -> list[str]:
@@ -151,6 +166,8 @@ def run_episode(client, env: Environment, env_name: str, job: Attempt, cfg: Samp
         if cfg.seed is not None:
             # Distinct per attempt and turn, so attempts differ but a rerun repeats.
             extra["seed"] = cfg.seed * 1000 + job.attempt * 10 + turn
+        if cfg.metadata:
+            extra["metadata"] = cfg.metadata
         raw = client.chat.completions.with_raw_response.create(
             model=cfg.model, messages=messages, tools=env.tools, tool_choice=choice, parallel_tool_calls=False,
             temperature=cfg.temperature, max_tokens=cfg.max_tokens, extra_headers=headers, **extra,

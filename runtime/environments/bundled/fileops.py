@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from tinygpt.runtime.demo import tasks as T
-from tinygpt.runtime.demo.fs import TOOLS, FakeFS, execute
+from . import fileops_tasks as T
+from .fileops_fs import TOOLS, FakeFS, execute
 from tinygpt.runtime.environments import Environment, EnvTask, Reward, Transcript
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from tinygpt.runtime.contracts.base import Contract
 
-from .fs import FakeFS, ToolError, execute, normalize
+from .fileops_fs import FakeFS, ToolError, execute, normalize
 
 Split = Literal["train", "test"]
 Kind = Literal["delete", "move", "rename", "write", "copy", "find_delete"]

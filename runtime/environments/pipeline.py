@@ -1,11 +1,12 @@
-"""The demo's trip through the real queue: recorded trajectories in, a token-id dataset out.
+"""`tinygpt env run`'s trip through the real queue: recorded trajectories in, a token-id dataset out.
 
 The trajectory files the runtime recorded for the collection episodes are put on the
 pipeline exactly as `tinygpt ingest` does (content-addressed store, ingest ▶ dedupe ▶
 label per batch, then a dataset build that waits for the label jobs), and a burst-mode
-`tinygpt worker` process drains the data queue. The demo's own settings travel in the
+`tinygpt worker` process drains the data queue. The run's own settings travel in the
 payloads: the checker's verdict (posted as feedback) decides keep / drop, so only
-successful runs become training rows.
+successful runs become training rows. (`tinygpt demo` goes through `tinygpt up` instead,
+whose project file carries the same settings: `episode_settings`.)
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ from tinygpt.runtime.contracts.pipeline import DatasetSettings, DedupeSettings, 
 # A run is kept only when the checker said it succeeded (feedback reward 1) and every
 # tool call validated. The default rule averages feedback with tool validity and
 # outcome, which would keep a valid call that deleted the wrong file.
-DEMO_RULE = LabelRule(min_reward=0.5, require={"feedback": 1.0, "tool_validity": 1.0}, keep_unlabelled=False)
+KEEP_RULE = LabelRule(min_reward=0.5, require={"feedback": 1.0, "tool_validity": 1.0}, keep_unlabelled=False)
 # Every trajectory starts with the same ~500-token system prompt and tool list, so two
 # different tasks can share most of their 5-token shingles; only near-copies should go.
-DEMO_NEAR_THRESHOLD = 0.97
+NEAR_THRESHOLD = 0.97
 
 
-def demo_settings(seed: int = 0) -> PipelineSettings:
-    """Pipeline settings for the demo: the checker's verdict decides, a small valid split."""
+def episode_settings(seed: int = 0) -> PipelineSettings:
+    """Pipeline settings for environment episodes: the checker's verdict decides, a small valid split."""
     return PipelineSettings(
-        dedupe=DedupeSettings(near_threshold=DEMO_NEAR_THRESHOLD),
-        label=DEMO_RULE,
+        dedupe=DedupeSettings(near_threshold=NEAR_THRESHOLD),
+        label=KEEP_RULE,
         # Held-out evaluation uses tasks of its own, so the dataset's test split stays empty,
         # and validation only reports a loss: every distinct success is worth training on.
         dataset=DatasetSettings(valid_fraction=0.05, test_fraction=0.0, seed=seed),
@@ -72,7 +73,7 @@ def run_pipeline(
     settings: PipelineSettings | None = None,
 ) -> PipelineRun:
     """Enqueue `files` and a dataset build, drain the data queue with a burst worker, report.
-    `settings` default to the demo's (`demo_settings`)."""
+    `settings` default to `episode_settings`."""
     from rq.job import JobStatus
 
     from tinygpt.queue import stages
@@ -80,7 +81,7 @@ def run_pipeline(
     from tinygpt.queue.pipeline import enqueue_dataset, enqueue_files
     from tinygpt.queue.worker import child_command
 
-    settings = settings or demo_settings(seed)
+    settings = settings or episode_settings(seed)
     conn = connect(redis_url)
     try:
         enqueued = enqueue_files(files, conn, settings=settings)
