@@ -89,6 +89,7 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
     import msgspec
     from rich.console import Console
@@ -113,10 +114,19 @@ def run(args: argparse.Namespace) -> int:
         task = bars.add_task("runs", total=total)
         return lambda: bars.advance(task)
 
+    def terminated(signum, frame):
+        # SIGTERM unwinds like Ctrl-C, so the loop's cleanup stops the `tinygpt up` it started
+        # (its own process group: nothing else would) instead of leaving it running.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
     summary = None
     try:
         with bars:
             summary = loop.run_demo(cfg, say=lambda m: err.print(escape(m), highlight=False), progress=progress)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the daemon was stopped")
+        return 130
     except loop.DemoError as e:
         err.print(f"[yellow]the loop stopped[/]: {escape(str(e))}")
     except (ValueError, OSError, OpenAIError) as e:
