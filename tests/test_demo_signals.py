@@ -16,7 +16,7 @@ def test_sigterm_stops_the_daemon_the_demo_started(tiny_model_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"TINYGPT_HOME": str(tmp_path / "home")}
     demo = subprocess.Popen([sys.executable, "-m", "tinygpt.runtime.cli", "demo", "--model", str(tiny_model_dir),
                              "--work", str(tmp_path / "work"), "--tasks", "2", "--attempts", "1", "--test-tasks", "2",
-                             "--gate-tasks", "1", "--iters", "1"],  # fmt: skip
+                             "--gate-tasks", "1", "--iters", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         seen = []

@@ -64,6 +64,26 @@ def test_up_serves_records_and_stops_cleanly(tmp_path, tiny_model_dir):
     assert list((home / "trajectories").rglob("*.msgpack")) or list((home / "trajectories").rglob("*.json"))
 
 
+def test_a_second_up_on_the_same_home_is_refused_and_the_first_keeps_serving(tmp_path, tiny_model_dir):
+    home = tmp_path / "home"
+    first = start_up(home, tmp_path, "--model", str(tiny_model_dir))
+    lines: list[str] = []
+    try:
+        url = wait_for(first, r"Runtime: (http://\S+/v1)", lines).group(1)
+        second = subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "up", "--plain", "--port", "0", "--model", str(tiny_model_dir)],
+                                cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"TINYGPT_HOME": str(home)},
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"another `tinygpt up` is already running on {home}" in second.stderr + second.stdout
+        # The first one's Redis and runtime were not touched.
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        assert client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=180)
+    assert first.returncode == 0, "".join(lines) + out
+
+
 def test_up_refuses_a_bad_project_file_with_exit_2(tmp_path):
     (tmp_path / "tinygpt.project.json").write_text('{"name": "demo", "base_model": 5}')
     proc = start_up(tmp_path / "home", tmp_path)
@@ -85,10 +105,10 @@ def test_the_status_screen_draws_a_bar_per_running_long_job(monkeypatch):
 
     now = time.time()
     train = JobProgress(job_id="j1", stage="finetune", done=12, total=24, label="fileops: lora", unit="step",
-                        detail="loss 0.812 · 410 tok/s", started=now - 30, updated=now)  # fmt: skip
+                        detail="loss 0.812 · 410 tok/s", started=now - 30, updated=now)
     ov = overview.Overview(redis=overview.RedisInfo(url="redis://x", reachable=True))
     ov.running = [overview.Running("j1", "train", "finetune", "w1", None, train),
-                  overview.Running("j2", "data", "dedupe", "w1", None)]  # fmt: skip
+                  overview.Running("j2", "data", "dedupe", "w1", None)]
     monkeypatch.setattr(overview, "collect", lambda limit=5: ov)
     stack = Stack(args=argparse.Namespace(), console=None, model="tiny", project_name="default")
     console = Console(width=160, record=True)

@@ -86,6 +86,17 @@ def run(args: argparse.Namespace) -> int:
             return 2
         os.environ.update(args.device_plan.runtime_env)
         console.print(f"GPUs: {args.device_plan.describe()}", highlight=False, markup=False)
+    from tinygpt.runtime import paths
+    from tinygpt.runtime.filelock import FileLock
+
+    # One daemon per home: a second one would share the first's embedded Redis (and stop it
+    # on its way out), race its workers for the train lock and double its builds. Held for
+    # this process's life; the kernel drops it when the process dies, however it dies.
+    home_lock = FileLock(paths.subdir("locks") / "up.lock", mode=0o600)
+    if not home_lock.acquire(timeout=0):
+        console.print(f"tinygpt up: another `tinygpt up` is already running on {paths.home()}; stop it, or give this one "
+                      "its own TINYGPT_HOME", style="red", highlight=False, markup=False)
+        return 1
     try:
         stack = Stack.from_args(args, console)
     except (ContractError, ValueError) as e:
