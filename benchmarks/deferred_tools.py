@@ -131,7 +131,7 @@ def main() -> None:
                         cached_tokens=resp.usage.prompt_tokens_details.cached_tokens, schema_tokens=len(step.inserted),
                         completion_tokens=resp.usage.completion_tokens, seconds=wall,
                         calls=[(c.name, c.arguments) for c in out.calls],
-                    ))  # fmt: skip
+                    ))
                     print(f"{name} {r['id']} {mode}: {score:.0f} {resp.usage.prompt_tokens} tok {wall:.1f}s {why}", file=sys.stderr)
     finally:
         rt.stop()
@@ -160,7 +160,7 @@ def main() -> None:
     (tmp / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(dict(benchmark="deferred_tools", model=args.model, per_set=args.n, max_tokens=args.max_tokens,
                           wall_s=time.perf_counter() - started, load_avg=os.getloadavg()[0], details=str(tmp / "results.json"),
-                          sets=summary)))  # fmt: skip
+                          sets=summary)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import gzip
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = random.Random(args.seed).sample(tools, min(args.limit, len(tools)))
     times, cpu_times, refused, reasons, slowest = [], [], 0, {}, []
     valid = finished = drawn = 0
-    for source, tool in tools:
+    for _source, tool in tools:
         name = tool["function"]["name"]
         request = dict(tools=[tool], tool_choice={"type": "function", "function": {"name": name}}, parallel_tool_calls=False)
         started, started_cpu = time.perf_counter(), time.thread_time()

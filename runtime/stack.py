@@ -165,7 +165,7 @@ class Stack:
             pins = load_project(project_file)
             model, name = pins.base_model, pins.name
         return cls(args=args, console=console, model=args.model or model, project_name=name,
-                   project_file=project_file.resolve() if project_file else None)  # fmt: skip
+                   project_file=project_file.resolve() if project_file else None)
 
     # ------------------------------------------------------------------ start
 
@@ -242,15 +242,15 @@ class Stack:
                 layout = [(s.queues, s.env) for s in plan_workers(plan.worker_gpus, self.args.workers, queues, plan.gpus[0])]
             pool = WorkerPool(queues, max(1, self.args.workers), say=self._say, layout=layout,
                               env={**os.environ, "REDIS_URL": self.redis_url, **(plan.worker_env if plan else {})},
-                              log_path=log_dir / "workers.log" if log_dir else None)  # fmt: skip
+                              log_path=log_dir / "workers.log" if log_dir else None)
         settings = (lambda: load_settings(self.project_file)) if self.project_file else None
         self.daemon = Daemon(self.redis_url, trajectory_dirs=[paths.subdir("trajectories")], embedded=self.guarded_redis,
-                             pool=pool, settings_loader=settings, say=self._say, log_dir=log_dir)  # fmt: skip
+                             pool=pool, settings_loader=settings, say=self._say, log_dir=log_dir)
         self.daemon.start()  # assigned first: a Ctrl-C in here still stops the workers it started
         if pool is not None:
             pids = ", ".join(str(pid) for _, _, pid, *_ in pool.rows())
             self._say(f"Workers: {self.args.workers} process(es) on queues data, train, eval (pid {pids}); "
-                      f"restarted when they die" + (f"; logs in {log_dir}" if log_dir else ""))  # fmt: skip
+                      f"restarted when they die" + (f"; logs in {log_dir}" if log_dir else ""))
 
     @property
     def logs_to_files(self) -> bool:

@@ -24,7 +24,7 @@ TOOLS = [
         "type": "object", "properties": {arg: {"type": kind}}, "required": [arg]}}}
     for name, arg, kind in (("get_weather", "city", "string"), ("set_timer", "minutes", "integer"),
                             ("search_web", "query", "string"))
-]  # fmt: skip
+]
 
 
 def task_records(n: int, seed: int = 0, tools: bool = False) -> list[dict]:

@@ -122,7 +122,7 @@ def test_import_writes_a_dataset_the_trainer_reads(model_dir, tokenizer, tmp_pat
     records = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(40)]
     src = write_jsonl(tmp_path / "chat.jsonl", records)
     manifest, stats = import_jsonl(src, tokenizer, tmp_path / "ds", base_model="tiny", base_digest="d" * 64,
-                                   valid_fraction=0.25, test_fraction=0.1)  # fmt: skip
+                                   valid_fraction=0.25, test_fraction=0.1)
     data = load_dataset(tmp_path / "ds")
     assert stats.rows == manifest.rows == 40 and set(data.splits) == {"train", "valid", "test"}
     assert {r.split for r in data.rows("valid")} == {"valid"}
@@ -130,7 +130,7 @@ def test_import_writes_a_dataset_the_trainer_reads(model_dir, tokenizer, tmp_pat
     # The split follows content, not position: shuffled input, same assignment.
     again = write_jsonl(tmp_path / "shuffled.jsonl", records[::-1])
     import_jsonl(again, tokenizer, tmp_path / "ds2", base_model="tiny", base_digest="d" * 64,
-                 valid_fraction=0.25, test_fraction=0.1)  # fmt: skip
+                 valid_fraction=0.25, test_fraction=0.1)
     ids = lambda d, s: sorted(r.id for r in load_dataset(d).rows(s))  # noqa: E731
     assert all(ids(tmp_path / "ds", s) == ids(tmp_path / "ds2", s) for s in ("train", "valid", "test"))
 

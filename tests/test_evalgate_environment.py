@@ -69,7 +69,7 @@ def _resave(src: Path, dst: Path, transform) -> Path:
 
 def _project(root: Path, model: Path, suite: dict) -> Path:
     doc = {"name": "env-gate", "base_model": str(model), "environments": [{"name": "toy", "entry": "toyenv_gate:Toy"}],
-           "eval_suites": [suite], "gate": {"cache": False}}  # fmt: skip
+           "eval_suites": [suite], "gate": {"cache": False}}
     (root / "tinygpt.project.json").write_text(json.dumps(doc))
     return root / "tinygpt.project.json"
 
@@ -134,7 +134,7 @@ def test_the_eval_gate_command_prints_success_per_task_kind(world, capsys):
     eval_gate.configure(parser)
     out = world["root"] / "cli-gate.json"
     code = eval_gate.run(parser.parse_args(["--project", str(world["project"]), "--candidate", str(world["worse"]),
-                                            "--baseline", str(world["good"]), "--out", str(out)]))  # fmt: skip
+                                            "--baseline", str(world["good"]), "--out", str(out)]))
     printed = capsys.readouterr().out
     assert code == 1 and "REGRESSION" in printed
     assert "per task kind (baseline → candidate): a 100% →" in printed and "(n=6)" in printed

@@ -62,7 +62,7 @@ def test_the_rule_adds_the_suite_from_the_project_or_the_job(tmp_path):
 
 def test_rules_are_contract_values():
     job = msgspec.json.decode(json.dumps({"project_file": "p", "specialist": "s", "candidate_dir": "c", "output_dir": "o",
-                                          "rules": ["no-forgetting"]}), type=EvalJob)  # fmt: skip
+                                          "rules": ["no-forgetting"]}), type=EvalJob)
     assert job.rules == ["no-forgetting"]
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"name": "p", "gate": {"rules": ["nope"]}}, ProjectPins)

@@ -112,4 +112,4 @@ def test_errors_carry_a_reason_the_queue_can_record():
     assert issubclass(NonFiniteLoss, TrainingError) and issubclass(TrainingError, ValueError)
     assert {c.reason for c in (EmptyDatasetError, BaseModelMismatch, TeacherTokenizerMismatch, NonFiniteLoss)} == {
         "empty-dataset", "base-model-mismatch", "teacher-tokenizer-mismatch", "non-finite-loss",
-    }  # fmt: skip
+    }

@@ -214,7 +214,7 @@ def test_the_command_takes_the_methods_and_their_settings(tmp_path):
     command.configure(parser)
     for method in ("kto", "dpo", "kto-sft"):
         args = parser.parse_args(["--model", "m", "--data", "d", "--out", "o", "--method", method, "--pref-beta", "0.2",
-                                  "--kto-reference-point", "batch", "--pref-sft-weight", "0.5"])  # fmt: skip
+                                  "--kto-reference-point", "batch", "--pref-sft-weight", "0.5"])
         hp = command.hyperparameters(args)
         assert args.method == method and hp == {"pref_beta": 0.2, "kto_reference_point": "batch", "pref_sft_weight": 0.5}
         from tinygpt.runtime.contracts.jobs import FinetuneJob

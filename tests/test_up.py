@@ -85,10 +85,10 @@ def test_the_status_screen_draws_a_bar_per_running_long_job(monkeypatch):
 
     now = time.time()
     train = JobProgress(job_id="j1", stage="finetune", done=12, total=24, label="fileops: lora", unit="step",
-                        detail="loss 0.812 · 410 tok/s", started=now - 30, updated=now)  # fmt: skip
+                        detail="loss 0.812 · 410 tok/s", started=now - 30, updated=now)
     ov = overview.Overview(redis=overview.RedisInfo(url="redis://x", reachable=True))
     ov.running = [overview.Running("j1", "train", "finetune", "w1", None, train),
-                  overview.Running("j2", "data", "dedupe", "w1", None)]  # fmt: skip
+                  overview.Running("j2", "data", "dedupe", "w1", None)]
     monkeypatch.setattr(overview, "collect", lambda limit=5: ov)
     stack = Stack(args=argparse.Namespace(), console=None, model="tiny", project_name="default")
     console = Console(width=160, record=True)

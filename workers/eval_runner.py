@@ -108,7 +108,7 @@ def ask(port: int, body: dict) -> Output:
             msg = choice["message"]
             calls = [Call(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls") or []]
             return Output(content=msg.get("content"), calls=calls, finish_reason=choice.get("finish_reason") or "",
-                          completion_tokens=data["usage"]["completion_tokens"], latency_s=latency)  # fmt: skip
+                          completion_tokens=data["usage"]["completion_tokens"], latency_s=latency)
         return _read_stream(resp, start)
     finally:
         conn.close()
@@ -142,7 +142,7 @@ def _read_stream(resp, start: float) -> Output:
     latency = time.perf_counter() - start
     return Output(content="".join(content) or None, calls=[Call(n, a) for _, (n, a) in sorted(calls.items())],
                   finish_reason=finish, completion_tokens=tokens, ttft_s=first if first is not None else latency,
-                  latency_s=latency)  # fmt: skip
+                  latency_s=latency)
 
 
 def _answer(port: int, job: RunJob, model: str, item: Item, k: int) -> Output:
@@ -163,13 +163,13 @@ def _report(job: RunJob, outputs: dict[tuple[str, int], Output], seconds: float)
         scored = [scorer(item, outputs[item.id, k]) for k in range(job.suite.passes)]
         detail = next((d for s, d in scored if d), "")
         results.append(ItemResult(id=item.id, score=mean([s for s, _ in scored]), passes=[s for s, _ in scored],
-                                  output=outputs[item.id, 0].shown(), detail=detail, line=item.line))  # fmt: skip
+                                  output=outputs[item.id, 0].shown(), detail=detail, line=item.line))
     summary = summarize([r.score for r in results], job.spec.percentile)
     return SuiteReport(
         suite=job.suite.name, metric=job.suite.metric, direction=job.spec.direction, n=len(results),
         passes=job.suite.passes, mean=summary.mean, std=summary.std, stderr=summary.stderr, ci95=summary.ci95,
         items=results, value=summary.value if job.spec.percentile is not None else None, key=job.key, seconds=seconds,
-    )  # fmt: skip
+    )
 
 
 def _load(rt, target: Target, served: dict) -> str:
@@ -211,7 +211,7 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
             batch = [i for i in indices if jobs[i].suite.kind not in ("latency", "environment")]
             if batch:
                 _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], concurrency, say, reports,
-                                batch, answered)  # fmt: skip
+                                batch, answered)
             for i in (i for i in indices if jobs[i].suite.kind == "environment"):
                 from .eval_environment import run as run_environment
 
@@ -224,7 +224,7 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
                 start = time.perf_counter()
                 answered(_answer(rt.port, job, models[i], job.items[0], 0))  # warm-up: grammar compile, caches
                 outputs = {(it.id, k): answered(_answer(rt.port, job, models[i], it, k))
-                           for it in job.items for k in range(job.suite.passes)}  # fmt: skip
+                           for it in job.items for k in range(job.suite.passes)}
                 reports[i] = _report(job, outputs, time.perf_counter() - start)
         finally:
             rt.stop()
@@ -249,7 +249,7 @@ class _Counter:
 
 
 def _run_concurrent(port: int, jobs: list[RunJob], models: list[str], concurrency: int, say, reports: dict,
-                    indices: list[int], answered: _Counter) -> None:  # fmt: skip
+                    indices: list[int], answered: _Counter) -> None:
     work = [(j, it, k) for j, job in enumerate(jobs) for it in job.items for k in range(job.suite.passes)]
     for job in jobs:
         say(f"{job.suite.name}: {len(job.items)} rows x {job.suite.passes} on {job.target.describe}")

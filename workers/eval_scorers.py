@@ -22,7 +22,8 @@ import importlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tinygpt.runtime.contracts.evals import Direction, EvalSuite
 

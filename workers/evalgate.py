@@ -62,7 +62,7 @@ def _fmt(x: float | None) -> str:
 def judge(
     suite: EvalSuite, spec: MetricSpec, cand: SuiteReport, base: SuiteReport | None, *,
     require_significance: bool = False, no_baseline: str = "",
-) -> SuiteVerdict:  # fmt: skip
+) -> SuiteVerdict:
     """The verdict of one suite (see the module doc for the rules)."""
     c = cand.metric_value
     better = 1.0 if spec.direction == "higher" else -1.0
@@ -112,7 +112,7 @@ def judge(
         suite=suite.name, candidate=c, baseline=b, delta=delta, threshold=suite.threshold, passed=passed,
         significant=significant, reason="; ".join(reasons), metric=suite.metric, direction=spec.direction,
         minimum=suite.minimum, p_value=p, delta_ci95=ci,
-    )  # fmt: skip
+    )
 
 
 def _effective(suite: EvalSuite, passes: int | None, temperature: float | None) -> EvalSuite:
@@ -143,7 +143,7 @@ def _context(project_file: Path | None) -> Context:
 
 def _report(target: Target, suites: list[SuiteReport]) -> EvalReport:
     return EvalReport(model=target.model, model_digest=target.model_digest, adapter=target.adapter,
-                      adapter_digest=target.adapter_digest, suites=suites, created_at=time.time())  # fmt: skip
+                      adapter_digest=target.adapter_digest, suites=suites, created_at=time.time())
 
 
 def error_result(message: str) -> GateResult:
@@ -202,7 +202,7 @@ def evaluate_gate(
             continue
         for s in suites:
             key = suite_key(model_digest=target.model_digest, adapter_digest=target.adapter_digest, suite=s,
-                            file_digests=digests[s.name], scorer=scorer_digest(s))  # fmt: skip
+                            file_digests=digests[s.name], scorer=scorer_digest(s))
             rep = cache.get(key)
             if rep is None and role == "baseline" and record is not None:
                 recorded = record.report.suite(s.name)
@@ -230,7 +230,7 @@ def evaluate_gate(
     verdicts = [
         judge(s, specs[s.name], reports["candidate", s.name], reports.get(("baseline", s.name)),
               require_significance=significance,
-              no_baseline=stale_note if s.name in stale else source)  # fmt: skip
+              no_baseline=stale_note if s.name in stale else source)
         for s in suites
     ]
     cand_report = _report(cand, [reports["candidate", s.name] for s in suites])
@@ -238,10 +238,10 @@ def evaluate_gate(
     failed = [v.suite for v in verdicts if not v.passed]
     verdict = "regression" if failed else "pass"
     message = (f"{len(failed)} of {len(verdicts)} suite(s) failed: {', '.join(failed)}" if failed
-               else f"all {len(verdicts)} suite(s) passed")  # fmt: skip
+               else f"all {len(verdicts)} suite(s) passed")
     gate_key = hashlib.sha256(
         msgspec.json.encode([sorted(r.key for r in reports.values()), [msgspec.to_builtins(s) for s in suites],
-                             significance, source])  # fmt: skip
+                             significance, source])
     ).hexdigest()
     extra = {
         "subject": subject,
@@ -254,7 +254,7 @@ def evaluate_gate(
         extra["recorded_baseline"] = str(path)
         message += f"; recorded the candidate as the baseline of {subject} in {path.name}"
     result = GateResult(verdict=verdict, candidate=cand_report, baseline=base_report, suites=verdicts,
-                        cache_key=gate_key, message=message, extra=extra, baseline_source=source)  # fmt: skip
+                        cache_key=gate_key, message=message, extra=extra, baseline_source=source)
     if out is not None:
         write_json(out, result)
     return result
@@ -282,7 +282,7 @@ def run(job: EvalJob, conn=None, *, say: Callable[[str], None] | None = None,
         result = evaluate_gate(Path(job.project_file), candidate=Path(job.candidate_dir), specialist=job.specialist,
                                only_suites=job.suites, threshold=job.threshold,
                                require_significance=job.require_significance, rules=job.rules, out=out, say=say,
-                               progress=progress)  # fmt: skip
+                               progress=progress)
     except GateInputError as e:
         write_json(out, error_result(str(e)))
         raise

@@ -166,7 +166,7 @@ def run(job: FinetuneJob, *, progress: bool = False, callbacks=None, say: Callab
             job=job, cfg=cfg, dataset=dataset, base_path=base_path, base_digest=base_digest,
             teacher_path=teacher_path, teacher_digest=teacher_digest or "", init_sha=init_sha,
             run_key=run_key, out=out, work=work, progress=progress, callbacks=callbacks, say=say,
-        )  # fmt: skip
+        )
         try:
             from .training.session import train
 

@@ -37,7 +37,7 @@ import msgspec
 
 from tinygpt.runtime.contracts.environments import (
     EnvGate, EnvRunRecord, EnvRunSettings, EpisodeResult, HeldOut, RoundRecord,
-)  # fmt: skip
+)
 from tinygpt.runtime.contracts.pipeline import DatasetSettings, DedupeSettings, LabelRule, PipelineSettings
 
 from . import runner
@@ -87,7 +87,7 @@ def local_runtime(model: str, work: Path, project: str, concurrency: int) -> Ite
     # Sessions are sealed explicitly once collected, never by the idle timer mid-round; no
     # queue hook: only collection sessions go to the pipeline, never held-out ones.
     config = ServerConfig(model=model, port=0, trajectories_dir=str(traj), project=project,
-                          session_idle_s=24 * 3600.0, max_batch=max(16, concurrency))  # fmt: skip
+                          session_idle_s=24 * 3600.0, max_batch=max(16, concurrency))
     rt = Runtime(config).start()
     try:
         yield _Runtime(url=rt.url, base_name=rt.registry.base_name, base_digest=rt.registry.base_digest, trajectories=traj, rt=rt)
@@ -102,7 +102,7 @@ def pipeline_settings(s: EnvRunSettings) -> PipelineSettings:
     return PipelineSettings(
         dedupe=DedupeSettings(near_threshold=NEAR_THRESHOLD),
         label=LabelRule(min_reward=s.success_reward, require={"feedback": s.success_reward, "tool_validity": 1.0},
-                        keep_unlabelled=False),  # fmt: skip
+                        keep_unlabelled=False),
         dataset=DatasetSettings(valid_fraction=0.05, test_fraction=0.0, seed=s.seed),
     )
 
@@ -133,11 +133,11 @@ def _suite_report(suite: str, results: list[EpisodeResult]):
     s = summarize(scores)
     items = [ItemResult(id=r.task_id, score=x, detail=f"{r.kind}: {r.reason}"[:300]) for r, x in zip(results, scores)]
     return SuiteReport(suite=suite, metric="success", direction="higher", n=len(scores), passes=1, mean=s.mean, std=s.std,
-                       stderr=s.stderr, ci95=s.ci95, items=items)  # fmt: skip
+                       stderr=s.stderr, ci95=s.ci95, items=items)
 
 
 def write_gate_result(path: Path, srv: _Runtime, env_name: str, specialist: str, adapter: Path, gate: EnvGate,
-                      base: list[EpisodeResult], cand: list[EpisodeResult]) -> None:  # fmt: skip
+                      base: list[EpisodeResult], cand: list[EpisodeResult]) -> None:
     """The gate's verdict as a `GateResult` for exactly these weights (what publish checks)."""
     from tinygpt.runtime.contracts.evals import EvalReport, GateResult, SuiteVerdict
     from tinygpt.runtime.contracts.io import write_json
@@ -147,17 +147,17 @@ def write_gate_result(path: Path, srv: _Runtime, env_name: str, specialist: str,
     digest = read_adapter(adapter, specialist, None, "").digest
     now = time.time()
     cand_report = EvalReport(model=srv.base_name, model_digest=srv.base_digest, adapter=str(adapter), adapter_digest=digest,
-                             suites=[_suite_report(suite, cand)], created_at=now)  # fmt: skip
+                             suites=[_suite_report(suite, cand)], created_at=now)
     base_report = EvalReport(model=gate.baseline.model, model_digest=srv.base_digest, suites=[_suite_report(suite, base)], created_at=now)
     verdict = SuiteVerdict(suite=suite, candidate=gate.candidate.success_rate, baseline=gate.baseline.success_rate,
                            delta=gate.candidate.success_rate - gate.baseline.success_rate, threshold=0.0,
                            passed=gate.verdict == "pass", significant=gate.p_value < 0.05, reason=gate.reason,
-                           metric="success", p_value=gate.p_value)  # fmt: skip
+                           metric="success", p_value=gate.p_value)
     result = GateResult(verdict=gate.verdict, candidate=cand_report, baseline=base_report, suites=[verdict], message=gate.reason,
                         baseline_source=gate.baseline.model,
                         extra={"subject": specialist, "environment": env_name, "gained": gate.gained, "lost": gate.lost,
                                "per_kind": {"baseline": msgspec.to_builtins(gate.baseline.per_kind),
-                                            "candidate": msgspec.to_builtins(gate.candidate.per_kind)}})  # fmt: skip
+                                            "candidate": msgspec.to_builtins(gate.candidate.per_kind)}})
     write_json(path, result)
 
 
@@ -196,7 +196,7 @@ def run_environment(
     work.mkdir(parents=True, exist_ok=True)
     project = f"{pins.name}-env-{settings.environment}"[:64]
     record = EnvRunRecord(environment=settings.environment, specialist=settings.specialist, model=model or pins.base_model,
-                          project=project, settings=settings)  # fmt: skip
+                          project=project, settings=settings)
     if redis_url is None:
         from tinygpt.queue.connection import redis_url as default_url
 
@@ -215,7 +215,7 @@ def run_environment(
 
 class _Run:
     def __init__(self, env: Environment, s: EnvRunSettings, srv: _Runtime, work: Path, project_file: Path, pins, record: EnvRunRecord,
-                 redis_url: str, say, progress):  # fmt: skip
+                 redis_url: str, say, progress):
         self.env, self.s, self.srv, self.work, self.project_file, self.pins = env, s, srv, work, project_file, pins
         self.record, self.redis_url, self.say, self.progress = record, redis_url, say, progress
         self.client = _client(srv.url)
@@ -230,12 +230,12 @@ class _Run:
         s, env = self.s, self.env
         return runner.Sampling(model=model, temperature=temperature, max_turns=s.max_turns or env.max_turns,
                                max_tokens=s.max_tokens or env.max_tokens, seed=seed, success_reward=s.success_reward,
-                               source=f"env:{s.environment}")  # fmt: skip
+                               source=f"env:{s.environment}")
 
     def episodes(self, jobs: list[runner.Attempt], cfg: runner.Sampling) -> list[EpisodeResult]:
         advance = self.progress(len(jobs))
         return runner.run_many(self.client, self.env, self.s.environment, jobs, cfg, concurrency=self.s.concurrency,
-                               on_done=lambda r: advance())  # fmt: skip
+                               on_done=lambda r: advance())
 
     def held_out(self, model: str, test_set) -> list[EpisodeResult]:
         return self.episodes([runner.Attempt(t) for t in test_set], self.sampling(model, 0.0, None))
@@ -269,7 +269,7 @@ class _Run:
 
         plan = runner.exploration_plan(train_set, self.tools, s.attempts, s.explore)
         self.say(f"round {r}: collect {len(train_set)} tasks x {s.attempts} attempts at T={s.temperature} with {serving}"
-                 + (f" ({sum(a.force is not None for a in plan)} exploring)" if s.explore else ""))  # fmt: skip
+                 + (f" ({sum(a.force is not None for a in plan)} exploring)" if s.explore else ""))
         got = self.episodes(plan, self.sampling(serving, s.temperature, s.seed + 100 * r))
         srv.seal()
         rec.attempts, rec.successes = len(got), sum(e.success for e in got)
@@ -278,7 +278,7 @@ class _Run:
         rec.per_kind = runner.per_kind(got)
         lap("collect")
         self.say(f"   {rec.successes}/{rec.attempts} succeeded ({rec.explored_successes}/{rec.explored} exploring); "
-                 + ", ".join(f"{k} {c.successes}/{c.n}" for k, c in rec.per_kind.items()))  # fmt: skip
+                 + ", ".join(f"{k} {c.successes}/{c.n}" for k, c in rec.per_kind.items()))
         self.save()
 
         files = [trajectory_file(srv.trajectories, e.trajectory_id) for e in got if e.trajectory_id]
@@ -287,7 +287,7 @@ class _Run:
         rec.dataset = f"{self.record.project}-r{r}-{int(time.time())}"
         try:
             run = run_pipeline(files, base_model=srv.base_name, project=self.record.project, dataset_name=rec.dataset,
-                               redis_url=self.redis_url, seed=s.seed, settings=pipeline_settings(s))  # fmt: skip
+                               redis_url=self.redis_url, seed=s.seed, settings=pipeline_settings(s))
         except PipelineError as e:
             raise EnvRunError(f"round {r}: pipeline: {e}") from None
         rec.rows = run.rows.get("train", 0)
@@ -305,7 +305,7 @@ class _Run:
         try:
             train(self.record.model, Path(run.dataset_dir), adapter, s.specialist,
                   TrainSettings(steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate, num_layers=t.num_layers,
-                                lora_rank=t.lora_rank, seed=s.seed + r), method=t.method)  # fmt: skip
+                                lora_rank=t.lora_rank, seed=s.seed + r), method=t.method)
         except TrainError as e:
             raise EnvRunError(f"round {r}: {e}") from None
         lap("train")

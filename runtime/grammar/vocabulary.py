@@ -14,7 +14,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
@@ -65,7 +65,7 @@ class TokenizerInfo:
             self.digest = h.hexdigest()
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, *, vocab_size: int | None = None) -> "TokenizerInfo":
+    def from_tokenizer(cls, tokenizer, *, vocab_size: int | None = None) -> TokenizerInfo:
         """The info for a transformers tokenizer or an mlx-lm TokenizerWrapper (cached).
 
         `vocab_size` is the model's logits width (config vocab_size); it defaults to

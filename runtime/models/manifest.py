@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from ..contracts.base import ContractError
@@ -71,7 +71,7 @@ def write_manifest(model_dir: Path, *, name: str, source: str, dtype: str) -> Mo
         dtype=dtype,
         files=files,
         digest=digest_of(files),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_json(Path(model_dir) / MODEL_MANIFEST, manifest)
     return manifest

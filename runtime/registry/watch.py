@@ -47,7 +47,7 @@ class PinFileWatcher(threading.Thread):
                 # `ready` is set on the first (timeout) yield: the watch is running by then.
                 gen = watch(self.file.parent, watch_filter=self._is_pin_file, recursive=False,
                             debounce=self.debounce_ms, step=50, stop_event=self._halt, rust_timeout=500,
-                            yield_on_timeout=True, raise_interrupt=False)  # fmt: skip
+                            yield_on_timeout=True, raise_interrupt=False)
                 for changes in gen:
                     self.ready.set()
                     if changes and not self._halt.is_set():

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 
@@ -83,7 +83,7 @@ class Runtime:
         m.gauge("tinygpt_prefix_cache_bytes", "bytes held by the prefix KV cache", lambda: self.engine.prefix_cache_nbytes)
         m.gauge("tinygpt_adapters_loaded", "servable specialist versions", lambda: len(self.registry.snapshot()[1]))
 
-    def start(self) -> "Runtime":
+    def start(self) -> Runtime:
         """Load the model, start the recorder and bind the HTTP server (in a thread)."""
         self.engine.start()
         try:

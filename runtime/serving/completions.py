@@ -13,7 +13,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterator
 
 import msgspec
 
@@ -337,7 +338,7 @@ class Completions:
                     p.gen.cancel()
                     raise ClientGone() from None
                 if not self.engine.healthy:
-                    raise ApiError(503, "the model thread stopped", type="server_error")
+                    raise ApiError(503, "the model thread stopped", type="server_error") from None
 
     def _next_batch(self, p: Prepared, out: Writer):
         """The next event, with every Delta already waiting merged into it.
@@ -421,7 +422,7 @@ class Completions:
                 calls.append(ToolCallDelta(
                     index=part.index, id=part.id if first else msgspec.UNSET, type="function" if first else msgspec.UNSET,
                     function=FunctionDelta(name=part.name if first else msgspec.UNSET, arguments=part.arguments),
-                ))  # fmt: skip
+                ))
                 n_calls = max(n_calls, part.index + 1)
         else:
             for c in delta.calls:

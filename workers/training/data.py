@@ -118,7 +118,7 @@ def load_dataset(path: str | Path) -> Dataset:
     return Dataset(
         path=path, manifest=manifest, manifest_sha256=_sha256(manifest_path), splits=splits,
         undesirable_splits=undesirable, pair_splits=pairs,
-    )  # fmt: skip
+    )
 
 
 def trainable_tokens(row: DatasetRow) -> int:

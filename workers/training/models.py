@@ -72,7 +72,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 # Files that define how text becomes ids; weights and config do not.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")  # fmt: skip
+                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 def tokenizer_digest(model_dir: Path) -> str:

@@ -74,7 +74,7 @@ def _teacher_rows(ctx, tokenizer, rows: list[DatasetRow]) -> tuple[list[DatasetR
         teacher = EndpointTeacher(
             cfg.teacher_endpoint, job.teacher_model or "default", cfg.teacher_temperature, cfg.teacher_max_tokens,
             [eos_text], api=cfg.teacher_api, tool_choice=cfg.teacher_tool_choice,
-        )  # fmt: skip
+        )
         say(f"teacher: {cfg.teacher_endpoint} answers {len(prompts)} prompts")
     else:
         model, teacher_tokenizer = models.load(ctx["teacher_path"])
@@ -92,7 +92,7 @@ def _teacher_rows(ctx, tokenizer, rows: list[DatasetRow]) -> tuple[list[DatasetR
 
 
 def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_digest, init_sha, run_key, out, work,
-          progress, callbacks, say) -> TrainingRecord:  # fmt: skip
+          progress, callbacks, say) -> TrainingRecord:
     """Everything between "inputs are valid, the lock is ours" and "the output exists"."""
     import mlx.core as mx
 
@@ -165,7 +165,7 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
         result = run_loop(
             model, optimizer, objective, train_plan, val_batches, cfg,
             seed=job.seed, work=work, reporter=reporter, resume=resume, callbacks=callbacks,
-        )  # fmt: skip
+        )
     del teacher
 
     state = result.state
