@@ -5,7 +5,7 @@
 Corpus: benchmarks/data/bfcl_functions.jsonl.gz, the deduplicated function docs of the
 Berkeley Function Calling Leaderboard (github.com/ShishirPatil/gorilla,
 berkeley-function-call-leaderboard/bfcl_eval/data/*.json, BFCL types mapped to JSON
-Schema as workers/eval_bfcl.py does), plus tests/data/schemas (62 schemas). Each schema is
+Schema as workers/evalgate/bfcl.py does), plus tests/data/schemas (62 schemas). Each schema is
 compiled cold (wall and the thread's CPU time) as a named tool_choice (one call) on
 SmolLM2's 49,152-token tokenizer
 (`tinygpt models pull smollm2-135m-instruct`). `--limit N` takes a seeded random subset

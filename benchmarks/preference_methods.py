@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tinygpt.runtime.models import resolve_model
-    from tinygpt.workers.eval_stats import compare
+    from tinygpt.workers.evalgate.stats import compare
 
     model_dir = str(resolve_model(args.model))
     args.work.mkdir(parents=True, exist_ok=True)

@@ -180,7 +180,7 @@ def test_demo_stops_cleanly_when_nothing_succeeds(tiny_model_dir, tmp_path, monk
 
 def test_the_paired_sign_test():
     from tinygpt.runtime.demo.report import Score, paired
-    from tinygpt.workers.eval_stats import sign_test
+    from tinygpt.workers.evalgate.stats import sign_test
 
     assert sign_test(7, 0) == 2 / 2**7  # the default-model demo run: 7 tasks gained, none lost
 

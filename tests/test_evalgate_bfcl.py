@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt.workers.eval_bfcl import category, load_bfcl
-from tinygpt.workers.eval_rows import Call, GateInputError, Output
-from tinygpt.workers.eval_scorers import check_tool_calls
+from tinygpt.workers.evalgate.bfcl import category, load_bfcl
+from tinygpt.workers.evalgate.rows import Call, GateInputError, Output
+from tinygpt.workers.evalgate.scorers import check_tool_calls
 
 DATA = Path(__file__).parent / "data" / "evals" / "bfcl"
 QUESTIONS = DATA / "BFCL_v3_sample.json"

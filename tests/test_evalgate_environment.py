@@ -20,8 +20,8 @@ import pytest
 import mlx.core as mx
 
 from tests.serving_support import write_lora_adapter
-from tinygpt.workers.eval_rows import GateInputError
-from tinygpt.workers.eval_stats import mcnemar
+from tinygpt.workers.evalgate.rows import GateInputError
+from tinygpt.workers.evalgate.stats import mcnemar
 from tinygpt.workers.evalgate import evaluate_gate
 
 TOY = '''
@@ -102,7 +102,7 @@ def test_a_better_adapter_passes_and_a_worse_one_fails_per_task_kind(world):
     (v,) = worse.suites
     cand, base = worse.candidate.suite("toy-heldout"), worse.baseline.suite("toy-heldout")
     assert base.mean == 1.0 and cand.mean < 1.0
-    # Paired on the same task ids: the exact McNemar test of eval_stats, nothing re-implemented.
+    # Paired on the same task ids: the exact McNemar test of evalgate.stats, nothing re-implemented.
     flips = {i.id: i.score for i in cand.items}
     lost = sum(1 for i in base.items if i.score > flips[i.id])
     assert v.p_value == mcnemar(0, lost, 12).p_value and not v.passed

@@ -25,7 +25,7 @@ from tests.serving_support import write_lora_adapter
 from tests.tiny_model import build_tiny_model
 from tinygpt.runtime.contracts.evals import BaselineFile, GateResult
 from tinygpt.runtime.contracts.io import read_json
-from tinygpt.workers.eval_rows import GateInputError
+from tinygpt.workers.evalgate.rows import GateInputError
 from tinygpt.workers.evalgate import evaluate_gate
 
 CITIES = ["Paris", "Berlin", "London", "Rome", "Madrid", "Oslo", "Vienna", "Prague", "Lisbon", "Dublin", "Athens", "Warsaw"]
@@ -142,7 +142,7 @@ def test_cache_hit_decides_without_importing_mlx_or_running_the_model(world, hom
         eval_gate.configure(parser)
         code = eval_gate.run(parser.parse_args({["--project", str(world["project"]), "--candidate", str(world["equal"]),
                                                  "--specialist", "weather", "--out", str(world["root"] / "hit.json")]!r}))
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlx", "mlx_lm") or m.endswith("eval_runner"))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlx", "mlx_lm") or m.endswith("evalgate.runner"))
         print("HEAVY", heavy)
         sys.exit(code)
     """)

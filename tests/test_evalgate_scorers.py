@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from tinygpt.runtime.contracts.evals import EvalSuite
-from tinygpt.workers.eval_rows import Call, EvalRow, Item, Output
-from tinygpt.workers.eval_scorers import ScorerError, check_tool_calls, metric_spec, scorer_for
+from tinygpt.workers.evalgate.rows import Call, EvalRow, Item, Output
+from tinygpt.workers.evalgate.scorers import ScorerError, check_tool_calls, metric_spec, scorer_for
 
 TOOLS = [
     {"type": "function", "function": {"name": "set_timer", "parameters": {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tinygpt.runtime.contracts.evals import EvalSuite, ItemResult, SuiteReport
-from tinygpt.workers.eval_scorers import MetricSpec
-from tinygpt.workers.eval_stats import summarize
+from tinygpt.workers.evalgate.scorers import MetricSpec
+from tinygpt.workers.evalgate.stats import summarize
 from tinygpt.workers.evalgate import judge
 
 

@@ -115,7 +115,7 @@ def per_kind(results: list[EpisodeResult]) -> dict[str, tuple[int, int]]:
 
 
 def score(model: str, results: list[EpisodeResult], seconds: float = 0.0) -> Score:
-    from tinygpt.workers.eval_stats import wilson
+    from tinygpt.workers.evalgate.stats import wilson
 
     n = len(results)
     k = sum(r.success for r in results)
@@ -128,7 +128,7 @@ def score(model: str, results: list[EpisodeResult], seconds: float = 0.0) -> Sco
 
 def paired(before: Score, after: Score, kinds: dict[str, str]) -> Paired:
     """Which of the same tasks flipped between `before` and `after` (`kinds`: task id -> kind)."""
-    from tinygpt.workers.eval_stats import sign_test
+    from tinygpt.workers.evalgate.stats import sign_test
 
     b, a = set(before.solved), set(after.solved)
     by_kind: dict[str, list[int]] = {}

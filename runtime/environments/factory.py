@@ -109,7 +109,7 @@ def pipeline_settings(s: EnvRunSettings) -> PipelineSettings:
 
 def gate_verdict(s: EnvRunSettings, baseline: HeldOut, candidate: HeldOut) -> EnvGate:
     """Paired on the same held-out tasks: which flipped, the exact sign test, the rule."""
-    from tinygpt.workers.eval_stats import sign_test
+    from tinygpt.workers.evalgate.stats import sign_test
 
     before, after = set(baseline.solved), set(candidate.solved)
     gained, lost = len(after - before), len(before - after)
@@ -127,7 +127,7 @@ def gate_verdict(s: EnvRunSettings, baseline: HeldOut, candidate: HeldOut) -> En
 
 def _suite_report(suite: str, results: list[EpisodeResult]):
     from tinygpt.runtime.contracts.evals import ItemResult, SuiteReport
-    from tinygpt.workers.eval_stats import summarize
+    from tinygpt.workers.evalgate.stats import summarize
 
     scores = [1.0 if r.success else 0.0 for r in results]
     s = summarize(scores)

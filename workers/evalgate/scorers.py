@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from tinygpt.runtime.contracts.evals import Direction, EvalSuite
 
-from .eval_rows import Item, Output
+from .rows import Item, Output
 
 Scorer = Callable[[Item, Output], tuple[float, str]]
 

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .eval_rows import EvalRow, GateInputError, Item
+from .rows import EvalRow, GateInputError, Item
 
 _TYPES = {"dict": "object", "float": "number", "tuple": "array", "integer": "integer", "string": "string",
           "boolean": "boolean", "array": "array", "object": "object", "number": "number", "any": None}

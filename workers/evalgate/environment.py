@@ -12,7 +12,7 @@ runner `tinygpt env run` and `tinygpt demo` drive (chat with the environment's t
 results as `tool` messages, the checker's reward) — greedy unless the suite says
 otherwise. An item's score is 1 when the episode reached a reward of 1, else 0, so the
 gate's paired comparison of candidate and baseline on the same task ids is the exact
-McNemar test (eval_stats.compare); the report adds success per task kind.
+McNemar test (stats.compare); the report adds success per task kind.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import msgspec
 from tinygpt.runtime.contracts.evals import EvalSuite, ItemResult, KindScore, SuiteReport
 from tinygpt.runtime.contracts.project import ProjectPins
 
-from .eval_rows import EvalRow, GateInputError, Item
-from .eval_stats import summarize
+from .rows import EvalRow, GateInputError, Item
+from .stats import summarize
 
 DEFAULT_TASKS = 24
 OPTIONS = ("tasks", "skip")

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 from tinygpt.runtime.contracts.evals import EvalSuite, ItemResult, SuiteReport
 
-from .eval_rows import Call, GateInputError, Item, Output
-from .eval_scorers import MetricSpec, scorer_for
-from .eval_stats import mean, summarize
-from .eval_targets import Target
+from .rows import Call, GateInputError, Item, Output
+from .scorers import MetricSpec, scorer_for
+from .stats import mean, summarize
+from .targets import Target
 
 log = logging.getLogger("tinygpt.evalgate")
 
@@ -213,7 +213,7 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
                 _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], concurrency, say, reports,
                                 batch, answered)
             for i in (i for i in indices if jobs[i].suite.kind == "environment"):
-                from .eval_environment import run as run_environment
+                from .environment import run as run_environment
 
                 job = jobs[i]
                 say(f"{job.suite.name}: {len(job.items)} episodes of {job.suite.environment!r} on {job.target.describe}")

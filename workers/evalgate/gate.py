@@ -3,21 +3,21 @@
     evaluate_gate(project_file, candidate=DIR | specialist=NAME, ...) -> GateResult
     run(job: EvalJob, conn=None) -> GateResult         the pipeline's eval stage (same function)
 
-For every suite of the project, the candidate and the baseline (eval_targets.py) are run
-through the runtime (eval_runner.py) — or, when nothing they depend on changed, read from
-the result cache (eval_cache.py) without loading a model or importing MLX. Then per suite:
+For every suite of the project, the candidate and the baseline (targets.py) are run
+through the runtime (runner.py) — or, when nothing they depend on changed, read from
+the result cache (cache.py) without loading a model or importing MLX. Then per suite:
 
 - regression when the candidate is worse than the baseline by more than `threshold`
   (with `gate.require_significance`, only when the difference is also statistically clear);
   a suite with `regression: "significant"` fails on any statistically clear loss instead
   (the no-forgetting rule: `gate.rules: ["no-forgetting"]` adds the shipped general
-  tool-calling suite, workers/suites, judged this way);
+  tool-calling suite, evalgate/rules.py, judged this way);
 - fail when the candidate misses the suite's absolute `minimum` (a ceiling for
   direction "lower"), with or without a baseline;
 - no baseline and no minimum: reported, not gated (and the report says so).
 
 Each verdict says whether the difference is statistically clear (95% interval of the
-paired difference excludes 0; eval_stats.py). The result is written atomically as
+paired difference excludes 0; stats.py). The result is written atomically as
 `gate-result.json`; bad configuration or input raises GateInputError (exit 2, never a pass).
 """
 
@@ -37,12 +37,12 @@ from tinygpt.runtime.contracts.io import read_json, write_json
 from tinygpt.runtime.contracts.jobs import EvalJob
 from tinygpt.runtime.contracts.project import PROJECT_FILE, ProjectPins
 
-from .eval_cache import DigestMemo, ResultCache, scorer_digest, suite_key
-from .eval_rows import GateInputError
-from .eval_scorers import MetricSpec
-from .eval_stats import compare
-from .eval_suites import check_suite, data_files, declared_suites, load_items
-from .eval_targets import Context, Target, resolve_baseline, resolve_candidate, write_record
+from .cache import DigestMemo, ResultCache, scorer_digest, suite_key
+from .rows import GateInputError
+from .scorers import MetricSpec
+from .stats import compare
+from .suites import check_suite, data_files, declared_suites, load_items
+from .targets import Context, Target, resolve_baseline, resolve_candidate, write_record
 
 log = logging.getLogger("tinygpt.evalgate")
 
@@ -214,7 +214,7 @@ def evaluate_gate(
             else:
                 stale.append(s.name)
     if todo:
-        from .eval_runner import RunJob, run_jobs
+        from .runner import RunJob, run_jobs
 
         items = {s.name: load_items(s, ctx.project_dir) for s in {t[1].name: t[1] for t in todo}.values()}
         # Run each key once: a baseline identical to the candidate shares its runs.
