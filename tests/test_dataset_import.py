@@ -172,9 +172,9 @@ def test_dataset_command_import_and_show(model_dir, tmp_path, capsys, monkeypatc
     out = tmp_path / "ds"
     assert module.run(parser.parse_args(["import", str(src), "--model", str(model_dir), "--out", str(out)])) == 0
     assert "10 rows" in capsys.readouterr().out
-    from tinygpt.workers.training import models
+    from tinygpt.runtime.models.manifest import model_digest
 
-    assert load_dataset(out).manifest.base_digest == models.digest(model_dir)
+    assert load_dataset(out).manifest.base_digest == model_digest(model_dir)
     assert module.run(parser.parse_args(["show", str(out), "--rows", "1"])) == 0
     assert "train:" in capsys.readouterr().out
     assert module.run(parser.parse_args(["import", str(tmp_path / "missing.jsonl"), "--model", str(model_dir), "--out", str(out)])) == 2

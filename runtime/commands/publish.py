@@ -36,12 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def base_digest(model: str) -> str:
     """The content digest of a base model (a cached name or a directory), without loading it."""
-    from tinygpt.runtime.models.manifest import digest_of, hash_files, read_manifest
+    from tinygpt.runtime.models.manifest import model_digest
     from tinygpt.runtime.models.resolve import resolve_model
 
-    path = resolve_model(model)
-    manifest = read_manifest(path)
-    return manifest.digest if manifest is not None else digest_of(hash_files(path))
+    return model_digest(resolve_model(model))
 
 
 def notify_connection():

@@ -169,11 +169,9 @@ def _build(tokenizer, vocab_size: int | None) -> TokenizerInfo:
 
 def _unwrap(tokenizer) -> tuple[object, set[int]]:
     """(transformers tokenizer, EOS ids) from it or from mlx-lm's TokenizerWrapper."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
     eos: set[int] = set()
-    try:
-        from mlx_lm.tokenizer_utils import TokenizerWrapper
-    except ImportError:  # pragma: no cover - mlx-lm is a dependency
-        TokenizerWrapper = ()
     if isinstance(tokenizer, TokenizerWrapper):
         eos |= set(tokenizer.eos_token_ids or ())
         tokenizer = tokenizer._tokenizer

@@ -33,14 +33,9 @@ log = logging.getLogger("tinygpt.serving")
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A model directory from a cached name or a path (via the models package when present)."""
-    try:
-        from tinygpt.runtime.models import resolve_model
-    except ImportError:
-        path = Path(model).expanduser()
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model {model!r} is not a directory with config.json") from None
-        return path.resolve()
+    """A model directory from a cached name or a path."""
+    from tinygpt.runtime.models import resolve_model
+
     return Path(resolve_model(model))
 
 

@@ -115,12 +115,10 @@ class Completions:
         threading.Thread(target=self._warm_grammar, name="tinygpt-grammar-warm", daemon=True).start()
 
     def _warm_grammar(self) -> None:
-        try:
-            from tinygpt.runtime.grammar import warm_up
+        from tinygpt.runtime.grammar import warm_up
 
+        try:
             warm_up(self._grammar(), on_compile=self.engine.metrics.grammar_compile.observe)
-        except ImportError:
-            return  # constrained requests then answer 501 themselves
         except Exception:  # a tokenizer the grammar cannot use: requests say so (501)
             log.warning("grammar warm-up failed", exc_info=True)
 
@@ -251,11 +249,8 @@ class Completions:
         tools_mode = bool(req.tools) and choice != "none"
         if not tools_mode and not wants_format:
             return None, None, False, None
-        try:
-            from tinygpt.runtime.grammar import GrammarError, build_constraint, parse_tool_calls
-        except ImportError as e:
-            # Never fall back to unconstrained output.
-            raise ApiError(501, f"constrained decoding is not available: {e}", type="server_error") from None
+        from tinygpt.runtime.grammar import GrammarError, build_constraint, parse_tool_calls
+
         try:
             constraint = build_constraint(
                 self._grammar(),

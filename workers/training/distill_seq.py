@@ -67,7 +67,7 @@ def default_accept(prompt: str, answer: str, reference: str) -> bool:
     parsed = parse_prompt(prompt)
     if got and parsed is not None and parsed[1]:
         from tinygpt.runtime.contracts.trajectory import ToolCall
-        from tinygpt.workers.label import call_problem
+        from tinygpt.runtime.tool_schema import call_problem
 
         tools = {t["function"]["name"]: t["function"] for t in parsed[1]}
         for c in got:
@@ -87,7 +87,7 @@ def load_accept(spec: str | None) -> Accept:
     module, _, name = spec.partition(":")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
+    except (ImportError, AttributeError, ValueError) as e:  # the user's module, named in the config
         raise TeacherError(f"teacher_accept={spec!r}: cannot import it ({e})") from None
 
 
