@@ -194,7 +194,8 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
 
     `progress(done, total)` is called after every answered request (from pool threads).
     """
-    from tinygpt.runtime.serving.app import Runtime, ServerConfig
+    from tinygpt.runtime.serving.config import ServerConfig
+    from tinygpt.runtime.stack import start_runtime
 
     say = say or log.info
     answered = _Counter(sum(len(j.items) * j.suite.passes + (j.suite.kind == "latency") for j in jobs), progress)
@@ -204,7 +205,7 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
         groups.setdefault(str(job.target.model_dir), []).append(i)
     for model_dir, indices in groups.items():
         # Every request names its max_tokens, so the server's defaults do not matter here.
-        rt = Runtime(ServerConfig(model=model_dir, port=0, record=False, prefix_cache_mb=256)).start()
+        rt = start_runtime(ServerConfig(model=model_dir, port=0, record=False, prefix_cache_mb=256))
         try:
             served: dict = {}
             models = {i: _load(rt, jobs[i].target, served) for i in indices}
