@@ -24,7 +24,7 @@ from pathlib import Path
 import redis
 
 from . import health
-from .connection import redact
+from tinygpt.runtime.redact import redact
 from .embedded import EmbeddedRedis
 from .redis_guard import RedisGuard
 from .supervisor import WorkerPool

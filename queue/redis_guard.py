@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import redis
 
-from .connection import redact
+from tinygpt.runtime.redact import redact
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .health import RedisHealth
 from .supervisor import MAX_BACKOFF_S, MIN_BACKOFF_S, describe_exit

@@ -54,7 +54,8 @@ def queue_hook(enabled: bool, *, on_deferred=None):
     def on_trajectory_flushed(path) -> None:
         import redis
 
-        from tinygpt.queue.connection import RedisUnavailable, redact
+        from tinygpt.queue.connection import RedisUnavailable
+        from tinygpt.runtime.redact import redact
         from tinygpt.queue.pipeline import enqueue_trajectory
 
         if time.monotonic() < outage["retry_at"]:
@@ -179,7 +180,8 @@ class Stack:
         self._start_autopilot()
 
     def _start_redis(self) -> None:
-        from tinygpt.queue.connection import RedisUnavailable, connect, redact
+        from tinygpt.queue.connection import RedisUnavailable, connect
+        from tinygpt.runtime.redact import redact
         from tinygpt.queue.embedded import EmbeddedRedis, EmbeddedRedisError, find_running
         from tinygpt.runtime import paths
 
@@ -433,7 +435,7 @@ class Stack:
 
     def _daemon_rows(self) -> list[tuple[str, str, bool]]:
         """Redis, workers, logs and BLAS rows of the screen: (name, value, is a warning)."""
-        from tinygpt.queue.connection import redact
+        from tinygpt.runtime.redact import redact
         from tinygpt.runtime.blas import reference_blas_warning
 
         rows = self.daemon.screen_rows() if self.daemon is not None else [("redis", redact(self.redis_url), False)]

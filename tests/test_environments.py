@@ -26,7 +26,7 @@ from tinygpt.runtime.contracts.project import ProjectPins
 from tinygpt.runtime.contracts.trajectory import Trajectory
 from tinygpt.runtime.environments import Environment, EnvTask, Reward, tool
 from tinygpt.runtime.environments import runner
-from tinygpt.runtime.environments.factory import gate_verdict
+from tinygpt.workers.environment.rounds import gate_verdict
 from tinygpt.runtime.environments.loader import EnvironmentBroken, instantiate, load
 
 
@@ -142,7 +142,7 @@ def test_a_toy_environment_runs_trains_gates_and_publishes_through_workers(tmp_p
 
 def test_exploration_forces_the_named_tool(tiny_model_dir, tmp_path):
     from tests.serving_support import running
-    from tinygpt.runtime.environments.factory import _client
+    from tinygpt.workers.environment.rounds import _client
 
     env = Toy()
     tasks = env.tasks("train", 2, 0)

@@ -144,7 +144,7 @@ def _check(args, project_file: Path, pins, err) -> int:
 
     import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
     from tinygpt.runtime.environments import runner
-    from tinygpt.runtime.environments.factory import _client, local_runtime
+    from tinygpt.workers.environment.rounds import _client, local_runtime
     from tinygpt.runtime.environments.loader import EnvironmentBroken, load
 
     if args.tasks < 1:
@@ -204,7 +204,7 @@ def _run(args, project_file: Path, pins, settings, err) -> int:
 
     work = (args.work or paths.subdir("env") / args.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
     import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
-    from tinygpt.runtime.environments.factory import RECORD_FILE, EnvRunError, run_environment
+    from tinygpt.workers.environment.rounds import RECORD_FILE, EnvRunError, run_environment
     from tinygpt.runtime.environments.loader import EnvironmentBroken
 
     try:

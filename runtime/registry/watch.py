@@ -99,7 +99,7 @@ class NoticeListener(threading.Thread):
                     if message is not None and message.get("type") == "message":
                         self._handle(message["data"])
             except redis.RedisError as e:
-                from tinygpt.queue.connection import redact
+                from tinygpt.runtime.redact import redact
 
                 log.warning("published notifications: Redis at %s: %s; retrying in %.0f s", redact(self.url), e, self.retry_s)
                 self._halt.wait(self.retry_s)

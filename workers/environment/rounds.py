@@ -40,9 +40,9 @@ from tinygpt.runtime.contracts.environments import (
 )
 from tinygpt.runtime.contracts.pipeline import DatasetSettings, DedupeSettings, LabelRule, PipelineSettings
 
-from . import runner
-from .interface import Environment
-from .loader import EnvironmentBroken, load
+from tinygpt.runtime.environments import runner
+from tinygpt.runtime.environments.interface import Environment
+from tinygpt.runtime.environments.loader import EnvironmentBroken, load
 
 log = logging.getLogger("tinygpt.environments")
 
@@ -81,14 +81,15 @@ class _Runtime:
 @contextlib.contextmanager
 def local_runtime(model: str, work: Path, project: str, concurrency: int) -> Iterator[_Runtime]:
     """A runtime in this process on 127.0.0.1 and a free port, recording into `work`."""
-    from tinygpt.runtime.serving.app import Runtime, ServerConfig
+    from tinygpt.runtime.serving.config import ServerConfig
+    from tinygpt.runtime.stack import start_runtime
 
     traj = work / "trajectories"
     # Sessions are sealed explicitly once collected, never by the idle timer mid-round; no
     # queue hook: only collection sessions go to the pipeline, never held-out ones.
     config = ServerConfig(model=model, port=0, trajectories_dir=str(traj), project=project,
                           session_idle_s=24 * 3600.0, max_batch=max(16, concurrency))
-    rt = Runtime(config).start()
+    rt = start_runtime(config)
     try:
         yield _Runtime(url=rt.url, base_name=rt.registry.base_name, base_digest=rt.registry.base_digest, trajectories=traj, rt=rt)
     finally:
@@ -97,7 +98,7 @@ def local_runtime(model: str, work: Path, project: str, concurrency: int) -> Ite
 
 def pipeline_settings(s: EnvRunSettings) -> PipelineSettings:
     """Keep an episode only when its reward reached `success_reward` and every call validated."""
-    from .pipeline import NEAR_THRESHOLD
+    from tinygpt.runtime.environments.pipeline import NEAR_THRESHOLD
 
     return PipelineSettings(
         dedupe=DedupeSettings(near_threshold=NEAR_THRESHOLD),
@@ -254,7 +255,7 @@ class _Run:
                 serving = s.specialist
 
     def one_round(self, r: int, serving: str, train_set, test_set, incumbent: list[EpisodeResult]):
-        from .pipeline import PipelineError, run_pipeline, trajectory_file
+        from tinygpt.runtime.environments.pipeline import PipelineError, run_pipeline, trajectory_file
 
         s, srv = self.s, self.srv
         rec = RoundRecord(round=r, collected_with=serving, attempts=0, successes=0, method=s.train.method)
@@ -297,7 +298,7 @@ class _Run:
             self.save()
             raise EnvRunError(f"round {r}: {rec.note} (more tasks, attempts or exploration give the sampler more chances)")
 
-        from .training import TrainError, TrainSettings, train
+        from tinygpt.runtime.environments.training import TrainError, TrainSettings, train
 
         adapter = self.work / f"round-{r}" / "adapter"
         t = s.train
