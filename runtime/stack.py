@@ -3,7 +3,7 @@ watchers (`start_runtime`, `follow_pins`), and the whole stack `tinygpt up` star
 order and stops in reverse order (`Stack`: Redis, model, workers, runtime, autopilot).
 
 Commands parse arguments and call these; anything else that needs a runtime (the eval
-gate, the demo) builds it here too, from a `ServerConfig` (serving/config.py, where the
+gate, an environment's rounds) builds it here too, from a `ServerConfig` (serving/config.py, where the
 defaults are written once).
 """
 
