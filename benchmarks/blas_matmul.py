@@ -68,7 +68,7 @@ def measure(sizes: list[int]) -> dict:
             a = mx.random.normal((n, n)).astype(dtype)
             b = mx.random.normal((n, n)).astype(dtype)
             mx.eval(a, b)
-            seconds = _per_call(lambda: mx.eval(a @ b))
+            seconds = _per_call(lambda a=a, b=b: mx.eval(a @ b))
             name = "fp32" if dtype == mx.float32 else "bf16"
             out[f"matmul_{name}_{n}_gflops"] = round(2 * n**3 / seconds / 1e9, 2)
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[variant].append(run_variant(variant, args.sizes))
     reference, fast = _best(runs["reference"]), _best(runs["fast"])
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
         "fast_blas": fast.pop("blas"),
         "reference_blas": reference.pop("blas"),

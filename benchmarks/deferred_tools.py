@@ -11,7 +11,7 @@ files; `--bfcl DIR` points at those files to draw it again):
   live_multiple  BFCL `live_multiple` rows that offer 5-12 functions.
 Each request runs in both modes, back to back on one in-process runtime (greedy,
 tool_choice "required", parallel_tool_calls off, as BFCL's `multiple` asks for one call):
-AST accuracy (workers/eval_scorers.check_tool_calls, BFCL's possible answers), prompt
+AST accuracy (workers/evalgate/scorers.check_tool_calls, BFCL's possible answers), prompt
 tokens (usage), schema tokens fed after the chosen name (deferred: Step.inserted) and the
 time to the complete call (request to response, sequential requests).
 """
@@ -39,7 +39,7 @@ PER_SET = 40  # rows kept per set in the sample file
 
 def write_sample(bfcl: Path) -> None:
     """Draw the sample from BFCL's files (seeded) and write it as JSON Lines (gzip)."""
-    from tinygpt.workers.eval_bfcl import load_bfcl, tool_name
+    from tinygpt.workers.evalgate.bfcl import load_bfcl, tool_name
 
     rng = random.Random(16)
     with gzip.open(FUNCTIONS, "rt") as f:
@@ -92,8 +92,8 @@ def main() -> None:
     from tinygpt.runtime.contracts.trajectory import Trajectory
     from tinygpt.runtime.serving.config import ServerConfig
     from tinygpt.runtime.stack import start_runtime
-    from tinygpt.workers.eval_rows import Call, Output
-    from tinygpt.workers.eval_scorers import check_tool_calls
+    from tinygpt.workers.evalgate.rows import Call, Output
+    from tinygpt.workers.evalgate.scorers import check_tool_calls
 
     rows = load_sample()
     sets = {}
@@ -131,7 +131,7 @@ def main() -> None:
                         cached_tokens=resp.usage.prompt_tokens_details.cached_tokens, schema_tokens=len(step.inserted),
                         completion_tokens=resp.usage.completion_tokens, seconds=wall,
                         calls=[(c.name, c.arguments) for c in out.calls],
-                    ))  # fmt: skip
+                    ))
                     print(f"{name} {r['id']} {mode}: {score:.0f} {resp.usage.prompt_tokens} tok {wall:.1f}s {why}", file=sys.stderr)
     finally:
         rt.stop()
@@ -160,7 +160,7 @@ def main() -> None:
     (tmp / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(dict(benchmark="deferred_tools", model=args.model, per_set=args.n, max_tokens=args.max_tokens,
                           wall_s=time.perf_counter() - started, load_avg=os.getloadavg()[0], details=str(tmp / "results.json"),
-                          sets=summary)))  # fmt: skip
+                          sets=summary)))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ TOOLS = [
         "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Berlin", "Rome", "Oslo"]}}, "required": ["city"]}}},
     {"type": "function", "function": {"name": "set_timer", "description": "Start a timer.", "parameters": {
         "type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 99}}, "required": ["minutes"]}}},
-]  # fmt: skip
+]
 
 
 def build(root: Path, model: str | None, rows: int) -> tuple[Path, Path]:
@@ -72,7 +72,7 @@ def build(root: Path, model: str | None, rows: int) -> tuple[Path, Path]:
             c = cities[i % 4]
             f.write(json.dumps({"id": f"t{i}", "prompt": f"What is the weather in {c}?", "tools": TOOLS, "tool_choice": "required",
                                 "parallel_tool_calls": False, "max_tokens": 48,
-                                "expected": [{"name": "get_weather", "arguments": {"city": [c]}}]}) + "\n")  # fmt: skip
+                                "expected": [{"name": "get_weather", "arguments": {"city": [c]}}]}) + "\n")
     suites = [
         {"name": "echo", "kind": "exact_match", "data": "evals/echo.jsonl", "threshold": 0.05},
         {"name": "tools", "kind": "tool_call", "data": "evals/tools.jsonl", "threshold": 0.05},
@@ -91,7 +91,7 @@ def gate(project: Path, adapter: Path, env: dict) -> dict:
         raise SystemExit(f"eval-gate failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     result = json.loads((project.parent / "gate-result.json").read_text())
     return {"seconds": round(seconds, 3), "mlx_imported": "MLX_IMPORTED True" in proc.stderr, "ran": result["extra"]["cache"]["ran"],
-            "verdict": result["verdict"]}  # fmt: skip
+            "verdict": result["verdict"]}
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import tinygpt.runtime  # noqa: E402,F401  (BLAS decision before mlx)
 
 BIG_SHAPE = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
-             "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True}  # fmt: skip
+             "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True}
 CLIENTS = (1, 16, 64, 128)
 # Writes the JSON so far (set by main): a part cut off by a time limit keeps what it measured.
 checkpoint = lambda: None  # noqa: E731
@@ -77,7 +77,7 @@ def build_model(config: dict):
     params = tree_flatten(model.parameters())
     keys = mx.random.split(mx.random.key(1), len(params))
     model.update(tree_unflatten([(n, (mx.ones(v.shape) if "norm" in n else 0.02 * mx.random.normal(v.shape, key=k)).astype(mx.bfloat16))
-                                 for (n, v), k in zip(params, keys)]))  # fmt: skip
+                                 for (n, v), k in zip(params, keys)]))
     mx.eval(model.parameters())
     return model
 
@@ -153,7 +153,7 @@ def batch_generator_rate(model, batch: int, n: int, ban: dict | None, prompt_len
     vocab = min(1000, model.args.vocab_size)
     prompts = mx.random.randint(0, vocab, (batch, prompt_len), key=mx.random.key(batch)).tolist()
     procs = [make_processors(prompt_len, logit_bias={int(k): v for k, v in (ban or {}).items()} or None,
-                             presence_penalty=None, frequency_penalty=None) for _ in range(batch)]  # fmt: skip
+                             presence_penalty=None, frequency_penalty=None) for _ in range(batch)]
     gen.insert(prompts, max_tokens=[n + 64] * batch, samplers=[make_sampler(0.0, 1.0, None)] * batch,
                logits_processors=procs)
     while len(gen._generation_batch) < batch:
@@ -282,7 +282,7 @@ def part_train(res: dict, model_dir: Path, tmp: Path, steps: int) -> None:
     data = tmp / "train-data"
     cli = [sys.executable, "-m", "tinygpt.runtime.cli"]
     subprocess.run(cli + ["dataset", "import", str(src), "--model", str(model_dir), "--out", str(data)],
-                   check=True, capture_output=True)  # fmt: skip
+                   check=True, capture_output=True)
     common = ["--no-progress", "--steps", str(steps), "--batch-size", "8", "--num-layers", "-1", "--lora-rank", "8",
               "--lora-scale", "20", "--optimizer", "adam", "--learning-rate", "1e-5", "--lr-schedule", "constant",
               "--eval-every", "0", "--checkpoint-every", "0", "--report-every", "5", "--max-grad-norm", "0", "--no-pack"]
@@ -290,7 +290,7 @@ def part_train(res: dict, model_dir: Path, tmp: Path, steps: int) -> None:
     for method in ("lora", "qlora"):
         dest = tmp / f"train-{method}"
         done = subprocess.run(cli + ["train", "--model", str(model_dir), "--data", str(data), "--out", str(dest),
-                                     "--method", method, *common], capture_output=True, text=True)  # fmt: skip
+                                     "--method", method, *common], capture_output=True, text=True)
         if done.returncode:
             out[method] = {"error": done.stderr[-2000:]}
             continue
@@ -301,7 +301,7 @@ def part_train(res: dict, model_dir: Path, tmp: Path, steps: int) -> None:
                        "input_tokens_per_second": max(r["input_tokens_per_second"] for r in steady),
                        "peak_memory_gb": train[-1].get("peak_memory_gb")}
     done = subprocess.run([sys.executable, str(Path(__file__)), "--bare-lora", str(model_dir), str(data), str(steps)],
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True)
     out["bare_lora"] = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else {"error": done.stderr[-2000:]}
     if "steps_per_second" in out.get("lora", {}) and "steps_per_second" in out["bare_lora"]:
         out["lora_ratio_bare"] = out["lora"]["steps_per_second"] / out["bare_lora"]["steps_per_second"]

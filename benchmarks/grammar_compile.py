@@ -5,7 +5,7 @@
 Corpus: benchmarks/data/bfcl_functions.jsonl.gz, the deduplicated function docs of the
 Berkeley Function Calling Leaderboard (github.com/ShishirPatil/gorilla,
 berkeley-function-call-leaderboard/bfcl_eval/data/*.json, BFCL types mapped to JSON
-Schema as workers/eval_bfcl.py does), plus tests/data/schemas (62 schemas). Each schema is
+Schema as workers/evalgate/bfcl.py does), plus tests/data/schemas (62 schemas). Each schema is
 compiled cold (wall and the thread's CPU time) as a named tool_choice (one call) on
 SmolLM2's 49,152-token tokenizer
 (`tinygpt models pull smollm2-135m-instruct`). `--limit N` takes a seeded random subset
@@ -21,7 +21,6 @@ import gzip
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = random.Random(args.seed).sample(tools, min(args.limit, len(tools)))
     times, cpu_times, refused, reasons, slowest = [], [], 0, {}, []
     valid = finished = drawn = 0
-    for source, tool in tools:
+    for _source, tool in tools:
         name = tool["function"]["name"]
         request = dict(tools=[tool], tool_choice={"type": "function", "function": {"name": name}}, parallel_tool_calls=False)
         started, started_cpu = time.perf_counter(), time.thread_time()

@@ -37,11 +37,11 @@ sys.exit(serve.run(parser.parse_args(sys.argv[1:])))
 USER_INFO = {"type": "function", "function": {"name": "get_user_info", "description": "Look up a user by id.", "parameters": {
     "type": "object", "properties": {"user_id": {"type": "integer", "description": "The user's id."},
                                      "special": {"type": "string", "description": "Any special information.", "default": "none"}},
-    "required": ["user_id"]}}}  # fmt: skip
+    "required": ["user_id"]}}}
 WEATHER = {"type": "function", "function": {"name": "get_current_weather", "description": "Weather in a city.", "parameters": {
     "type": "object", "properties": {"location": {"type": "string", "description": "City and state, e.g. San Francisco, CA"},
                                      "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-    "required": ["location", "unit"]}}}  # fmt: skip
+    "required": ["location", "unit"]}}}
 CASES = {
     "named_weather": dict(messages=[{"role": "user", "content": "What's the weather like in Boston, in fahrenheit?"}],
                           tools=[WEATHER, USER_INFO], tool_choice={"type": "function", "function": {"name": "get_current_weather"}}),
@@ -49,7 +49,7 @@ CASES = {
                           tools=[USER_INFO, WEATHER], tool_choice="required"),
     "required_parallel_default": dict(messages=[{"role": "user", "content": "Get the details of user 7890."}],
                                       tools=[USER_INFO], tool_choice="required"),
-}  # fmt: skip
+}
 
 
 class Server:
@@ -58,7 +58,7 @@ class Server:
             [sys.executable, "-c", SERVER, "--model", model, "--port", "0", "--log-level", "WARNING",
              "--trajectories-dir", str(tmp / "traj"), "--no-queue"],
             stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        )
         line = self.proc.stdout.readline()
         if "http://" not in line:
             raise RuntimeError(f"server did not start: {line!r}")
@@ -89,9 +89,9 @@ class Server:
 def hostile(server: Server, timeout: float) -> dict:
     schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a|b)*a(a|b){17}$"}}, "required": ["s"]}
     body = {"model": "base", "messages": [{"role": "user", "content": "Write a string."}], "max_tokens": 4,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": schema}}}  # fmt: skip
+            "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": schema}}}
     free = {"model": "base", "messages": [{"role": "user", "content": "Tell me about Paris."}], "max_tokens": 24,
-            "temperature": 0, "logit_bias": {"2": -100}}  # fmt: skip
+            "temperature": 0, "logit_bias": {"2": -100}}
     _, alone_decode, alone = server.post(free)
     beside: list = []
     thread = threading.Thread(target=lambda: beside.append(server.post(free)))
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                     n = body["usage"]["completion_tokens"]
                     # Free decoding of the same prompt and length, EOS banned.
                     _, free_decode, free = server.post({"model": "base", "temperature": 0, "max_tokens": n,
-                                                        "messages": case["messages"], "logit_bias": {"2": -100}})  # fmt: skip
+                                                        "messages": case["messages"], "logit_bias": {"2": -100}})
                     if i == 0:
                         cold = wall  # the first round compiles the grammar (reported apart)
                         continue

@@ -62,7 +62,7 @@ def base_identity(rt) -> tuple[int, dict[str, int]]:
 
 def stream_until(port: int, stop: threading.Event, ban: dict, counts: list[int], errors: list[str]) -> None:
     body = json.dumps({"model": "spec", "messages": [{"role": "user", "content": "Tell me about the weather in Paris."}],
-                       "max_tokens": 16, "temperature": 0, "stream": True, "logit_bias": ban})  # fmt: skip
+                       "max_tokens": 16, "temperature": 0, "stream": True, "logit_bias": ban})
     while not stop.is_set():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         try:
@@ -95,7 +95,7 @@ def measure(model_dir: Path, tmp: Path, rounds: int, clients: int) -> dict:
 
     def pin(version: str) -> None:
         project.write_text(json.dumps({"name": "bench", "specialists": [{"name": "spec", "version": version}],
-                                       "registries": ["reg"]}))  # fmt: skip
+                                       "registries": ["reg"]}))
 
     out: dict = {"model": str(model_dir), "adapter_mb": round(os.path.getsize(Path(paths["1"]) / "adapters.safetensors") / 2**20, 2)}
     with running(model_dir, tmp, record=False, prefix_cache_mb=0) as rt:
@@ -147,7 +147,7 @@ def measure(model_dir: Path, tmp: Path, rounds: int, clients: int) -> dict:
         for t in threads:
             t.join()
         out["under_load"] = {"clients": clients, "requests": len(counts), "failed": len(errors),
-                             "total": summary(loaded), "model_thread": summary(loaded_thread)}  # fmt: skip
+                             "total": summary(loaded), "model_thread": summary(loaded_thread)}
         after = base_identity(rt)
         out["base_reloaded"] = before[0] != after[0] or before[1] != after[1]
     out["goal_ms"] = 1e3 * GOAL_S
@@ -169,7 +169,7 @@ def main() -> int:
         tmp = Path(d)
         os.environ["TINYGPT_HOME"] = str(tmp / "home")  # the benchmark's cache, thrown away after
         result: dict = {"machine": f"{platform.machine()} {platform.system()}", "cores": os.cpu_count(),
-                        "load_average": os.getloadavg()[0], "models": {}}  # fmt: skip
+                        "load_average": os.getloadavg()[0], "models": {}}
         for name in args.models.split(","):
             if name == "tiny":
                 from tests.tiny_model import build_tiny_model

@@ -82,7 +82,7 @@ def main() -> int:
                 [sys.executable, "-c", SERVER, "--model", model, "--port", "0", "--trajectories-dir", str(traj),
                  "--no-queue", "--max-tokens", "8", "--log-level", "INFO", "--max-body-kb", str(args.max_body_kb)],
                 stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
-            )  # fmt: skip
+            )
         line = proc.stdout.readline()
         if "http://127.0.0.1:" not in line:
             raise RuntimeError(f"server did not start: {line!r}\n{log.read_text()}")
@@ -93,7 +93,7 @@ def main() -> int:
             after = valid_latency(port, args.probes)
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
             reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "still there?"}],
-                                                   max_tokens=3)  # fmt: skip
+                                                   max_tokens=3)
             served_after = reply.choices[0].finish_reason in ("stop", "length")
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -117,7 +117,7 @@ def main() -> int:
         }
     print(json.dumps(result))
     ok = (not tally.unexpected and result["server_5xx"] == 0 and served_after and code == 0
-          and result["tracebacks_in_log"] == 0)  # fmt: skip
+          and result["tracebacks_in_log"] == 0)
     return 0 if ok else 1
 
 

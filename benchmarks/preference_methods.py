@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tinygpt.runtime.models import resolve_model
-    from tinygpt.workers.eval_stats import compare
+    from tinygpt.workers.evalgate.stats import compare
 
     model_dir = str(resolve_model(args.model))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def main() -> None:
                "--no-progress", "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                "--learning-rate", args.learning_rate, "--warmup-steps", "2", "--eval-every", str(args.steps),
                "--report-every", "5", "--checkpoint-every", "5", "--val-batches", "2",
-               "--num-layers", args.num_layers, *extra.get(method, [])]  # fmt: skip
+               "--num-layers", args.num_layers, *extra.get(method, [])]
         print("$", " ".join(cmd), flush=True)
         started = time.time()
         subprocess.run(cmd, check=True)
@@ -173,7 +173,7 @@ def main() -> None:
         wall = record.get("duration_s") or time.time() - started
         items[method] = greedy_exact(model_dir, str(out), heldout)
         results[method] = {"success": sum(items[method]) / len(heldout), "train_seconds": wall,
-                           "steps": record["steps_done"], "peak_memory_gb": record["metrics"].get("peak_memory_gb")}  # fmt: skip
+                           "steps": record["steps_done"], "peak_memory_gb": record["metrics"].get("peak_memory_gb")}
         print(f"{method}: {sum(items[method])}/{len(heldout)} in {wall:.0f} s", flush=True)
 
     ids = [str(i) for i in range(len(heldout))]
@@ -191,7 +191,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "preference_methods", "model": args.model, "train_requests": args.train,
                       "data": counts, "heldout": len(heldout), "steps": args.steps,
                       "base_success": sum(items["base"]) / len(heldout) if "base" in items else None,
-                      "methods": results}))  # fmt: skip
+                      "methods": results}))
 
 
 if __name__ == "__main__":

@@ -249,10 +249,6 @@ def mask_quantiles(metrics_before: str, metrics_after: str) -> dict:
 
 def constrained(server: Server, n: int, ban: dict) -> dict:
     """Tool call with tool_choice="required" vs free text: decode rate from Server-Timing."""
-    try:
-        from tinygpt.runtime.grammar import build_constraint  # noqa: F401
-    except ImportError:
-        return {"available": False}
     messages = [{"role": "user", "content": "Write a note about the meeting moving to Thursday. " + PROMPT}]
     free, con = [], []
     before = server.metrics()

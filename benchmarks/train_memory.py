@@ -29,7 +29,7 @@ def train(model: str, data: Path, out: Path, method: str, steps: int, batch: int
     cmd = [sys.executable, "-m", "tinygpt.runtime.cli", "train", "--model", model, "--data", str(data),
            "--out", str(out), "--method", method, "--steps", str(steps), "--batch-size", str(batch), "--eval-every", "0",
            "--checkpoint-every", "0", "--report-every", "1", "--no-progress",
-           "--grad-checkpoint" if checkpoint else "--no-grad-checkpoint"]  # fmt: skip
+           "--grad-checkpoint" if checkpoint else "--no-grad-checkpoint"]
     log = out.with_suffix(".log")
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
@@ -58,7 +58,7 @@ def main() -> None:
     (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_records(64, TRAIN_CITIES, TRAIN_CURRENCIES, 0)))
     data = work / "dataset"
     subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "dataset", "import", str(src), "--model", model,
-                    "--out", str(data)], check=True, capture_output=True)  # fmt: skip
+                    "--out", str(data)], check=True, capture_output=True)
     train(model, data, work / "warm-qlora", "qlora", 1)  # quantize + cache the 4-bit base
 
     rows = []
@@ -72,7 +72,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "train_memory", "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
                       "grad_checkpoint": args.grad_checkpoint,
                       "methods": {m: {"mlx_peak_gb": p, "rss_gb": r, "input_tok_s": t} for m, p, r, t in rows},
-                      "ratio_mlx_peak": rows[1][1] / rows[0][1], "ratio_rss": rows[1][2] / rows[0][2]}))  # fmt: skip
+                      "ratio_mlx_peak": rows[1][1] / rows[0][1], "ratio_rss": rows[1][2] / rows[0][2]}))
 
 
 if __name__ == "__main__":

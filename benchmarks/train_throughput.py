@@ -51,7 +51,7 @@ def run_mlx_lm(model: str, data: Path, out: Path, iters: int) -> list[dict]:
         "num_layers": 16, "batch_size": 4, "iters": iters, "learning_rate": 1e-5, "steps_per_report": REPORT,
         "steps_per_eval": 10**9, "val_batches": 0, "save_every": 10**9, "adapter_path": str(out),
         "mask_prompt": True, "max_seq_length": 2048, "seed": 0,
-    }  # fmt: skip
+    }
     done = subprocess.run([sys.executable, "-c", MLX_LM, json.dumps(config)], capture_output=True, text=True, check=True)
     return [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("REPORT ")]
 
@@ -64,7 +64,7 @@ def run_tinygpt(model: str, data: Path, out: Path, iters: int) -> list[dict]:
          "--eval-every", "0", "--checkpoint-every", "0", "--report-every", str(REPORT), "--max-grad-norm", "0",
          "--no-pack"],
         check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    )
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [m for m in lines if m["kind"] == "train"]
 
@@ -98,7 +98,7 @@ def main() -> None:
     subprocess.run(
         [sys.executable, "-m", "tinygpt.runtime.cli", "dataset", "import", str(src), "--model", model, "--out", str(data)],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
 
     best = {"mlx_lm": {}, "tinygpt": {}}
     for r in range(args.rounds):
@@ -111,12 +111,12 @@ def main() -> None:
             if its > best[name].get("its", 0):
                 best[name] = {"its": its, "tps": tps}
     m, t = best["mlx_lm"], best["tinygpt"]
-    print(f"\n| trainer | it/s | trained tok/s |\n|---|---:|---:|")
+    print("\n| trainer | it/s | trained tok/s |\n|---|---:|---:|")
     print(f"| mlx_lm.lora | {m['its']:.3f} | {m['tps']:.1f} |\n| tinygpt train | {t['its']:.3f} | {t['tps']:.1f} |")
     print(f"\ntinygpt / mlx_lm: {t['its'] / m['its']:.3f} (it/s), {t['tps'] / m['tps']:.3f} (trained tok/s)")
     print(json.dumps({"benchmark": "train_throughput", "model": args.model, "iters": args.iters, "rounds": args.rounds,
                       "mlx_lm": m, "tinygpt": t, "ratio_its": t["its"] / m["its"], "ratio_tps": t["tps"] / m["tps"],
-                      "goal": 0.95}))  # fmt: skip
+                      "goal": 0.95}))
 
 
 if __name__ == "__main__":

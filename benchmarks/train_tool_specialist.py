@@ -55,7 +55,7 @@ TOOLS = [
 ]
 
 TRAIN_CITIES = ["Paris", "Berlin", "London", "Madrid", "Rome", "Vienna", "Prague", "Lisbon", "Dublin", "Oslo",
-                "Athens", "Warsaw", "Budapest", "Zurich", "Brussels", "Amsterdam", "Stockholm", "Helsinki"]  # fmt: skip
+                "Athens", "Warsaw", "Budapest", "Zurich", "Brussels", "Amsterdam", "Stockholm", "Helsinki"]
 TEST_CITIES = ["Tokyo", "Chicago", "Nairobi", "Lima", "Toronto", "Seoul", "Cairo", "Denver", "Sydney", "Mumbai"]
 # Currencies by ISO code: held-out codes must be copied from the request, not recalled
 # (mapping "rupees" to INR is world knowledge a 135M model may lack, not tool use).
@@ -149,13 +149,13 @@ def constrained_gate(tinygpt: list[str], model_dir: str, adapter: Path, records:
          "expected": [{"name": c["function"]["name"], "arguments": {k: [v] for k, v in c["function"]["arguments"].items()}}
                       for c in r["messages"][1]["tool_calls"]]}
         for i, r in enumerate(records)
-    ]  # fmt: skip
+    ]
     (work / "held-out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     suite = {"name": "held-out", "kind": "tool_call", "data": "held-out.jsonl", "threshold": 0.0}
     project = {"name": "tool-specialist", "base_model": model_dir, "eval_suites": [suite], "gate": {"baseline": "base"}}
     (work / "tinygpt.project.json").write_text(json.dumps(project))
     cmd = [*tinygpt, "eval-gate", "--project", str(work / "tinygpt.project.json"), "--candidate", str(adapter),
-           "--specialist", "tools", "--no-cache", "--quiet", "--out", str(work / "gate-result.json")]  # fmt: skip
+           "--specialist", "tools", "--no-cache", "--quiet", "--out", str(work / "gate-result.json")]
     print("$", " ".join(cmd), flush=True)
     done = subprocess.run(cmd)
     if done.returncode not in (0, 1):
@@ -200,7 +200,7 @@ def main() -> None:
     started = time.time()
     sh([*tinygpt, "train", "--model", args.model, "--data", str(data), "--out", str(out), "--no-progress",
         "--steps", str(args.steps), "--batch-size", "4", "--learning-rate", args.learning_rate, "--warmup-steps", "10",
-        "--eval-every", "10", "--report-every", "5", "--checkpoint-every", "10"])  # fmt: skip
+        "--eval-every", "10", "--report-every", "5", "--checkpoint-every", "10"])
     record = json.loads((out / "training_record.json").read_text())
     # A rerun with the same settings reuses the finished adapter: report its own training time.
     train_s = record.get("duration_s") or time.time() - started
@@ -225,7 +225,7 @@ def main() -> None:
                       "held_out": len(test), "steps": args.steps, "base_accuracy": base_acc, "specialist_accuracy": spec_acc,
                       "constrained": gated,
                       "ratio": spec_acc / base_acc if base_acc else None, "val_loss": [m["initial_val_loss"], m["val_loss"]],
-                      "train_seconds": train_s}))  # fmt: skip
+                      "train_seconds": train_s}))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class Admission:
         callbacks = {
             kind: cb
             for kind, cb in (("on_success", job._success_callback_name), ("on_failure", job._failure_callback_name),
-                             ("on_stopped", job._stopped_callback_name))  # fmt: skip
+                             ("on_stopped", job._stopped_callback_name))
             if cb
         }
         if callbacks:

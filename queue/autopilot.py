@@ -137,12 +137,12 @@ def _rebuild(conn: redis.Redis, name: str, policy: BuildPolicy, digest: str) -> 
     state = {"sel": digest, "cursor": "0-0", "phase": ""}
     with conn.pipeline(transaction=True) as pipe:
         pipe.delete(keys.autopilot(project, name), keys.autopilot_pending(project, name),
-                    keys.autopilot_trained(project, name), keys.autopilot_builds(project, name))  # fmt: skip
+                    keys.autopilot_trained(project, name), keys.autopilot_builds(project, name))
         if records:
             last = records[-1]
             state |= {"started_at": str(last.started_at), "build_id": last.build_id, "phase": "build",
                       "build_root": str(paths.subdir("builds") / name / last.build_id),
-                      "jobs": json.dumps(builds.job_ids(name, last.build_id))}  # fmt: skip
+                      "jobs": json.dumps(builds.job_ids(name, last.build_id))}
             if last.sources:
                 pipe.sadd(keys.autopilot_trained(project, name), *last.sources)
             pipe.zadd(keys.autopilot_builds(project, name), {r.build_id: r.started_at for r in records})
@@ -163,7 +163,7 @@ def _outcome_from_files(root: Path) -> dict[str, str]:
     except ContractError:
         return {}
     return {"last_verdict": result.verdict, "last_message": result.message, "last_numbers": json.dumps(numbers(result)),
-            "last_root": str(root), "last_at": str(gate.stat().st_mtime)}  # fmt: skip
+            "last_root": str(root), "last_at": str(gate.stat().st_mtime)}
 
 
 def numbers(result: GateResult) -> list[str]:
@@ -200,7 +200,7 @@ class Autopilot:
     """Runs every build policy of one pin file against one Redis; `tick()` does one round."""
 
     def __init__(self, project_file: Path, redis_url: str, *, say: Callable[[str], None] | None = None,
-                 interval: float = 2.0):  # fmt: skip
+                 interval: float = 2.0):
         self.project_file = Path(project_file).resolve()
         self.redis_url = redis_url
         self.interval = interval
@@ -296,7 +296,7 @@ class Autopilot:
         # Trajectories name the base as the runtime does; the fine-tune loads it as pinned.
         base = recorded_base_name(pins.base_model, self.project_file)
         job = pipeline.enqueue_dataset(dataset_name(name), base, conn, project=project, settings=pins.pipeline,
-                                       select=policy.select)  # fmt: skip
+                                       select=policy.select)
         now = str(time.time())
         with conn.pipeline(transaction=True) as pipe:
             pipe.hset(keys.autopilot(project, name), mapping={"phase": "dataset", "dataset_job": job.id, "started_at": now})
@@ -304,7 +304,7 @@ class Autopilot:
             pipe.execute()
         state |= {"phase": "dataset", "dataset_job": job.id, "started_at": now}
         self._say(f"Autopilot: {name}: {rows} new rows (≥ {policy.trigger.min_new_rows}): building "
-                  f"dataset ▶ {policy.method} ▶ eval gate ▶ publish")  # fmt: skip
+                  f"dataset ▶ {policy.method} ▶ eval gate ▶ publish")
 
     def _finish(self, conn: redis.Redis, name: str, policy: BuildPolicy, state: dict[str, str], **outcome: str) -> None:
         fields = {"phase": "", "last_at": str(time.time()), "last_version": "", "last_numbers": "[]", **outcome}
@@ -336,10 +336,10 @@ class Autopilot:
             hyperparameters=policy.hyperparameters(), seed=policy.seed, teacher_model=policy.teacher,
             gate={"suites": policy.gate.suites, "threshold": policy.gate.threshold,
                   "require_significance": policy.gate.require_significance},
-        )  # fmt: skip
+        )
         record = AutopilotBuild(specialist=name, project=project, build_id=build.build_id, dataset_dir=result.path,
                                 dataset_digest=manifest.digest, sources=manifest.sources, rows=manifest.rows,
-                                started_at=float(state.get("started_at") or time.time()))  # fmt: skip
+                                started_at=float(state.get("started_at") or time.time()))
         build.root.mkdir(parents=True, exist_ok=True)
         write_json(build.root / RECORD, record)
         with conn.pipeline(transaction=True) as pipe:
@@ -349,7 +349,7 @@ class Autopilot:
             if manifest.sources:
                 pipe.sadd(trained, *manifest.sources)
             pipe.hset(keys.autopilot(project, name), mapping={"phase": "build", "build_id": build.build_id,
-                      "build_root": str(build.root), "jobs": json.dumps(build.jobs)})  # fmt: skip
+                      "build_root": str(build.root), "jobs": json.dumps(build.jobs)})
             pipe.execute()
         sources = set(manifest.sources)
         stale = [tid for tid, v in conn.hgetall(keys.autopilot_pending(project, name)).items() if v.decode().split()[0] in sources]
@@ -375,7 +375,7 @@ class Autopilot:
                 outcome["last_message"] = f"not published, kept in {root}: {outcome['last_message']}"
             else:
                 outcome = {"last_verdict": "failed", "last_root": str(root),
-                           "last_message": f"{stage}: {reason_of(_traceback(found[stage][1]))}"}  # fmt: skip
+                           "last_message": f"{stage}: {reason_of(_traceback(found[stage][1]))}"}
             self._finish(conn, name, policy, state, **outcome)
             self._say(f"Autopilot: {name}: build {state.get('build_id')} {outcome['last_verdict']}: {outcome['last_message']}")
             return
@@ -429,7 +429,7 @@ def overview(conn: redis.Redis, pins: ProjectPins | None, serving: dict[str, str
             last_numbers=json.loads(state.get("last_numbers") or "[]"), last_version=state.get("last_version", ""),
             last_root=state.get("last_root", ""), last_at=float(state.get("last_at") or 0),
             serving=(serving or {}).get(name, ""),
-        )  # fmt: skip
+        )
         if state.get("phase") == "dataset":
             row.building, row.stage, row.jobs = state.get("dataset_job", ""), "dataset", {"dataset": state.get("dataset_job", "")}
         elif state.get("phase") == "build":

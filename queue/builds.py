@@ -89,16 +89,16 @@ def enqueue_build(
     registry = str(registry) if "://" in str(registry) else str(Path(registry).resolve())
     bid = build_id(specialist=specialist, base_model=base_model, dataset=dataset_dir, method=method,
                    hyperparameters=hyperparameters, seed=seed, project=project_file, registry=registry,
-                   version=version, teacher=teacher_model, **({"gate": gate} if gate else {}))  # fmt: skip
+                   version=version, teacher=teacher_model, **({"gate": gate} if gate else {}))
     build = Build(build_id=bid, root=paths.subdir("builds") / specialist / bid)
     finetune = FinetuneJob(
         specialist=specialist, base_model=base_model, dataset_dir=dataset_dir, output_dir=str(build.adapter_dir),
         method=method, hyperparameters=hyperparameters, teacher_model=teacher_model, seed=seed,
-    )  # fmt: skip
+    )
     evaluate = EvalJob(project_file=project_file, specialist=specialist, candidate_dir=str(build.adapter_dir),
-                       output_dir=str(build.gate_result.parent), **gate)  # fmt: skip
+                       output_dir=str(build.gate_result.parent), **gate)
     publish = PublishJob(specialist=specialist, version=version, candidate_dir=str(build.adapter_dir),
-                         registry=registry, gate_result=str(build.gate_result))  # fmt: skip
+                         registry=registry, gate_result=str(build.gate_result))
     previous = [d for d in depends_on or [] if Job.exists(d, connection=conn)]
     for stage, payload in (("finetune", finetune), ("eval", evaluate), ("publish", publish)):
         job_id = job_ids(specialist, bid)[stage]
@@ -107,6 +107,6 @@ def enqueue_build(
             build.existing += 1
         else:
             stages.enqueue(conn, stage, payload, job_id=job_id, depends_on=previous,
-                           description=f"{stage} {specialist} (build {bid})")  # fmt: skip
+                           description=f"{stage} {specialist} (build {bid})")
         previous = [job_id]
     return build

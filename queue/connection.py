@@ -8,11 +8,11 @@ under the cache dir starts on first use and is shared by every later process.
 from __future__ import annotations
 
 import os
-import re
 
 import redis
 
 from tinygpt.runtime import paths
+from tinygpt.runtime.redact import redact
 
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 
@@ -32,19 +32,6 @@ class RedisUnavailable(RuntimeError):
         self.url = url
         self.reason = reason
         super().__init__(f"cannot reach Redis at {url}: {reason}\n  what to do: {hint}")
-
-
-# `scheme://user:password@` (the password runs to the last "@" of the URL, as urlsplit
-# reads it) and redis-py's `?password=` query parameter.
-_USERINFO_SECRET = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*):[^\s/]*@", re.IGNORECASE)
-_QUERY_SECRET = re.compile(r"(?P<head>[?&]password=)[^&#\s]*", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """`text` with every password in it masked: a Redis URL, or a message or command line
-    that contains URLs. The one place TinyGPT hides a Redis password before showing it."""
-    text = _USERINFO_SECRET.sub(lambda m: f"{m['head']}:***@", text)
-    return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
 
 
 def redis_url() -> str:

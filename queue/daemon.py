@@ -24,7 +24,7 @@ from pathlib import Path
 import redis
 
 from . import health
-from .connection import redact
+from tinygpt.runtime.redact import redact
 from .embedded import EmbeddedRedis
 from .redis_guard import RedisGuard
 from .supervisor import WorkerPool
@@ -134,10 +134,10 @@ class Daemon:
 
     def health(self) -> health.DaemonHealth:
         workers = [health.WorkerHealth(index=i, queues=q, pid=pid, state=st, restarts=r, last_exit=e)
-                   for i, q, pid, st, r, e in (self.pool.rows() if self.pool else [])]  # fmt: skip
+                   for i, q, pid, st, r, e in (self.pool.rows() if self.pool else [])]
         return health.DaemonHealth(pid=os.getpid(), started_at=self.started_at, updated_at=time.time(),
                                    redis=self.guard.health(), workers=workers,
-                                   log_dir=str(self.log_dir or ""), reconciled=self.reconciled)  # fmt: skip
+                                   log_dir=str(self.log_dir or ""), reconciled=self.reconciled)
 
     def screen_rows(self) -> list[tuple[str, str, bool]]:
         """What a status screen shows about Redis, workers and logs: (name, value, is a warning)."""
@@ -148,10 +148,10 @@ class Daemon:
         else:
             since = time.strftime("%H:%M:%S", time.localtime(r.down_since))
             rows = [("redis", f"{r.url} UNREACHABLE since {since} ({time.time() - r.down_since:.0f}s): {r.error}{restarts}; "
-                              "serving goes on, sealed trajectories wait on disk", True)]  # fmt: skip
+                              "serving goes on, sealed trajectories wait on disk", True)]
         if self.pool is not None:
             states = "; ".join(f"#{i} {state}" + (f" pid {pid}" if pid else "") + (f", {n} restart(s), last {last}" if n else "")
-                               for i, _, pid, state, n, last in self.pool.rows())  # fmt: skip
+                               for i, _, pid, state, n, last in self.pool.rows())
             rows.append(("workers", states, self.pool.alive < len(self.pool.slots)))
         if self.log_dir:
             rows.append(("logs", f"{self.log_dir} (workers.log, up.log)", False))

@@ -23,7 +23,7 @@ from . import stages
 
 
 def enqueue_environment(conn: redis.Redis, project_file: str | Path, settings: EnvRunSettings,
-                        work_dir: str | Path | None = None) -> tuple[str, Path, bool]:  # fmt: skip
+                        work_dir: str | Path | None = None) -> tuple[str, Path, bool]:
     """Enqueue the run; returns (job id, work dir, True when it was already enqueued)."""
     project_file = str(Path(project_file).resolve())
     digest = hashlib.sha256(msgspec.json.encode([project_file, settings], order="sorted")).hexdigest()[:16]
@@ -33,5 +33,5 @@ def enqueue_environment(conn: redis.Redis, project_file: str | Path, settings: E
         return job_id, work, True
     payload = EnvironmentJob(project_file=project_file, settings=settings, work_dir=str(work))
     stages.enqueue(conn, "environment", payload, job_id=job_id,
-                   description=f"environment {settings.environment} → {settings.specialist} ({settings.rounds} round(s))")  # fmt: skip
+                   description=f"environment {settings.environment} → {settings.specialist} ({settings.rounds} round(s))")
     return job_id, work, False

@@ -113,7 +113,9 @@ class Overview:
 
 def find_redis() -> tuple[str, redis.Redis | None, str]:
     """(shown URL, client or None, why not) without starting anything."""
-    from .connection import URL_ENV, redact
+    from tinygpt.runtime.redact import redact
+
+    from .connection import URL_ENV
     from .embedded import find_running
 
     url = os.environ.get(URL_ENV, "").strip()

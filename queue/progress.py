@@ -35,10 +35,10 @@ class JobReporter:
     """Writes one job's progress; call it as often as you like."""
 
     def __init__(self, conn: redis.Redis, job_id: str, stage: str, *, label: str = "", unit: str = "",
-                 min_interval: float = 0.5):  # fmt: skip
+                 min_interval: float = 0.5):
         self.conn, self.key = conn, keys.progress(job_id)
         self.record = JobProgress(job_id=job_id, stage=stage, done=0, total=0, label=label, unit=unit,
-                                  started=time.time())  # fmt: skip
+                                  started=time.time())
         self.min_interval = min_interval
         self._last_write = 0.0
         self._failed = False
@@ -46,7 +46,7 @@ class JobReporter:
     def __call__(self, done: int, total: int, detail: str = "") -> None:
         now = time.time()
         self.record = msgspec.structs.replace(self.record, done=done, total=total, detail=detail or self.record.detail,
-                                              updated=now)  # fmt: skip
+                                              updated=now)
         # Always write the first and the last tick: a bar that never starts or never
         # reaches its end misleads more than a slightly late one.
         if done not in (0, total) and now - self._last_write < self.min_interval:

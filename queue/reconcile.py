@@ -44,7 +44,7 @@ class Reconciled:
     @property
     def summary(self) -> str:
         return (f"{self.scanned} sealed trajectory file(s): {self.known} recorded, {self.pending} pending, "
-                f"{self.enqueued.files} put back on the pipeline")  # fmt: skip
+                f"{self.enqueued.files} put back on the pipeline")
 
 
 def sealed_files(root: str | os.PathLike) -> list[Path]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import redis
 
-from .connection import redact
+from tinygpt.runtime.redact import redact
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .health import RedisHealth
 from .supervisor import MAX_BACKOFF_S, MIN_BACKOFF_S, describe_exit
@@ -57,7 +57,7 @@ class RedisGuard:
 
     def health(self) -> RedisHealth:
         return RedisHealth(url=self.shown_url, embedded=self.embedded is not None, reachable=self.reachable,
-                           error=self.error, down_since=self.down_since, restarts=self.restarts)  # fmt: skip
+                           error=self.error, down_since=self.down_since, restarts=self.restarts)
 
     def tick(self) -> bool:
         """One check (when due); True when Redis has just come back after an outage."""
@@ -79,7 +79,7 @@ class RedisGuard:
             self.reachable, self.down_since = False, time.time()
             what = "the embedded redis-server" if self.embedded is not None else "Redis"
             self.say(f"Redis: {what} at {self.shown_url} is unreachable ({reason}); the runtime keeps serving, "
-                     "sealed trajectories wait on disk and are enqueued when it is back")  # fmt: skip
+                     "sealed trajectories wait on disk and are enqueued when it is back")
         self.error = reason
 
     def _up(self) -> bool:

@@ -32,7 +32,7 @@ from pathlib import Path
 import redis
 
 from . import stages
-from .connection import redact
+from tinygpt.runtime.redact import redact
 
 log = logging.getLogger("tinygpt.supervisor")
 

@@ -95,7 +95,7 @@ class PipelineWorker(SimpleWorker):
     max_connection_wait_time = 5.0
 
     def __init__(self, queues, *args, heartbeat_s: float = 10.0, grace_s: float | None = None, drain: bool = False,
-                 allow_jobs: tuple[str, ...] = (), **kwargs):  # fmt: skip
+                 allow_jobs: tuple[str, ...] = (), **kwargs):
         kwargs.setdefault("serializer", MsgpackSerializer)
         kwargs.setdefault("job_monitoring_interval", max(1, int(heartbeat_s)))
         kwargs.setdefault("maintenance_interval", 30)
@@ -317,7 +317,7 @@ def supervise(queues: list[str], count: int, argv: list[str], *, url: str | None
 
         cards = device_plan.parse_gpus(gpus, device_plan.available_gpus())
         layout = [(s.queues, s.env) for s in device_plan.plan_workers(
-            cards, count, queues, os.environ.get(device_plan.RUNTIME_GPU_ENV))]  # fmt: skip
+            cards, count, queues, os.environ.get(device_plan.RUNTIME_GPU_ENV))]
     env = {**os.environ, **({"REDIS_URL": url} if url else {})}
     pool = WorkerPool(queues, count, argv=argv, env=env, burst=burst, layout=layout)
     stopping: list[int] = []
@@ -355,7 +355,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", help="worker log level (default INFO)")
     p.add_argument("--allow-job", action="append", default=[], metavar="MODULE.FUNCTION",
                    help="also run jobs calling this function (repeatable); by default a worker runs only the pipeline's "
-                        "stage entry points and fails any other job unrun")  # fmt: skip
+                        "stage entry points and fails any other job unrun")
     p.add_argument("--name", help="worker name (default: HOST-PID-RANDOM); unique among live workers")
     p.add_argument("--gpus", help="pin one worker per GPU: all | 0,1,... (default: no pinning; see runtime/device_plan.py)")
 
@@ -367,7 +367,7 @@ def run_args(args: argparse.Namespace) -> int:
     if args.count < 1:
         raise ValueError(f"--count must be at least 1, got {args.count}")
     common = dict(burst=args.burst, heartbeat_s=args.heartbeat, grace_s=args.grace, maintenance_s=args.maintenance,
-                  log_level=args.log_level, allow_jobs=tuple(args.allow_job))  # fmt: skip
+                  log_level=args.log_level, allow_jobs=tuple(args.allow_job))
     if args.count == 1 and not args.gpus:
         return run_worker(queues, url=args.url, name=args.name, **common)
     if args.name:

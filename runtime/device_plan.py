@@ -102,7 +102,7 @@ def plan_workers(gpus: list[str], workers: int, queues: list[str], runtime_gpu: 
     workers = max(1, workers)
     if not gpus:
         slots = [WorkerSlot(index=i, queues=queues if i == 0 else [q for q in queues if q not in EXCLUSIVE])
-                 for i in range(workers)]  # fmt: skip
+                 for i in range(workers)]
         return [s for s in slots if s.queues]
     workers = max(workers, len(gpus))
     per_card = {c: sum(1 for i in range(workers) if gpus[i % len(gpus)] == c) for c in gpus}

@@ -3,7 +3,7 @@ watchers (`start_runtime`, `follow_pins`), and the whole stack `tinygpt up` star
 order and stops in reverse order (`Stack`: Redis, model, workers, runtime, autopilot).
 
 Commands parse arguments and call these; anything else that needs a runtime (the eval
-gate, the demo) builds it here too, from a `ServerConfig` (serving/config.py, where the
+gate, an environment's rounds) builds it here too, from a `ServerConfig` (serving/config.py, where the
 defaults are written once).
 """
 
@@ -54,7 +54,8 @@ def queue_hook(enabled: bool, *, on_deferred=None):
     def on_trajectory_flushed(path) -> None:
         import redis
 
-        from tinygpt.queue.connection import RedisUnavailable, redact
+        from tinygpt.queue.connection import RedisUnavailable
+        from tinygpt.runtime.redact import redact
         from tinygpt.queue.pipeline import enqueue_trajectory
 
         if time.monotonic() < outage["retry_at"]:
@@ -165,7 +166,7 @@ class Stack:
             pins = load_project(project_file)
             model, name = pins.base_model, pins.name
         return cls(args=args, console=console, model=args.model or model, project_name=name,
-                   project_file=project_file.resolve() if project_file else None)  # fmt: skip
+                   project_file=project_file.resolve() if project_file else None)
 
     # ------------------------------------------------------------------ start
 
@@ -179,7 +180,8 @@ class Stack:
         self._start_autopilot()
 
     def _start_redis(self) -> None:
-        from tinygpt.queue.connection import RedisUnavailable, connect, redact
+        from tinygpt.queue.connection import RedisUnavailable, connect
+        from tinygpt.runtime.redact import redact
         from tinygpt.queue.embedded import EmbeddedRedis, EmbeddedRedisError, find_running
         from tinygpt.runtime import paths
 
@@ -242,15 +244,15 @@ class Stack:
                 layout = [(s.queues, s.env) for s in plan_workers(plan.worker_gpus, self.args.workers, queues, plan.gpus[0])]
             pool = WorkerPool(queues, max(1, self.args.workers), say=self._say, layout=layout,
                               env={**os.environ, "REDIS_URL": self.redis_url, **(plan.worker_env if plan else {})},
-                              log_path=log_dir / "workers.log" if log_dir else None)  # fmt: skip
+                              log_path=log_dir / "workers.log" if log_dir else None)
         settings = (lambda: load_settings(self.project_file)) if self.project_file else None
         self.daemon = Daemon(self.redis_url, trajectory_dirs=[paths.subdir("trajectories")], embedded=self.guarded_redis,
-                             pool=pool, settings_loader=settings, say=self._say, log_dir=log_dir)  # fmt: skip
+                             pool=pool, settings_loader=settings, say=self._say, log_dir=log_dir)
         self.daemon.start()  # assigned first: a Ctrl-C in here still stops the workers it started
         if pool is not None:
             pids = ", ".join(str(pid) for _, _, pid, *_ in pool.rows())
             self._say(f"Workers: {self.args.workers} process(es) on queues data, train, eval (pid {pids}); "
-                      f"restarted when they die" + (f"; logs in {log_dir}" if log_dir else ""))  # fmt: skip
+                      f"restarted when they die" + (f"; logs in {log_dir}" if log_dir else ""))
 
     @property
     def logs_to_files(self) -> bool:
@@ -433,7 +435,7 @@ class Stack:
 
     def _daemon_rows(self) -> list[tuple[str, str, bool]]:
         """Redis, workers, logs and BLAS rows of the screen: (name, value, is a warning)."""
-        from tinygpt.queue.connection import redact
+        from tinygpt.runtime.redact import redact
         from tinygpt.runtime.blas import reference_blas_warning
 
         rows = self.daemon.screen_rows() if self.daemon is not None else [("redis", redact(self.redis_url), False)]

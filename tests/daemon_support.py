@@ -28,7 +28,7 @@ class Up:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tinygpt.runtime.cli", "up", "--plain", "--port", "0", "--refresh", "0.5", *args],
             cwd=cwd, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+        )
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)

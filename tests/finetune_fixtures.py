@@ -24,7 +24,7 @@ TOOLS = [
         "type": "object", "properties": {arg: {"type": kind}}, "required": [arg]}}}
     for name, arg, kind in (("get_weather", "city", "string"), ("set_timer", "minutes", "integer"),
                             ("search_web", "query", "string"))
-]  # fmt: skip
+]
 
 
 def task_records(n: int, seed: int = 0, tools: bool = False) -> list[dict]:
@@ -64,12 +64,12 @@ def import_task(model_dir: Path, out: Path, n: int = 96, seed: int = 0, tools: b
     """A dataset directory of the task, imported with the tiny model's own tokenizer."""
     from mlx_lm.utils import load_tokenizer
 
-    from tinygpt.workers.training import models
+    from tinygpt.runtime.models.manifest import model_digest
     from tinygpt.workers.training.importer import import_jsonl
 
     tokenizer = load_tokenizer(model_dir, eos_token_ids=json.loads((model_dir / "config.json").read_text())["eos_token_id"])
     src = write_jsonl(out.parent / f"{out.name}.jsonl", task_records(n, seed, tools))
-    import_jsonl(src, tokenizer, out, base_model=str(model_dir), base_digest=models.digest(model_dir), valid_fraction=0.2)
+    import_jsonl(src, tokenizer, out, base_model=str(model_dir), base_digest=model_digest(model_dir), valid_fraction=0.2)
     return out
 
 

@@ -49,7 +49,7 @@ class Tally:
     def as_dict(self) -> dict:
         return {"requests": self.requests, "by_kind": dict(sorted(self.by_kind.items())),
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-                "unexpected": len(self.unexpected), "seconds": round(self.seconds, 1)}  # fmt: skip
+                "unexpected": len(self.unexpected), "seconds": round(self.seconds, 1)}
 
 
 def request(method: str, path: str, body: bytes | None, headers: dict[str, str] | None = None, *, port: int) -> bytes:
@@ -113,7 +113,7 @@ def _deep_schema(depth: int) -> bytes:
 
 def make_case(rng: random.Random, port: int, *, max_body: int) -> Case:
     kind = rng.choice(["malformed_json", "wrong_types", "huge", "deep", "bad_headers", "slow_client",
-                       "hang_up", "stream_disconnect", "paths", "valid", "valid", "feedback"])  # fmt: skip
+                       "hang_up", "stream_disconnect", "paths", "valid", "valid", "feedback"])
     body = json.dumps(chat(messages=[{"role": "user", "content": f"fuzz {rng.random()}"}])).encode()
     if kind == "malformed_json":
         return Case(kind, request("POST", "/v1/chat/completions", _mutate(rng, body), port=port), expect="any")
@@ -123,7 +123,7 @@ def make_case(rng: random.Random, port: int, *, max_body: int) -> Case:
     if kind == "huge":
         if rng.random() < 0.5:  # announced over the limit: refused before the body is read
             data = request("POST", "/v1/chat/completions", None, {"Content-Type": "application/json",
-                                                                  "Content-Length": str(max_body + rng.randrange(1, 1 << 30))}, port=port)  # fmt: skip
+                                                                  "Content-Length": str(max_body + rng.randrange(1, 1 << 30))}, port=port)
             return Case(kind, data)
         # Just under the limit: a giant string, or a huge array of small values.
         n = max_body - 200
@@ -138,20 +138,20 @@ def make_case(rng: random.Random, port: int, *, max_body: int) -> Case:
     if kind == "bad_headers":
         variant = rng.randrange(9)
         if variant == 0:
-            return Case(kind, request("POST", "/v1/chat/completions", body, {"Content-Type": rng.choice(["text/plain", "application/xml", "", "multipart/form-data"])}, port=port))  # fmt: skip
+            return Case(kind, request("POST", "/v1/chat/completions", body, {"Content-Type": rng.choice(["text/plain", "application/xml", "", "multipart/form-data"])}, port=port))
         if variant == 1:
-            return Case(kind, request("POST", "/v1/chat/completions", body, {"Content-Length": rng.choice(["abc", "-5", "1e3"])}, port=port))  # fmt: skip
+            return Case(kind, request("POST", "/v1/chat/completions", body, {"Content-Length": rng.choice(["abc", "-5", "1e3"])}, port=port))
         if variant == 2:
-            return Case(kind, request("POST", "/v1/chat/completions", body, {"Host": rng.choice(["evil.example", "attacker.test:8000", "127.0.0.1.evil.example"])}, port=port))  # fmt: skip
+            return Case(kind, request("POST", "/v1/chat/completions", body, {"Host": rng.choice(["evil.example", "attacker.test:8000", "127.0.0.1.evil.example"])}, port=port))
         if variant == 3:
-            return Case(kind, request("POST", "/v1/chat/completions", body, {"Origin": rng.choice(["http://evil.example", "null", "https://a.b"])}, port=port))  # fmt: skip
+            return Case(kind, request("POST", "/v1/chat/completions", body, {"Origin": rng.choice(["http://evil.example", "null", "https://a.b"])}, port=port))
         if variant == 4:
             return Case(kind, request("POST", "/v1/chat/completions", body, {"Transfer-Encoding": "chunked"}, port=port))
         if variant == 5:
             if rng.random() < 0.2:  # the stdlib answers an unknown HTTP version with 505, as it should
                 return Case(kind, b"GET / HTTP/9.9\r\n\r\n", expect="any")
             return Case(kind, rng.choice([b"GARBAGE\r\n\r\n", b"\x16\x03\x01\x02\x00\r\n\r\n",
-                                          b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X: y\r\n" * 200 + b"\r\n"]))  # fmt: skip
+                                          b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X: y\r\n" * 200 + b"\r\n"]))
         if variant == 6:
             return Case(kind, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: \xff\xfe\r\nConnection: close\r\n\r\n", expect="any")
         if variant == 7:  # the request line alone, far too long
@@ -168,7 +168,7 @@ def make_case(rng: random.Random, port: int, *, max_body: int) -> Case:
     if kind == "paths":
         method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH"])
         path = rng.choice(["/", "/v1", "/v1/models/%00", "/v1/models/" + "x" * 3000, "/admin/adapters", "/admin/adapters/x@1",
-                           "/v1/chat/completions/../../etc/passwd", "/v1/trajectories//feedback", "/%zz"])  # fmt: skip
+                           "/v1/chat/completions/../../etc/passwd", "/v1/trajectories//feedback", "/%zz"])
         return Case(kind, request(method, path, b"{}" if method in ("POST", "PUT", "PATCH") else None, port=port), expect="any")
     if kind == "feedback":
         fb = rng.choice([{"reward": "high"}, {}, {"reward": 1e309}, {"step": -1, "reward": 1}, {"label": ["x"]}, {"x": 1}])

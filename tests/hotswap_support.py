@@ -24,12 +24,12 @@ def make_adapters(root: Path, model_dir: Path, n: int) -> list[Path]:
 
 
 def publish_version(registry: Path, version: str, adapter: Path, model_dir: Path, *, name: str = "mail", conn=None,
-                    gated: bool = True):  # fmt: skip
+                    gated: bool = True):
     from tests.registry_support import passing_gate
 
     gate = passing_gate(adapter, name) if gated else None
     return publish(adapter, registry, name=name, version=version, base_model="tiny", base_digest=model_digest(model_dir),
-                   conn=conn, gate=gate)  # fmt: skip
+                   conn=conn, gate=gate)
 
 
 def wait_until(predicate, what: str, limit_s: float = 120.0) -> None:

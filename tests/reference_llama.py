@@ -129,7 +129,7 @@ class ReferenceBPE:
         self.byte_map = bytes_to_unicode()
 
     @classmethod
-    def from_gguf(cls, path: str | Path) -> "ReferenceBPE":
+    def from_gguf(cls, path: str | Path) -> ReferenceBPE:
         from gguf import GGUFReader
 
         f = GGUFReader(path).fields

@@ -46,7 +46,7 @@ def passing_gate(adapter: Path, name: str):
 
 
 def publish_fake(registry: Path, name: str, version: str, adapter_root: Path, *, seed: int = 0, base_digest: str = FAKE_BASE,
-                 gated: bool = True):  # fmt: skip
+                 gated: bool = True):
     adapter = fake_adapter(adapter_root / f"{name}-{version}", seed=seed)
     gate = passing_gate(adapter, name) if gated else None
     return publish(adapter, registry, name=name, version=version, base_model="tiny", base_digest=base_digest, gate=gate)

@@ -32,14 +32,14 @@ def write_project(root, model, *, minimum: float | None):
          "expected": [{"name": c["function"]["name"], "arguments": {k: [v] for k, v in c["function"]["arguments"].items()}}
                       for c in r["messages"][1]["tool_calls"]], "max_tokens": 24}
         for i, r in enumerate(task_records(4, seed=5))
-    ]  # fmt: skip
+    ]
     (root / "evals").mkdir(exist_ok=True)
     (root / "evals" / "calls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     suite = {"name": "calls", "kind": "tool_call", "data": "evals/calls.jsonl", "threshold": 1.0, "minimum": minimum}
     policy = {"select": {"tools": ["get_weather"]}, "trigger": {"min_new_rows": 3, "min_interval_s": 0, "max_per_day": 2},
-              "training": {"steps": 3, "batch_size": 2, "eval_every": 0, "checkpoint_every": 0}}  # fmt: skip
+              "training": {"steps": 3, "batch_size": 2, "eval_every": 0, "checkpoint_every": 0}}
     doc = {"name": PROJECT, "base_model": str(model), "eval_suites": [suite], "registries": ["registry"],
-           "specialists": [{"name": "weather", "build": policy}]}  # fmt: skip
+           "specialists": [{"name": "weather", "build": policy}]}
     (root / "tinygpt.project.json").write_text(json.dumps(doc))
     return root / "tinygpt.project.json"
 
@@ -49,12 +49,12 @@ def recording(model_dir, digest: str, i: int, tool: str = "get_weather", looping
     rng = random.Random(i)
     output = [5, 6, 7, 8] * 12 if looping else [rng.randrange(3, 200) for _ in range(12)]
     step = Step(index=0, prompt_ids=[rng.randrange(3, 200) for _ in range(20)], output_ids=output, finish_reason="tool_calls",
-                tool_calls=[ToolCall(id="c1", name=tool, arguments=json.dumps({"city": f"c{i}"} if tool == "get_weather" else {"minutes": i}), valid=True)])  # fmt: skip
+                tool_calls=[ToolCall(id="c1", name=tool, arguments=json.dumps({"city": f"c{i}"} if tool == "get_weather" else {"minutes": i}), valid=True)])
     tid = f"traj-{tool}-{i}"
     offered = [t for t in TOOLS if t["function"]["name"] == tool]
     # Named as the runtime names a base given by directory: its folder name.
     return Trajectory(id=tid, base_model=model_dir.name, base_digest=digest, project=PROJECT, tools=offered, steps=[step],
-                      feedback=[Feedback(trajectory_id=tid, reward=1.0)])  # fmt: skip
+                      feedback=[Feedback(trajectory_id=tid, reward=1.0)])
 
 
 def record(conn, tmp_path, trajs) -> None:
@@ -64,7 +64,7 @@ def record(conn, tmp_path, trajs) -> None:
 
 def work(conn, *queues) -> None:
     worker = PipelineWorker([stages.get_queue(conn, q) for q in queues], connection=conn, heartbeat_s=0.5, drain=True,
-                            maintenance_interval=1)  # fmt: skip
+                            maintenance_interval=1)
     worker.work(burst=True, logging_level="WARNING")
 
 
@@ -76,7 +76,7 @@ def status(conn, project_file):
 
 
 def test_a_policy_fires_on_its_rows_and_a_failed_gate_is_kept_not_published(tmp_path, tiny_model_dir, redis_client, redis_url,
-                                                                          monkeypatch, capsys):  # fmt: skip
+                                                                          monkeypatch, capsys):
     from tinygpt.runtime.serving.app import model_digest
 
     conn, digest = redis_client, model_digest(tiny_model_dir)
@@ -87,7 +87,7 @@ def test_a_policy_fires_on_its_rows_and_a_failed_gate_is_kept_not_published(tmp_
     # Two selected rows, one other tool, one loop (dropped by the label stage): 2/3.
     record(conn, tmp_path, [recording(tiny_model_dir, digest, 0), recording(tiny_model_dir, digest, 1),
                             recording(tiny_model_dir, digest, 2, tool="set_timer"),
-                            recording(tiny_model_dir, digest, 3, looping=True)])  # fmt: skip
+                            recording(tiny_model_dir, digest, 3, looping=True)])
     pilot.tick()
     row = status(conn, pins)
     assert (row.rows, row.needed, row.waiting, row.building) == (2, 3, "2/3 new rows", "")
@@ -127,7 +127,7 @@ def test_a_policy_fires_on_its_rows_and_a_failed_gate_is_kept_not_published(tmp_
 
     # Its Redis state gone: rebuilt from the build's files and the label log, nothing counted twice.
     conn.delete(keys.autopilot(PROJECT, "weather"), keys.autopilot_pending(PROJECT, "weather"),
-                keys.autopilot_trained(PROJECT, "weather"), keys.autopilot_builds(PROJECT, "weather"))  # fmt: skip
+                keys.autopilot_trained(PROJECT, "weather"), keys.autopilot_builds(PROJECT, "weather"))
     pilot.tick()
     row = status(conn, pins)
     assert (row.rows, row.last_verdict) == (0, "regression")

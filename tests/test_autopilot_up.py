@@ -21,7 +21,7 @@ from tests.test_up import start_up
 # An enum keeps the tiny random model's calls short: a free string may ramble to max_tokens.
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string", "enum": ["Oslo", "Paris", "Rome"]}},
-    "required": ["city"], "additionalProperties": False}}}]  # fmt: skip
+    "required": ["city"], "additionalProperties": False}}}]
 
 
 def write_project(root, model) -> None:
@@ -30,7 +30,7 @@ def write_project(root, model) -> None:
          "expected": [{"name": c["function"]["name"], "arguments": {k: [v] for k, v in c["function"]["arguments"].items()}}
                       for c in r["messages"][1]["tool_calls"]], "max_tokens": 16}
         for i, r in enumerate(task_records(3, seed=7))
-    ]  # fmt: skip
+    ]
     (root / "evals").mkdir()
     (root / "evals" / "calls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     policy = {
@@ -45,7 +45,7 @@ def write_project(root, model) -> None:
            "specialists": [{"name": "weather", "version": "*", "build": policy}],
            # The tiny random model's grammar-constrained calls differ by a few tokens, so its
            # sessions are near duplicates; this test is about the loop (dedupe has its own tests).
-           "pipeline": {"dedupe": {"near_threshold": 0.99}}}  # fmt: skip
+           "pipeline": {"dedupe": {"near_threshold": 0.99}}}
     (root / "tinygpt.project.json").write_text(json.dumps(doc))
 
 
@@ -56,7 +56,7 @@ def session(url: str, i: int, model: str = "base") -> tuple[str, str]:
         model=model, messages=[{"role": "user", "content": f"What's the weather in city {i}?"}], tools=WEATHER,
         tool_choice="required", parallel_tool_calls=False, max_tokens=128, temperature=0.8, seed=i,
         metadata={"team": "ops"}, extra_headers={"X-TinyGPT-Session": f"s{i}-{model}"},
-    )  # fmt: skip
+    )
     assert raw.parse().choices[0].finish_reason == "tool_calls"
     tid = raw.headers["x-tinygpt-trajectory"]
     body = json.dumps({"reward": 1.0, "comment": "right tool"}).encode()
@@ -103,7 +103,7 @@ def test_up_builds_gates_publishes_and_swaps_a_specialist_by_itself(tmp_path, ti
         env = {**os.environ, "TINYGPT_HOME": str(home), "COLUMNS": "220"}
         env.pop("REDIS_URL", None)
         shown = subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "status"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=300).stdout  # fmt: skip
+                               capture_output=True, text=True, timeout=300).stdout
         assert re.search(r"weather\s+│\s+weather@1\s+│\s+0/3 new rows", shown), shown
         assert "pass → weather@1" in shown and "calls accuracy" in shown
     finally:

@@ -82,7 +82,7 @@ def test_the_screen_shows_rows_the_build_running_the_last_verdict_and_the_versio
 
     now = time.time()
     train = JobProgress(job_id="f1", stage="finetune", done=12, total=24, label="fs: lora", unit="step",
-                        detail="loss 0.81", started=now - 30, updated=now)  # fmt: skip
+                        detail="loss 0.81", started=now - 30, updated=now)
     rows = [
         PolicyStatus(specialist="fs", project="demo", rows=37, needed=50, building="0916185ee660a335", stage="finetune",
                      jobs={"finetune": "f1"}, progress=train, last_verdict="pass", last_version="3", serving="3",
@@ -90,7 +90,7 @@ def test_the_screen_shows_rows_the_build_running_the_last_verdict_and_the_versio
         PolicyStatus(specialist="sql", project="demo", rows=4, needed=50, waiting="4/50 new rows; daily cap reached (4/4 in 24 h)",
                      last_verdict="regression", last_message="not published, kept in /h/builds/sql/ab", last_at=now,
                      last_numbers=["sql-exact accuracy 0.4 vs 0.6 (-0.2, p=0.01) FAIL"]),
-    ]  # fmt: skip
+    ]
     console = Console(width=200, record=True)
     console.print(policy_table(rows))
     text = console.export_text()

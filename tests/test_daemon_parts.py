@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tinygpt.queue.connection import redact
+from tinygpt.runtime.redact import redact
 from tinygpt.queue.supervisor import WorkerPool, describe_exit
 
 

@@ -107,7 +107,7 @@ def test_ingest_wait_reports_redis_going_away_instead_of_calling_it_finished(hom
         env = {**os.environ, "REDIS_URL": server.url, "TINYGPT_HOME": str(home)}
         # No worker runs: `--wait` polls the jobs until Redis goes away under it.
         proc = subprocess.Popen([sys.executable, "-m", "tinygpt.runtime.cli", "ingest", "--wait", *map(str, files)],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert "enqueued 2 trajectory file(s)" in proc.stdout.readline()
     finally:
         server.stop()

@@ -42,7 +42,7 @@ def wait_until(check, what: str, timeout: float = 300, every: float = 0.2):
 def status(home, cwd, env=None) -> str:
     full = {**os.environ, "TINYGPT_HOME": str(home), **(env or {})}
     done = subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "status"], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120)
     return done.stdout + done.stderr
 
 
@@ -61,7 +61,7 @@ def test_a_worker_sigkilled_mid_build_is_restarted_the_build_finishes_and_chat_n
         monkeypatch.setitem(stages.STAGES, "finetune", finetune)
         build = builds.enqueue_build(conn, specialist="calls", base_model=str(tiny_model_dir), dataset_dir=data,
                                      project_file=pins, registry=tmp_path / "registry",
-                                     hyperparameters={"steps": 16, "batch_size": 4, "eval_every": 8})  # fmt: skip
+                                     hyperparameters={"steps": 16, "batch_size": 4, "eval_every": 8})
         job_id = build.jobs["finetune"]
         with Chatter(url) as chat:
             # Kill it the way the OOM killer does, once training is under way.
@@ -111,7 +111,7 @@ def test_a_sigkilled_embedded_redis_is_reaped_restarted_on_its_aof_and_jobs_flow
             # Jobs flow again: trajectories enqueued now are ingested by the worker, which reconnected.
             files = list(clean_corpus(tmp_path, 5, seed=41).values())
             done = subprocess.run([sys.executable, "-m", "tinygpt.runtime.cli", "ingest", *map(str, files)], cwd=tmp_path,
-                                  env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True, timeout=120)  # fmt: skip
+                                  env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
             wait_until(lambda: conn.hlen(keys.labels("default")) == 5, "the 5 trajectories to be labelled", timeout=120)
         assert chat.ok > 0 and chat.failures == []
@@ -197,7 +197,7 @@ def test_on_a_terminal_worker_logs_go_to_a_file_shown_on_the_live_screen(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.Popen([sys.executable, "-m", "tinygpt.runtime.cli", "up", "--port", "0", "--refresh", "0.5",
                              "--model", str(tiny_model_dir)], cwd=tmp_path, env={**env, "TINYGPT_HOME": str(home), "COLUMNS": "200"},
-                            stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
+                            stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     screen = b""
     log = home / "logs" / "workers.log"

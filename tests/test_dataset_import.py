@@ -122,7 +122,7 @@ def test_import_writes_a_dataset_the_trainer_reads(model_dir, tokenizer, tmp_pat
     records = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(40)]
     src = write_jsonl(tmp_path / "chat.jsonl", records)
     manifest, stats = import_jsonl(src, tokenizer, tmp_path / "ds", base_model="tiny", base_digest="d" * 64,
-                                   valid_fraction=0.25, test_fraction=0.1)  # fmt: skip
+                                   valid_fraction=0.25, test_fraction=0.1)
     data = load_dataset(tmp_path / "ds")
     assert stats.rows == manifest.rows == 40 and set(data.splits) == {"train", "valid", "test"}
     assert {r.split for r in data.rows("valid")} == {"valid"}
@@ -130,7 +130,7 @@ def test_import_writes_a_dataset_the_trainer_reads(model_dir, tokenizer, tmp_pat
     # The split follows content, not position: shuffled input, same assignment.
     again = write_jsonl(tmp_path / "shuffled.jsonl", records[::-1])
     import_jsonl(again, tokenizer, tmp_path / "ds2", base_model="tiny", base_digest="d" * 64,
-                 valid_fraction=0.25, test_fraction=0.1)  # fmt: skip
+                 valid_fraction=0.25, test_fraction=0.1)
     ids = lambda d, s: sorted(r.id for r in load_dataset(d).rows(s))  # noqa: E731
     assert all(ids(tmp_path / "ds", s) == ids(tmp_path / "ds2", s) for s in ("train", "valid", "test"))
 
@@ -172,9 +172,9 @@ def test_dataset_command_import_and_show(model_dir, tmp_path, capsys, monkeypatc
     out = tmp_path / "ds"
     assert module.run(parser.parse_args(["import", str(src), "--model", str(model_dir), "--out", str(out)])) == 0
     assert "10 rows" in capsys.readouterr().out
-    from tinygpt.workers.training import models
+    from tinygpt.runtime.models.manifest import model_digest
 
-    assert load_dataset(out).manifest.base_digest == models.digest(model_dir)
+    assert load_dataset(out).manifest.base_digest == model_digest(model_dir)
     assert module.run(parser.parse_args(["show", str(out), "--rows", "1"])) == 0
     assert "train:" in capsys.readouterr().out
     assert module.run(parser.parse_args(["import", str(tmp_path / "missing.jsonl"), "--model", str(model_dir), "--out", str(out)])) == 2

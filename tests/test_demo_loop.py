@@ -72,7 +72,7 @@ def test_demo_drives_the_daemon_through_two_rounds(tiny_model_dir, tmp_path, mon
     (work / "toyweather.py").write_text(textwrap.dedent(TOY))
     cfg = DemoConfig(work=str(work), task="weather", entry="toyweather:Weather", model=str(tiny_model_dir), name="weather",
                      project="demo-test", tasks=3, attempts=2, test_tasks=2, gate_tasks=2, rounds=2, concurrency=4,
-                     session_idle=1.0, train=TrainSettings(steps=2, batch_size=2, num_layers=2))  # fmt: skip
+                     session_idle=1.0, train=TrainSettings(steps=2, batch_size=2, num_layers=2))
     said: list[str] = []
     summary = run_demo(cfg, say=said.append)
     assert summary == read_json(work / "demo-summary.json", DemoSummary)
@@ -92,7 +92,7 @@ def test_demo_drives_the_daemon_through_two_rounds(tiny_model_dir, tmp_path, mon
     # Round 2 trained on everything kept so far (round 1's rows and its own).
     assert r2.build.rows >= r1.build.rows
     assert set(summary.seconds) >= {"start", "before", "collect", "settle", "build_dataset", "build_finetune", "build_gate",
-                                    "build_publish", "swap", "after", "total"}  # fmt: skip
+                                    "build_publish", "swap", "after", "total"}
     assert summary.peak_rss_mb and summary.peak_rss_mb > 50
     # Before on the base model, after on the specialist, the same held-out tasks, paired.
     assert summary.before.served_by == tiny_model_dir.name and summary.after.served_by == "weather@2"
@@ -103,7 +103,7 @@ def test_demo_drives_the_daemon_through_two_rounds(tiny_model_dir, tmp_path, mon
     records = [read_any(p, Trajectory) for p in (home / "trajectories").glob("*.msgpack")]
     seen = Counter((t.steps[0].metadata.get("demo"), t.steps[0].model, t.steps[0].adapter_version) for t in records)
     assert seen == {("collect", "base", None): 6, ("collect", "weather", "1"): 6, ("held-out", "base", None): 2,
-                    ("held-out", "weather", "2"): 2}  # fmt: skip
+                    ("held-out", "weather", "2"): 2}
     # Published into the demo's registry, gated, and up stopped cleanly.
     assert (home / "demo" / "specialists" / "weather" / "2" / "lock.json").is_file()
     log = (work / "up.log").read_text()
@@ -129,7 +129,7 @@ def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypat
     # The operator's policy: build once 6 new rows are kept (what 3 tasks x 2 attempts give).
     write_project(ops / "tinygpt.project.json", project="ops", model=str(tiny_model_dir), task="weather", name="weather", seed=0,
                   test_tasks=2, gate_tasks=2, training={"steps": 2, "batch_size": 2, "num_layers": 2, "eval_every": 0},
-                  builds_started=0, release_rows=6, entry="toyweather:Weather")  # fmt: skip
+                  builds_started=0, release_rows=6, entry="toyweather:Weather")
     up = Up(home, ops, "--project", str(ops / "tinygpt.project.json"), "--session-idle", "1")
     try:
         url = up.wait(r"Runtime: (http://\S+/v1)").group(1)
@@ -137,7 +137,7 @@ def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypat
         work.mkdir()
         (work / "toyweather.py").write_text(textwrap.dedent(TOY))
         cfg = DemoConfig(work=str(work), url=url, task="weather", entry="toyweather:Weather", name="weather", tasks=3, attempts=2,
-                         test_tasks=2, gate_tasks=2, concurrency=4)  # fmt: skip
+                         test_tasks=2, gate_tasks=2, concurrency=4)
         summary = run_demo(cfg, say=lambda m: None)
     finally:
         assert up.stop() == 0, up.text
@@ -168,7 +168,7 @@ def test_demo_stops_cleanly_when_nothing_succeeds(tiny_model_dir, tmp_path, monk
     monkeypatch.delenv("REDIS_URL", raising=False)
     work = tmp_path / "demo"
     args = _demo_args(task="shop", model=tiny_model_dir, work=work, tasks=2, attempts=1, test_tasks=1, gate_tasks=1,
-                      max_turns=1, concurrency=2)  # fmt: skip
+                      max_turns=1, concurrency=2)
     assert demo.run(args) == 1
     err = capsys.readouterr().err
     assert "the loop stopped" in err and "no training rows" in err
@@ -180,7 +180,7 @@ def test_demo_stops_cleanly_when_nothing_succeeds(tiny_model_dir, tmp_path, monk
 
 def test_the_paired_sign_test():
     from tinygpt.runtime.demo.report import Score, paired
-    from tinygpt.workers.eval_stats import sign_test
+    from tinygpt.workers.evalgate.stats import sign_test
 
     assert sign_test(7, 0) == 2 / 2**7  # the default-model demo run: 7 tasks gained, none lost
 

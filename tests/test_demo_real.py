@@ -38,7 +38,7 @@ def test_demo_loop_on_the_default_model(tmp_path, monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     demo.configure(parser)
     args = parser.parse_args(["--work", str(work), "--tasks", "4", "--attempts", "2", "--test-tasks", "4", "--gate-tasks", "4",
-                              "--iters", "4", "--lora-layers", "4", "--json"])  # fmt: skip
+                              "--iters", "4", "--lora-layers", "4", "--json"])
     assert demo.run(args) == 0, capsys.readouterr().err
 
     summary = json.loads(capsys.readouterr().out)

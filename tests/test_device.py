@@ -75,9 +75,9 @@ def test_status_probe_names_the_device_in_a_subprocess():
 def test_cli_status_shows_the_device_without_importing_mlx(tmp_path):
     code = ("import sys, argparse; from tinygpt.runtime.commands import status; "
             "d = status.machine_section(None, argparse.Namespace(limit=1, json=True)); "
-            "print(d['device']['line']); print('mlx' in sys.modules)")  # fmt: skip
+            "print(d['device']['line']); print('mlx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TINYGPT_HOME": str(tmp_path)})  # fmt: skip
+                         env={**os.environ, "TINYGPT_HOME": str(tmp_path)})
     line, imported = out.stdout.strip().splitlines()[-2:]
     assert line.startswith("MLX ") and imported == "False"
 
@@ -120,7 +120,7 @@ def test_without_gpus_the_workers_are_not_pinned_and_train_stays_on_one():
 def test_one_gpu_is_shared_with_memory_budgets():
     up = device_plan.plan_up(["0"])
     assert up.runtime_env == {"CUDA_VISIBLE_DEVICES": "0", "TINYGPT_DEVICE": "gpu", "TINYGPT_GPU": "0",
-                              "TINYGPT_MEMORY_FRACTION": "0.4500"}  # fmt: skip
+                              "TINYGPT_MEMORY_FRACTION": "0.4500"}
     assert up.worker_gpus == ["0"]
     slots = device_plan.plan_workers(up.worker_gpus, 2, QUEUES, runtime_gpu="0")
     assert [s.queues for s in slots] == [QUEUES, ["data", "eval"]]

@@ -26,7 +26,7 @@ from tinygpt.runtime.contracts.project import ProjectPins
 from tinygpt.runtime.contracts.trajectory import Trajectory
 from tinygpt.runtime.environments import Environment, EnvTask, Reward, tool
 from tinygpt.runtime.environments import runner
-from tinygpt.runtime.environments.factory import gate_verdict
+from tinygpt.workers.environment.rounds import gate_verdict
 from tinygpt.runtime.environments.loader import EnvironmentBroken, instantiate, load
 
 
@@ -34,14 +34,14 @@ class Toy(Environment):
     """Two tools; a task asks for one of them. Every episode with a call is rewarded (see module doc)."""
 
     tools = [tool("ping", "Ping a host.", {"host": {"type": "string", "maxLength": 8}}),
-             tool("pong", "Answer a ping.", {"n": {"type": "integer", "minimum": 0, "maximum": 9}})]  # fmt: skip
+             tool("pong", "Answer a ping.", {"n": {"type": "integer", "minimum": 0, "maximum": 9}})]
     max_turns = 2
     max_tokens = 48
 
     def tasks(self, split, n, seed):
         return [EnvTask(id=f"{split}-{seed}-{i}", kind=("ping", "pong")[i % 2],
                         messages=[{"role": "user", "content": f"{split} task {i}: call {('ping', 'pong')[i % 2]}"}])
-                for i in range(n)]  # fmt: skip
+                for i in range(n)]
 
     def reset(self, task):
         return {"calls": []}
@@ -81,7 +81,7 @@ def write_project(root, model, **extra):
             {"name": "toy-raises", "entry": "tests.test_environments:CheckerRaises"},
             {"name": "toy-too-big", "entry": "tests.test_environments:RewardTooBig"},
             {"name": "toy-leaks", "entry": "tests.test_environments:SameTasksBothSplits"},
-            {"name": "toy-missing", "entry": "tests.no_such_module:Env"}]  # fmt: skip
+            {"name": "toy-missing", "entry": "tests.no_such_module:Env"}]
     doc = {"name": "envtest", "base_model": str(model), "registries": ["registry"], "environments": envs, **extra}
     (root / "tinygpt.project.json").write_text(json.dumps(doc))
     return root / "tinygpt.project.json"
@@ -90,7 +90,7 @@ def write_project(root, model, **extra):
 def settings(**overrides) -> EnvRunSettings:
     base = dict(environment="toy", specialist="toy-agent", train_tasks=3, test_tasks=2, attempts=2, explore=0.5, rounds=2,
                 temperature=0.8, concurrency=4, gate="no-worse",
-                train=EnvTrainSettings(steps=2, batch_size=2, num_layers=2))  # fmt: skip
+                train=EnvTrainSettings(steps=2, batch_size=2, num_layers=2))
     return EnvRunSettings(**{**base, **overrides})
 
 
@@ -142,7 +142,7 @@ def test_a_toy_environment_runs_trains_gates_and_publishes_through_workers(tmp_p
 
 def test_exploration_forces_the_named_tool(tiny_model_dir, tmp_path):
     from tests.serving_support import running
-    from tinygpt.runtime.environments.factory import _client
+    from tinygpt.workers.environment.rounds import _client
 
     env = Toy()
     tasks = env.tasks("train", 2, 0)
@@ -189,7 +189,7 @@ def test_broken_environments_fail_their_job_with_the_reason(tmp_path, home, tiny
     project = write_project(tmp_path, tiny_model_dir)
     names = ["toy-missing", "toy-raises", "toy-too-big", "toy-leaks", "not-declared"]
     jobs = run_jobs(redis_client, [EnvironmentJob(project_file=str(project), settings=settings(environment=n, rounds=1),
-                                                  work_dir=str(tmp_path / n)) for n in names])  # fmt: skip
+                                                  work_dir=str(tmp_path / n)) for n in names])
     reasons = {}
     for name, job in zip(names, jobs):
         assert job.get_status() == JobStatus.FAILED, name
@@ -209,7 +209,7 @@ def test_broken_environments_fail_their_job_with_the_reason(tmp_path, home, tiny
 def test_the_job_names_the_environment_only():
     with pytest.raises(msgspec.ValidationError, match="entry"):
         msgspec.convert({"project_file": "p", "work_dir": "w", "entry": "os:system",
-                         "settings": {"environment": "toy", "specialist": "t"}}, EnvironmentJob)  # fmt: skip
+                         "settings": {"environment": "toy", "specialist": "t"}}, EnvironmentJob)
 
 
 def test_project_file_declares_environments(tmp_path):
@@ -232,7 +232,7 @@ def test_a_users_module_next_to_the_project_file_loads(tmp_path):
     with pytest.raises(EnvironmentBroken, match="tasks raised NotImplementedError"):
         runner.get_tasks(env, "mine", "train", 2, 0)
     (tmp_path / "bad_tools.py").write_text("class Env:\n    tools = [{'name': 'x'}]\n"
-                                           "    def tasks(self): pass\n    def reset(self): pass\n    def step(self): pass\n    def score(self): pass\n")  # fmt: skip
+                                           "    def tasks(self): pass\n    def reset(self): pass\n    def step(self): pass\n    def score(self): pass\n")
     with pytest.raises(EnvironmentBroken, match=r"tools\[0\] is not"):
         instantiate("bad_tools:Env", tmp_path)
 
@@ -336,7 +336,7 @@ def test_the_readme_example_environment_works(tmp_path):
     task = test[0]
     state = env.reset(task)
     call = ToolCallRecord(name="set_color", arguments={"color": task.data["color"]},
-                          result=env.step(state, "set_color", {"color": task.data["color"]}))  # fmt: skip
+                          result=env.step(state, "set_color", {"color": task.data["color"]}))
     assert env.score(task, state, Transcript(calls=[call], answer="Done.", finished=True, turns=2)).reward == 1.0
     wrong = env.reset(task)
     env.step(wrong, "set_color", {"color": "red"})

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt.workers.eval_bfcl import category, load_bfcl
-from tinygpt.workers.eval_rows import Call, GateInputError, Output
-from tinygpt.workers.eval_scorers import check_tool_calls
+from tinygpt.workers.evalgate.bfcl import category, load_bfcl
+from tinygpt.workers.evalgate.rows import Call, GateInputError, Output
+from tinygpt.workers.evalgate.scorers import check_tool_calls
 
 DATA = Path(__file__).parent / "data" / "evals" / "bfcl"
 QUESTIONS = DATA / "BFCL_v3_sample.json"
@@ -91,7 +91,7 @@ def test_known_wrong_calls_score_zero_with_the_reason(rows, row_id, calls, reaso
 def test_unparseable_arguments_and_text_answers_score_zero(rows):
     assert score(rows, "simple_0", Output(calls=[Call("geometry_triangle_area", '{"base": 10,')])) == (
         0.0, "call 1 (geometry_triangle_area): arguments are not JSON",
-    )  # fmt: skip
+    )
     assert score(rows, "simple_0", Output(content="The area is 25.")) == (0.0, "expected 1 call(s), got 0")
 
 

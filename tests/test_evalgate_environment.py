@@ -20,8 +20,8 @@ import pytest
 import mlx.core as mx
 
 from tests.serving_support import write_lora_adapter
-from tinygpt.workers.eval_rows import GateInputError
-from tinygpt.workers.eval_stats import mcnemar
+from tinygpt.workers.evalgate.rows import GateInputError
+from tinygpt.workers.evalgate.stats import mcnemar
 from tinygpt.workers.evalgate import evaluate_gate
 
 TOY = '''
@@ -69,7 +69,7 @@ def _resave(src: Path, dst: Path, transform) -> Path:
 
 def _project(root: Path, model: Path, suite: dict) -> Path:
     doc = {"name": "env-gate", "base_model": str(model), "environments": [{"name": "toy", "entry": "toyenv_gate:Toy"}],
-           "eval_suites": [suite], "gate": {"cache": False}}  # fmt: skip
+           "eval_suites": [suite], "gate": {"cache": False}}
     (root / "tinygpt.project.json").write_text(json.dumps(doc))
     return root / "tinygpt.project.json"
 
@@ -102,7 +102,7 @@ def test_a_better_adapter_passes_and_a_worse_one_fails_per_task_kind(world):
     (v,) = worse.suites
     cand, base = worse.candidate.suite("toy-heldout"), worse.baseline.suite("toy-heldout")
     assert base.mean == 1.0 and cand.mean < 1.0
-    # Paired on the same task ids: the exact McNemar test of eval_stats, nothing re-implemented.
+    # Paired on the same task ids: the exact McNemar test of evalgate.stats, nothing re-implemented.
     flips = {i.id: i.score for i in cand.items}
     lost = sum(1 for i in base.items if i.score > flips[i.id])
     assert v.p_value == mcnemar(0, lost, 12).p_value and not v.passed
@@ -134,7 +134,7 @@ def test_the_eval_gate_command_prints_success_per_task_kind(world, capsys):
     eval_gate.configure(parser)
     out = world["root"] / "cli-gate.json"
     code = eval_gate.run(parser.parse_args(["--project", str(world["project"]), "--candidate", str(world["worse"]),
-                                            "--baseline", str(world["good"]), "--out", str(out)]))  # fmt: skip
+                                            "--baseline", str(world["good"]), "--out", str(out)]))
     printed = capsys.readouterr().out
     assert code == 1 and "REGRESSION" in printed
     assert "per task kind (baseline → candidate): a 100% →" in printed and "(n=6)" in printed

@@ -25,7 +25,7 @@ from tests.serving_support import write_lora_adapter
 from tests.tiny_model import build_tiny_model
 from tinygpt.runtime.contracts.evals import BaselineFile, GateResult
 from tinygpt.runtime.contracts.io import read_json
-from tinygpt.workers.eval_rows import GateInputError
+from tinygpt.workers.evalgate.rows import GateInputError
 from tinygpt.workers.evalgate import evaluate_gate
 
 CITIES = ["Paris", "Berlin", "London", "Rome", "Madrid", "Oslo", "Vienna", "Prague", "Lisbon", "Dublin", "Athens", "Warsaw"]
@@ -35,7 +35,7 @@ TOOLS = [
         "type": "object", "properties": {arg: schema}, "required": [arg]}}}
     for name, desc, arg, schema in [("get_weather", "Weather in a city.", "city", {"type": "string", "enum": CITIES}),
                                     ("set_timer", "Start a timer.", "minutes", {"type": "integer", "minimum": 1, "maximum": 99})]
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def world(home, tiny_model_dir, tmp_path_factory):
     worse = _resave(good, root / "adapters" / "weather-bad", lambda k, v: -v if k.endswith("lora_b") else v)
     echo = [{"id": f"e{i}", "prompt": f"Tell me about {c}.", "expected": "?", "max_tokens": 8} for i, c in enumerate(CITIES)]
     tools = [{"id": f"t{i}", "prompt": f"Weather in {c}?", "tools": TOOLS, "tool_choice": "required",
-              "parallel_tool_calls": False, "expected": [], "max_tokens": 96} for i, c in enumerate(CITIES)]  # fmt: skip
+              "parallel_tool_calls": False, "expected": [], "max_tokens": 96} for i, c in enumerate(CITIES)]
     _jsonl(root / "evals" / "echo.jsonl", echo)
     _jsonl(root / "evals" / "tools.jsonl", tools)
     project = _project(root, tiny_model_dir)
@@ -122,7 +122,7 @@ def test_a_worse_adapter_fails_the_gate(world, capsys):
 def test_an_equal_adapter_passes(world):
     ticks = []
     result = evaluate_gate(world["project"], candidate=world["equal"], specialist="weather",
-                           progress=lambda done, total: ticks.append((done, total)))  # fmt: skip
+                           progress=lambda done, total: ticks.append((done, total)))
     assert result.verdict == "pass", result.message
     # One tick per answered request, counted up to a total fixed from the start.
     total = ticks[0][1]
@@ -142,7 +142,7 @@ def test_cache_hit_decides_without_importing_mlx_or_running_the_model(world, hom
         eval_gate.configure(parser)
         code = eval_gate.run(parser.parse_args({["--project", str(world["project"]), "--candidate", str(world["equal"]),
                                                  "--specialist", "weather", "--out", str(world["root"] / "hit.json")]!r}))
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlx", "mlx_lm") or m.endswith("eval_runner"))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlx", "mlx_lm") or m.endswith("evalgate.runner"))
         print("HEAVY", heavy)
         sys.exit(code)
     """)

@@ -12,10 +12,10 @@ from tests.test_evalgate_verdict import HIGHER, report
 from tinygpt.runtime.contracts.evals import EvalSuite
 from tinygpt.runtime.contracts.jobs import EvalJob
 from tinygpt.runtime.contracts.project import ProjectPins
-from tinygpt.workers.eval_rows import GateInputError
-from tinygpt.workers.eval_suites import check_suite, data_files, declared_suites, load_items
+from tinygpt.workers.evalgate.rows import GateInputError
+from tinygpt.workers.evalgate.suites import check_suite, data_files, declared_suites, load_items
 from tinygpt.workers.evalgate import judge
-from tinygpt.workers.suites import GENERAL_TOOLS, NO_FORGETTING, general_tools_suite
+from tinygpt.workers.evalgate.rules import GENERAL_TOOLS, NO_FORGETTING, general_tools_suite
 
 SIGNIFICANT = EvalSuite(name="s", kind="tool_call", data="d", regression="significant")
 
@@ -62,7 +62,7 @@ def test_the_rule_adds_the_suite_from_the_project_or_the_job(tmp_path):
 
 def test_rules_are_contract_values():
     job = msgspec.json.decode(json.dumps({"project_file": "p", "specialist": "s", "candidate_dir": "c", "output_dir": "o",
-                                          "rules": ["no-forgetting"]}), type=EvalJob)  # fmt: skip
+                                          "rules": ["no-forgetting"]}), type=EvalJob)
     assert job.rules == ["no-forgetting"]
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"name": "p", "gate": {"rules": ["nope"]}}, ProjectPins)

@@ -10,14 +10,14 @@ import textwrap
 import pytest
 
 from tinygpt.runtime.contracts.evals import EvalSuite
-from tinygpt.workers.eval_rows import Call, EvalRow, Item, Output
-from tinygpt.workers.eval_scorers import ScorerError, check_tool_calls, metric_spec, scorer_for
+from tinygpt.workers.evalgate.rows import Call, EvalRow, Item, Output
+from tinygpt.workers.evalgate.scorers import ScorerError, check_tool_calls, metric_spec, scorer_for
 
 TOOLS = [
     {"type": "function", "function": {"name": "set_timer", "parameters": {
         "type": "object", "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}, "loud": {"type": "boolean"}},
         "required": ["minutes"]}}},
-]  # fmt: skip
+]
 EXPECTED = [{"name": "set_timer", "arguments": {"minutes": [20, 21], "label": ["Pasta sauce", ""], "loud": [False, ""]}}]
 
 
@@ -48,7 +48,7 @@ def test_exact_strings_option_and_missing_non_optional_argument():
     assert check_tool_calls(calls({"minutes": 20, "label": "pasta"}), exp, TOOLS)[0] == 1.0
     assert check_tool_calls(calls({"minutes": 20, "label": "pasta"}), exp, TOOLS, loose=False) == (
         0.0, "expected call 1: argument 'label': 'pasta' is not one of ['Pasta']",
-    )  # fmt: skip
+    )
     assert check_tool_calls(calls({"minutes": 20}), exp, TOOLS) == (0.0, "expected call 1: missing argument 'label'")
 
 
@@ -93,7 +93,7 @@ def test_latency_metrics_and_their_directions():
     for metric, value, direction, q in [
         ("ttft_ms", 200.0, "lower", None), ("ttft_p95_ms", 200.0, "lower", 95.0),
         ("latency_p50_ms", 1200.0, "lower", 50.0), ("tokens_per_s", 10.0, "higher", None),
-    ]:  # fmt: skip
+    ]:
         suite = EvalSuite(name="l", kind="latency", data="d", metric=metric)
         assert scorer_for(suite)(item({"prompt": "p"}), out)[0] == pytest.approx(value)
         spec = metric_spec(suite)

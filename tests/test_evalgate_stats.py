@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tinygpt.workers.eval_stats import compare, percentile, std, summarize, t_quantile, t_two_sided_p, wilson
+from tinygpt.workers.evalgate.stats import compare, percentile, std, summarize, t_quantile, t_two_sided_p, wilson
 
 
 def _t_tail_by_integration(t: float, df: int, steps: int = 20000) -> float:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tinygpt.runtime.contracts.evals import EvalSuite, ItemResult, SuiteReport
-from tinygpt.workers.eval_scorers import MetricSpec
-from tinygpt.workers.eval_stats import summarize
+from tinygpt.workers.evalgate.scorers import MetricSpec
+from tinygpt.workers.evalgate.stats import summarize
 from tinygpt.workers.evalgate import judge
 
 
@@ -14,7 +14,7 @@ def report(scores: list[float], q: float | None = None, direction: str = "higher
     s = summarize(scores, q)
     items = [ItemResult(id=f"i{k}", score=v, passes=[v]) for k, v in enumerate(scores)]
     return SuiteReport(suite="s", metric="m", direction=direction, n=len(scores), passes=1, mean=s.mean, std=s.std,
-                       stderr=s.stderr, ci95=s.ci95, items=items, value=s.value if q is not None else None)  # fmt: skip
+                       stderr=s.stderr, ci95=s.ci95, items=items, value=s.value if q is not None else None)
 
 
 SUITE = EvalSuite(name="s", kind="exact_match", data="d", threshold=0.1)

@@ -28,7 +28,7 @@ def test_logit_distillation_reduces_the_kl_to_the_teacher(direction, top_k, tiny
             tiny_base, task_data, tmp_path / "out", "distill-logit", teacher=teacher, steps=20,
             distill_direction=direction, distill_top_k=top_k, distill_temperature=2.0,
         )
-    )  # fmt: skip
+    )
     # val_loss is the distillation objective (T^2 * KL) on the validation rows.
     assert record.metrics["val_loss"] < 0.9 * record.metrics["initial_val_loss"]
     assert record.teacher_digest and record.method == "distill-logit"
@@ -47,7 +47,7 @@ def test_mixing_in_cross_entropy_with_alpha(tiny_base, task_data, teacher, tmp_p
     record = run(
         job(tiny_base, task_data, tmp_path / "out", "distill-logit", teacher=teacher, steps=10, distill_alpha=0.5,
             distill_top_k=8)
-    )  # fmt: skip
+    )
     assert record.metrics["val_loss"] < record.metrics["initial_val_loss"]
 
 
@@ -75,7 +75,7 @@ def test_sequence_distillation_trains_on_the_local_teachers_own_token_ids(tiny_b
             teacher_accept="tests.finetune_fixtures:accept_any",
         ),
         callbacks=recorder,
-    )  # fmt: skip
+    )
     assert record.metrics["teacher_accepted"] > 0
     assert record.metrics["val_loss"] < record.metrics["initial_val_loss"] - 1.0
     prompts = {tuple(split_prompt(r)[0]) for r in load_dataset(task_data).rows("train")}
@@ -203,7 +203,7 @@ def test_a_local_teacher_decodes_under_the_runtimes_grammar_for_the_prompts_tool
             teacher_tool_choice="required", teacher_accept="tests.finetune_fixtures:accept_any",
         ),
         callbacks=recorder,
-    )  # fmt: skip
+    )
     from mlx_lm.utils import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_base)

@@ -11,7 +11,7 @@ from tests.finetune_fixtures import job, task_data, tinygpt_home, tiny_base  # n
 from tests.tiny_model import build_tiny_model
 from tinygpt.runtime.contracts.dataset import DatasetRow
 from tinygpt.workers.finetune import run
-from tinygpt.workers.training import models
+from tinygpt.runtime.models.manifest import model_digest
 from tinygpt.workers.training.data import load_dataset
 from tinygpt.workers.training.errors import (
     BaseModelMismatch,
@@ -26,7 +26,7 @@ from tinygpt.workers.training.importer import write_dataset
 
 def _dataset(path, base, rows, digest=None, base_model=None):
     """A dataset directory with `rows` as its train split and the task's valid split."""
-    write_dataset(path, "bad", {"train": rows}, base_model or str(base), models.digest(base) if digest is None else digest)
+    write_dataset(path, "bad", {"train": rows}, base_model or str(base), model_digest(base) if digest is None else digest)
     return path
 
 
@@ -70,7 +70,7 @@ def test_dataset_of_a_sibling_model_with_the_same_tokenizer_is_fine(tiny_base, t
     # Same tokenizer, other weights (e.g. the student of a distillation): ids mean the same tokens.
     sibling = build_tiny_model(tmp_path / "sibling", seed=1)
     record = run(job(sibling, task_data, tmp_path / "out", steps=1))
-    assert record.base_digest == models.digest(sibling) != load_dataset(task_data).manifest.base_digest
+    assert record.base_digest == model_digest(sibling) != load_dataset(task_data).manifest.base_digest
 
 
 def test_continuing_an_adapter_of_another_base(tiny_base, task_data, tmp_path):
@@ -112,4 +112,4 @@ def test_errors_carry_a_reason_the_queue_can_record():
     assert issubclass(NonFiniteLoss, TrainingError) and issubclass(TrainingError, ValueError)
     assert {c.reason for c in (EmptyDatasetError, BaseModelMismatch, TeacherTokenizerMismatch, NonFiniteLoss)} == {
         "empty-dataset", "base-model-mismatch", "teacher-tokenizer-mismatch", "non-finite-loss",
-    }  # fmt: skip
+    }

@@ -47,7 +47,7 @@ def test_method_reduces_validation_loss_and_writes_an_mlx_lm_adapter(method, tin
     assert record.metrics["val_loss"] < record.metrics["initial_val_loss"] - 1.0
     assert sorted(p.name for p in out.iterdir()) == [
         "adapter_config.json", "adapters.safetensors", "metrics.jsonl", TRAINING_RECORD,
-    ]  # fmt: skip
+    ]
     assert read_json(out / TRAINING_RECORD, TrainingRecord) == record
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["fine_tune_type"] == ("dora" if method == "dora" else "lora")
@@ -142,7 +142,7 @@ def test_accumulation_checkpointing_packing_and_warmup_train_together(tiny_base,
             tiny_base, task_data, tmp_path / "out", steps=20, grad_accumulation=2, grad_checkpoint=True,
             pack=True, max_seq_length=256, warmup_steps=8, lr_schedule="linear", max_grad_norm=1.0,
         )
-    )  # fmt: skip
+    )
     assert record.metrics["val_loss"] < record.metrics["initial_val_loss"] - 1.0
     # Two micro-batches per update: twice the tokens of the same steps without accumulation.
     single = run(job(tiny_base, task_data, tmp_path / "single", steps=20, pack=True, max_seq_length=256, eval_every=0))

@@ -48,7 +48,7 @@ def preference_records(n: int, seed: int = 0) -> list[dict]:
 def pref_data(tiny_base, tmp_path_factory):
     from mlx_lm.utils import load_tokenizer
 
-    from tinygpt.workers.training import models
+    from tinygpt.runtime.models.manifest import model_digest
     from tinygpt.workers.training.importer import import_jsonl
 
     root = tmp_path_factory.mktemp("pref-data")
@@ -56,7 +56,7 @@ def pref_data(tiny_base, tmp_path_factory):
     tokenizer = load_tokenizer(tiny_base, eos_token_ids=eos)
     src = write_jsonl(root / "pref.jsonl", preference_records(48))
     out = root / "pref"
-    import_jsonl(src, tokenizer, out, base_model=str(tiny_base), base_digest=models.digest(tiny_base), valid_fraction=0.2)
+    import_jsonl(src, tokenizer, out, base_model=str(tiny_base), base_digest=model_digest(tiny_base), valid_fraction=0.2)
     return out
 
 
@@ -214,7 +214,7 @@ def test_the_command_takes_the_methods_and_their_settings(tmp_path):
     command.configure(parser)
     for method in ("kto", "dpo", "kto-sft"):
         args = parser.parse_args(["--model", "m", "--data", "d", "--out", "o", "--method", method, "--pref-beta", "0.2",
-                                  "--kto-reference-point", "batch", "--pref-sft-weight", "0.5"])  # fmt: skip
+                                  "--kto-reference-point", "batch", "--pref-sft-weight", "0.5"])
         hp = command.hyperparameters(args)
         assert args.method == method and hp == {"pref_beta": 0.2, "kto_reference_point": "batch", "pref_sft_weight": 0.5}
         from tinygpt.runtime.contracts.jobs import FinetuneJob

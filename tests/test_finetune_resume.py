@@ -45,7 +45,7 @@ def _args(base, data, out):
         "--model", str(base), "--data", str(data), "--out", str(out), "--no-progress",
         "--steps", "30", "--checkpoint-every", "10", "--eval-every", "10", "--report-every", "5",
         "--learning-rate", "5e-3", "--lora-dropout", "0.1", "--grad-accumulation", "2", "--warmup-steps", "3",
-    ]  # fmt: skip
+    ]
 
 
 def _train(args, env, **kw):
@@ -62,7 +62,7 @@ def test_sigkill_then_rerun_resumes_to_the_same_result(tiny_base, task_data, tmp
     first = _train(
         _args(tiny_base, task_data, out), {**env, "PAUSE_AT": "10"},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert first.stdout.readline() == "checkpoint 10\n"
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL

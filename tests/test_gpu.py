@@ -35,7 +35,7 @@ def _chat(port: int, text: str, n: int = 24) -> dict:
 
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
     out = client.chat.completions.create(model="base", messages=[{"role": "user", "content": text}], max_tokens=n,
-                                         temperature=0)  # fmt: skip
+                                         temperature=0)
     return out.model_dump()
 
 
@@ -95,12 +95,12 @@ def test_a_training_build_and_the_runtime_share_one_gpu_within_their_budgets(tin
     """The runtime serves while a LoRA training job runs in its own process on the same card;
     each has its memory budget (runtime 0.4, trainer 0.3 of the card) and both finish."""
     env = {**os.environ, "TINYGPT_MEMORY_FRACTION": "0.3", "TINYGPT_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "PYTHONPATH": str(ROOT)}
     with running(tiny_model_dir, tmp_path, memory_fraction=0.4) as rt:
         dev = rt.engine.device
         assert dev.memory_limit_bytes == int(dev.memory_bytes * 0.4) > 0
         trainer = subprocess.Popen([sys.executable, "-c", TRAIN, str(tmp_path / "train")], env=env, cwd=ROOT,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         served: list[int] = []
         errors: list[str] = []
 

@@ -31,12 +31,12 @@ LONG_TOKENS = 300
 def stream(port: int, ban: dict, session: str, max_tokens: int, on_first=None, model: str = "mail") -> dict:
     """One streamed chat completion over a raw loopback connection; what came back, and when."""
     body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "logit_bias": ban}  # fmt: skip
+            "logit_bias": ban}
     out = {"session": session, "start": time.monotonic(), "text": "", "finish": None, "done": False, "errors": []}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                     {"Content-Type": "application/json", "X-TinyGPT-Session": session})  # fmt: skip
+                     {"Content-Type": "application/json", "X-TinyGPT-Session": session})
         resp = conn.getresponse()
         out["status"] = resp.status
         out["headers"] = {k.lower(): v for k, v in resp.getheaders()}
@@ -110,16 +110,16 @@ def test_streams_under_repeated_swaps_never_fail_and_each_has_exactly_one_versio
             for k, version in enumerate(SWAPS):
                 with lock:
                     seen = len(results)
-                wait_until(lambda: len(results) >= seen + 3, "clients kept completing between swaps")
+                wait_until(lambda seen=seen: len(results) >= seen + 3, "clients kept completing between swaps")
                 # A long stream under way when the pin changes must finish on the old version.
                 first = threading.Event()
                 holder: dict = {}
-                long = threading.Thread(target=lambda: holder.update(stream(rt.port, ban, f"long-{k}", LONG_TOKENS, first.set)))
+                long = threading.Thread(target=lambda holder=holder, k=k, first=first: holder.update(stream(rt.port, ban, f"long-{k}", LONG_TOKENS, first.set)))
                 long.start()
                 assert first.wait(120), "the long stream never started"
                 begin = time.monotonic()
                 write_project(tmp_path, [{"name": "mail", "version": version}], ["reg"])
-                wait_until(lambda: serving(swapper) == version, f"swap {k + 1} to mail@{version}")
+                wait_until(lambda version=version: serving(swapper) == version, f"swap {k + 1} to mail@{version}")
                 swapped_at.append((version, begin, time.monotonic()))
                 long.join()
                 long_streams.append(holder)

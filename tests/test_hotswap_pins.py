@@ -62,7 +62,7 @@ def test_an_invalid_pin_file_is_rejected_and_the_last_good_state_serves(tiny_mod
             (json.dumps({"name": "demo", "specialists": [{"name": "mail"}, {"name": "mail"}]}), "duplicate names"),
         ):
             (tmp_path / "tinygpt.project.json").write_text(broken)
-            wait_until(lambda: swapper.last.rejected and reason in swapper.last.rejected, f"the rejection ({reason})")
+            wait_until(lambda reason=reason: swapper.last.rejected and reason in swapper.last.rejected, f"the rejection ({reason})")
             assert serving(swapper) == "2" and ask(rt)[1] == "mail@2"
             assert reason in state.project_state(project).error
             assert any("rejected the pin file" in m and "still serving mail@2" in m for m in swapper.messages)

@@ -77,3 +77,17 @@ def test_built_wheel_installs_and_imports(tmp_path):
     )
     r = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert str(venv) in r.stdout
+
+
+def test_ci_runs_the_readme_test_command_which_lints_first():
+    # CI must be what a newcomer runs: the README's test command, verbatim, with ruff
+    # (its rules in pyproject's [tool.ruff]) failing the run before pytest starts.
+    readme = (REPO / "README.md").read_text()
+    ci_last = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip()][-1]
+    assert f"```bash\n{ci_last}\n```" in readme
+    assert "&& .venv/bin/ruff check . && .venv/bin/python -m pytest" in ci_last
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert any(dep.startswith("ruff") for dep in config["project"]["optional-dependencies"]["test"])
+    assert config["tool"]["ruff"]["lint"]["select"]
+    pins = (REPO / ".ci" / "constraints.txt").read_text().split()
+    assert any(p.startswith("ruff==") for p in pins)

@@ -25,7 +25,7 @@ def project(root, model):
          "expected": [{"name": c["function"]["name"], "arguments": {k: [v] for k, v in c["function"]["arguments"].items()}}
                       for c in r["messages"][1]["tool_calls"]], "max_tokens": 48}
         for i, r in enumerate(task_records(6, seed=99))
-    ]  # fmt: skip
+    ]
     (root / "evals").mkdir()
     (root / "evals" / "calls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # A generous threshold: this test is about the chain, the gate's verdicts have their own tests.
@@ -42,7 +42,7 @@ def test_a_build_trains_gates_and_publishes_once(tmp_path, tiny_model_dir, redis
     data = import_task(tiny_model_dir, tmp_path / "data", n=32, tools=True)
     pins = project(tmp_path, tiny_model_dir)
     spec = dict(specialist="calls", base_model=str(tiny_model_dir), dataset_dir=data, project_file=pins,
-                registry=tmp_path / "registry", hyperparameters={"steps": 8, "batch_size": 4, "eval_every": 4})  # fmt: skip
+                registry=tmp_path / "registry", hyperparameters={"steps": 8, "batch_size": 4, "eval_every": 4})
     build = builds.enqueue_build(conn, **spec)
     again = builds.enqueue_build(conn, **spec)
     assert again.jobs == build.jobs and again.existing == 3  # the same build is not trained twice
@@ -51,7 +51,7 @@ def test_a_build_trains_gates_and_publishes_once(tmp_path, tiny_model_dir, redis
     publish = Job.fetch(build.jobs["publish"], connection=conn, serializer=MsgpackSerializer)
     assert publish.get_status() == JobStatus.DEFERRED
     worker = PipelineWorker([stages.get_queue(conn, q) for q in ("train", "eval")], connection=conn,
-                            heartbeat_s=0.5, drain=True, maintenance_interval=1)  # fmt: skip
+                            heartbeat_s=0.5, drain=True, maintenance_interval=1)
     worker.work(burst=True, logging_level="WARNING")
 
     for stage, job_id in build.jobs.items():

@@ -32,7 +32,7 @@ def home(tmp_path, monkeypatch):
 def drain(conn, queues=("data",)) -> None:
     """Run one in-process worker until nothing is left (backoff retries included)."""
     worker = PipelineWorker([stages.get_queue(conn, q) for q in queues], connection=conn, heartbeat_s=0.5, drain=True,
-                            maintenance_interval=1, allow_jobs=(f"{__name__}.flaky", f"{__name__}.sleepy"))  # fmt: skip
+                            maintenance_interval=1, allow_jobs=(f"{__name__}.flaky", f"{__name__}.sleepy"))
     worker.work(burst=True, logging_level="WARNING")
 
 

@@ -72,7 +72,7 @@ def _text(renderable) -> str:
 def test_the_bar_shows_count_eta_detail_and_staleness():
     now = time.time()
     moving = JobProgress(job_id="a", stage="finetune", done=6, total=24, unit="step", detail="loss 1.234",
-                         started=now - 60, updated=now)  # fmt: skip
+                         started=now - 60, updated=now)
     text = _text(job_progress(moving))
     assert "6/24 step" in text and "ETA 3m00s" in text and "loss 1.234" in text
     stalled = JobProgress(job_id="b", stage="evalgate", done=3, total=12, unit="answer", started=now - 900, updated=now - 600)

@@ -136,7 +136,7 @@ def test_pull_pins_records_state_and_falls_back_to_the_last_good_copy(registry, 
     outcomes = pull_pins(pins, project)
     record_outcomes(project, outcomes, project=pins.name)
     assert [(o.name, o.version, o.downloaded, bool(o.error)) for o in outcomes] == [
-        ("mail", "10", True, False), ("sql", "1", True, False), ("nope", "", False, True)]  # fmt: skip
+        ("mail", "10", True, False), ("sql", "1", True, False), ("nope", "", False, True)]
     recorded = state.project_state(project)
     assert recorded.project == "demo" and recorded.specialist("mail").current.version == "10"
     assert "nope (newest) is in no registry" in recorded.specialist("nope").error
@@ -191,7 +191,7 @@ def test_status_shows_what_was_resolved_and_the_problems(registry, tmp_path, cap
     (p,) = data["projects"]
     assert p["error"] == "tinygpt.project.json: not valid JSON"
     assert [(s["name"], (s["current"] or {}).get("version"), bool(s["error"])) for s in p["specialists"]] == [
-        ("ghost", None, True), ("mail", "10", False)]  # fmt: skip
+        ("ghost", None, True), ("mail", "10", False)]
     section(Console(width=300), argparse.Namespace(limit=10))
     out = capsys.readouterr().out
     assert "rejected, the last good pins stay in force" in out and "ghost (newest) is in no registry" in out

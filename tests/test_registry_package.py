@@ -20,7 +20,7 @@ from tinygpt.runtime.registry.publish import check_gate, publish
 
 def suite(name: str, value: float) -> SuiteReport:
     return SuiteReport(suite=name, metric="accuracy", direction="higher", n=20, passes=1, mean=value, std=0.1,
-                       stderr=0.02, ci95=(value - 0.05, value + 0.05))  # fmt: skip
+                       stderr=0.02, ci95=(value - 0.05, value + 0.05))
 
 
 def gate_for(adapter, verdict="pass", digest=None) -> GateResult:
@@ -30,10 +30,10 @@ def gate_for(adapter, verdict="pass", digest=None) -> GateResult:
     return GateResult(
         verdict=verdict,
         candidate=EvalReport(model="tiny", model_digest=FAKE_BASE, adapter=str(adapter), adapter_digest=digest,
-                             suites=[suite("mail-tools", 0.85)]),  # fmt: skip
+                             suites=[suite("mail-tools", 0.85)]),
         baseline=EvalReport(model="tiny", model_digest=FAKE_BASE, suites=[suite("mail-tools", 0.6)]),
         suites=[SuiteVerdict(suite="mail-tools", candidate=0.85, baseline=0.6, delta=0.25, threshold=0.02, passed=True,
-                             reason="better than the baseline by 0.25 | clear", metric="accuracy")],  # fmt: skip
+                             reason="better than the baseline by 0.25 | clear", metric="accuracy")],
         message="all 1 suite(s) passed",
         baseline_source="base model",
         extra={"subject": "mail"},
@@ -45,14 +45,14 @@ def with_training_record(adapter, dataset_dir):
     dataset_dir.mkdir()
     (dataset_dir / "manifest.json").write_text(json.dumps(
         {"name": "mail-sessions", "digest": "d" * 64, "base_model": "tiny", "trajectories": 40, "rows": 120,
-         "tokens": 51234, "trained_tokens": 9876}))  # fmt: skip
+         "tokens": 51234, "trained_tokens": 9876}))
     record = TrainingRecord(
         specialist="mail", method="lora", base_model="tiny", base_path="/m/tiny", base_digest=FAKE_BASE,
         trained_base_path="/m/tiny", trained_base_digest=FAKE_BASE, dataset_dir=str(dataset_dir),
         dataset_name="mail-sessions", dataset_digest="d" * 64, dataset_manifest_sha256="e" * 64,
         hyperparameters=TrainingConfig(steps=60, lora_rank=8), seed=7, run_key="k" * 64, adapter_sha256="f" * 64,
         steps_done=60, best_step=50, metrics={"trained_tokens": 9876.0, "val_loss": 1.25},
-    )  # fmt: skip
+    )
     write_json(adapter / TRAINING_RECORD, record)
     return adapter
 
@@ -65,7 +65,7 @@ def test_a_package_holds_adapter_card_report_manifest_and_a_lock_of_every_file(t
     assert built.created and built.path == str(pkg)
     names = sorted(p.name for p in pkg.iterdir())
     assert names == ["README.md", "adapter_config.json", "adapters.safetensors", "eval_report.json", "lock.json",
-                     "manifest.json", "training_record.json"]  # fmt: skip
+                     "manifest.json", "training_record.json"]
     lock = read_json(pkg / "lock.json", SpecialistLock)
     assert set(lock.files) == set(names) - {"lock.json"}
     assert lock.digest == lock_digest(lock.files, lock.sizes) == built.lock.digest
@@ -79,7 +79,7 @@ def test_a_package_holds_adapter_card_report_manifest_and_a_lock_of_every_file(t
     assert read_json(pkg / "eval_report.json", GateResult).verdict == "pass"
     card = (pkg / "README.md").read_text()
     for expected in (FAKE_BASE, "mail-sessions", "120 rows, 51234 tokens", '"lora_rank": 8', "| mail-tools | accuracy | 0.85 | 0.6 | 0.25 | yes |",
-                     "better than the baseline by 0.25 \\| clear", "Mail tools.", "base model"):  # fmt: skip
+                     "better than the baseline by 0.25 \\| clear", "Mail tools.", "base model"):
         assert expected in card, expected
     assert verify_package(pkg, name="mail", version="1", digest=lock.digest) == lock
 
@@ -158,7 +158,7 @@ def test_publish_indexes_takes_the_next_version_and_is_idempotent(tmp_path):
     assert (again.version, again.created, again.digest) == ("2", False, two.digest)
     entries = read_index(reg).specialists
     assert [(e.version, e.digest, e.path, e.base_digest) for e in entries] == [
-        ("1", one.digest, "mail/1", FAKE_BASE), ("2", two.digest, "mail/2", FAKE_BASE)]  # fmt: skip
+        ("1", one.digest, "mail/1", FAKE_BASE), ("2", two.digest, "mail/2", FAKE_BASE)]
 
 
 def test_only_a_passing_gate_for_these_weights_publishes(tmp_path):

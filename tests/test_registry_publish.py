@@ -40,7 +40,7 @@ def test_the_stage_publishes_a_passing_candidate_and_notifies_runtimes(tmp_path,
     sub = redis_client.pubsub(ignore_subscribe_messages=True)
     sub.subscribe(channel())
     job = PublishJob(specialist="mail", version="", candidate_dir=str(adapter), registry=str(tmp_path / "reg"),
-                     gate_result=str(gate_file))  # fmt: skip
+                     gate_result=str(gate_file))
     result = stage.run(job, redis_client)
     assert (result.name, result.version, result.created, result.notified) == ("mail", "1", True, 1)
     # The first read may consume the subscription's confirmation (and return None).
@@ -58,26 +58,26 @@ def test_the_stage_publishes_a_passing_candidate_and_notifies_runtimes(tmp_path,
 def test_the_stage_refuses_what_did_not_pass_permanently(tmp_path):
     adapter, gate_file = candidate(tmp_path, verdict="regression")
     job = PublishJob(specialist="mail", version="1", candidate_dir=str(adapter), registry=str(tmp_path / "reg"),
-                     gate_result=str(gate_file))  # fmt: skip
+                     gate_result=str(gate_file))
     with pytest.raises(PermanentError, match="publish mail: the eval gate did not pass"):
         stage.run(job)
     other, _ = candidate(tmp_path, seed=2)
     _, passing = candidate(tmp_path, seed=3)
     with pytest.raises(PermanentError, match="for other weights"):
         stage.run(PublishJob(specialist="mail", version="1", candidate_dir=str(other), registry=str(tmp_path / "reg"),
-                             gate_result=str(passing)))  # fmt: skip
+                             gate_result=str(passing)))
     with pytest.raises(PermanentError, match="an HTTP registry is read-only"):
         stage.run(PublishJob(specialist="mail", version="1", candidate_dir=str(other), registry="http://127.0.0.1:1",
-                             gate_result=str(tmp_path / "gate2" / "gate-result.json")))  # fmt: skip
+                             gate_result=str(tmp_path / "gate2" / "gate-result.json")))
     with pytest.raises(PermanentError, match="file not found"):
         stage.run(PublishJob(specialist="mail", version="1", candidate_dir=str(other), registry=str(tmp_path / "reg"),
-                             gate_result=str(tmp_path / "nope.json")))  # fmt: skip
+                             gate_result=str(tmp_path / "nope.json")))
     assert not (tmp_path / "reg" / "mail").exists()
 
 
 def publish_args(adapter, **kw):
     base = dict(adapter_dir=str(adapter), name="mail", version=None, gate_result=None, no_gate=False, registry=None,
-                project=None, base_model=None, intended_use="", no_notify=True)  # fmt: skip
+                project=None, base_model=None, intended_use="", no_notify=True)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -129,13 +129,13 @@ def test_the_publish_stage_runs_on_the_queue(tmp_path, redis_client):
     adapter, gate_file = candidate(tmp_path)
     _, failing = candidate(tmp_path, seed=2, verdict="regression")
     ok = PublishJob(specialist="mail", version="", candidate_dir=str(adapter), registry=str(tmp_path / "reg"),
-                    gate_result=str(gate_file))  # fmt: skip
+                    gate_result=str(gate_file))
     bad = PublishJob(specialist="mail", version="", candidate_dir=str(adapter), registry=str(tmp_path / "reg"),
-                     gate_result=str(failing))  # fmt: skip
+                     gate_result=str(failing))
     stages.enqueue(redis_client, "publish", ok, job_id="publish-ok")
     stages.enqueue(redis_client, "publish", bad, job_id="publish-bad")
     worker = PipelineWorker([stages.get_queue(redis_client, "eval")], connection=redis_client, heartbeat_s=0.5,
-                            drain=True, maintenance_interval=1)  # fmt: skip
+                            drain=True, maintenance_interval=1)
     worker.work(burst=True, logging_level="WARNING")
     done = stages.fetch_job(redis_client, "publish-ok")
     assert done.get_status() == JobStatus.FINISHED

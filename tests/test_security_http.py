@@ -74,7 +74,7 @@ def served(tiny_model_dir, tmp_path_factory):
              "--log-level", "INFO", "--max-tokens", "4", "--no-queue", "--admin-key", "adm", "--allow-origin", APP,
              "--adapter-dir", str(allowed)],
             stdout=subprocess.PIPE, stderr=err, text=True,
-        )  # fmt: skip
+        )
     try:
         line = proc.stdout.readline()
         assert line.startswith("tinygpt serve: http://127.0.0.1:"), line + log.read_text()
@@ -104,15 +104,15 @@ def test_a_web_page_cannot_post_to_the_runtime(served):
     # The issue's request: a form-style text/plain POST from a foreign page.
     body = json.dumps(chat(EVIL)).encode()
     status, _, payload = served.request("POST", "/v1/chat/completions", body, Content_Type="text/plain",
-                                        Host="evil.example", Origin="http://evil.example")  # fmt: skip
+                                        Host="evil.example", Origin="http://evil.example")
     assert status == 403, payload
     # Each defence on its own: a rebinding page (our address, its domain) ...
     status, _, payload = served.request("POST", "/v1/chat/completions", body, Content_Type="application/json",
-                                        Host=f"evil.example:{served.port}")  # fmt: skip
+                                        Host=f"evil.example:{served.port}")
     assert status == 403 and json.loads(payload)["error"]["code"] == "host_not_allowed"
     # ... a foreign origin at the right Host ...
     status, _, payload = served.request("POST", "/v1/chat/completions", body, Content_Type="application/json",
-                                        Origin="http://evil.example")  # fmt: skip
+                                        Origin="http://evil.example")
     assert status == 403 and json.loads(payload)["error"]["code"] == "origin_not_allowed"
     assert served.request("POST", "/v1/chat/completions", body, Content_Type="application/json", Origin="null")[0] == 403
     # ... and a body that is not declared JSON (what a page can send without a preflight).
@@ -121,7 +121,7 @@ def test_a_web_page_cannot_post_to_the_runtime(served):
         assert status == 415 and json.loads(payload)["error"]["code"] == "unsupported_media_type"
     # The preflight a browser sends first is refused for foreign origins.
     status, headers, _ = served.request("OPTIONS", "/v1/chat/completions", Origin="http://evil.example",
-                                        Access_Control_Request_Method="POST")  # fmt: skip
+                                        Access_Control_Request_Method="POST")
     assert status == 403 and "access-control-allow-origin" not in headers
     # Nothing reached the recorder: a valid request written after the attacks is the only new step.
     status, headers, _ = served.request("POST", "/v1/chat/completions", chat(), Content_Type="application/json")
@@ -133,11 +133,11 @@ def test_a_web_page_cannot_post_to_the_runtime(served):
 
 def test_a_listed_origin_gets_proper_cors(served):
     status, headers, _ = served.request("OPTIONS", "/v1/chat/completions", Origin=APP, Access_Control_Request_Method="POST",
-                                        Access_Control_Request_Headers="content-type, authorization")  # fmt: skip
+                                        Access_Control_Request_Headers="content-type, authorization")
     assert status == 204 and headers["access-control-allow-origin"] == APP
     assert "POST" in headers["access-control-allow-methods"] and headers["access-control-allow-headers"] == "content-type, authorization"
     status, headers, payload = served.request("POST", "/v1/chat/completions", chat(), Content_Type="application/json",
-                                              Origin=APP, Host="localhost")  # fmt: skip
+                                              Origin=APP, Host="localhost")
     assert status == 200, payload
     assert headers["access-control-allow-origin"] == APP and headers["vary"] == "Origin"
     assert "X-TinyGPT-Trajectory" in headers["access-control-expose-headers"]
@@ -169,7 +169,7 @@ def test_the_api_key_does_not_open_the_admin_api(tiny_model_dir, tmp_path):
     with running(tiny_model_dir, tmp_path, api_key="k", record=False, adapter_dirs=[str(tmp_path)]) as rt:
         status, body = raw(rt.port, b"POST /admin/adapters HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                                     b"Authorization: Bearer k\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                           % (len(json.dumps({"name": "m", "path": str(adapter)})), json.dumps({"name": "m", "path": str(adapter)}).encode()))  # fmt: skip
+                           % (len(json.dumps({"name": "m", "path": str(adapter)})), json.dumps({"name": "m", "path": str(adapter)}).encode()))
         assert status == 403 and b"--admin-key" in body
         assert rt.adapters_state()["current"] == {}
 
@@ -188,15 +188,15 @@ def test_deep_nesting_is_a_400_not_a_traceback(served):
     for depth in (300, 40):  # 40 objects = 80 JSON levels: still over the limit in a body
         fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": nest_schema(depth)}}
         status, _, payload = served.request("POST", "/v1/chat/completions", {**chat(), "response_format": fmt},
-                                            Content_Type="application/json")  # fmt: skip
+                                            Content_Type="application/json")
         assert status == 400, payload
         tool = {"type": "function", "function": {"name": "f", "parameters": nest_schema(depth)}}
         status, _, payload = served.request("POST", "/v1/chat/completions", {**chat(), "tools": [tool], "tool_choice": "required"},
-                                            Content_Type="application/json")  # fmt: skip
+                                            Content_Type="application/json")
         assert status == 400, payload
     # Brackets inside strings are text, not nesting.
     status, _, payload = served.request("POST", "/v1/chat/completions", chat("[" * 300 + "\\\\\"{" * 50),
-                                        Content_Type="application/json")  # fmt: skip
+                                        Content_Type="application/json")
     assert status == 200, payload
     assert "Traceback" not in served.log.read_text() and "RecursionError" not in served.log.read_text()
 
@@ -212,12 +212,12 @@ def test_a_deep_schema_from_anywhere_is_a_grammar_error():
 
 def test_serving_the_network_without_a_key_refuses_to_start(tiny_model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-c", SCRIPT, "--model", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "0"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "without --api-key" in done.stderr and "--insecure" in done.stderr
     up_script = "import argparse, sys\nfrom tinygpt.runtime.commands import up\np = argparse.ArgumentParser()\nup.configure(p)\nsys.exit(up.run(p.parse_args(sys.argv[1:])))"
     env_home = {"TINYGPT_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", up_script, "--host", "0.0.0.0", "--plain", "--no-workers"],
-                          capture_output=True, text=True, timeout=300, env=env_home)  # fmt: skip
+                          capture_output=True, text=True, timeout=300, env=env_home)
     assert done.returncode == 2 and "without --api-key" in done.stderr
     assert not (tmp_path / "home" / "redis").exists()  # refused before Redis started
     # With a key, or with --insecure, it serves.

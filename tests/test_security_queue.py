@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from rq import Callback
 from rq.job import JobStatus
 
@@ -38,9 +37,9 @@ def test_a_worker_process_refuses_a_job_calling_subprocess(redis_client, redis_u
     # Importing the named module would already run code: the worker must not even do that.
     sneaky = q.enqueue_call("tests.security_jobs.echo", args=("hi",), job_id="sneaky")
     env = {**os.environ, "REDIS_URL": redis_url, "TINYGPT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO),
-           "TINYGPT_TEST_IMPORT_MARK": str(mark)}  # fmt: skip
+           "TINYGPT_TEST_IMPORT_MARK": str(mark)}
     done = subprocess.run(child_command(["--queues", "data", "--burst", "--log-level", "WARNING"]), env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not proof.exists() and not mark.exists()
     for job, name in ((attack, "subprocess.check_output"), (sneaky, "tests.security_jobs.echo")):
@@ -53,7 +52,7 @@ def test_a_worker_process_refuses_a_job_calling_subprocess(redis_client, redis_u
 
 def drain(conn, **kw) -> None:
     PipelineWorker([stages.get_queue(conn, "data")], connection=conn, heartbeat_s=0.5, drain=True,
-                   maintenance_interval=1, **kw).work(burst=True, logging_level="ERROR")  # fmt: skip
+                   maintenance_interval=1, **kw).work(burst=True, logging_level="ERROR")
 
 
 def test_callbacks_and_methods_are_refused_and_never_imported(redis_client, tmp_path, monkeypatch):
@@ -63,7 +62,7 @@ def test_callbacks_and_methods_are_refused_and_never_imported(redis_client, tmp_
     q = stages.get_queue(redis_client, "data")
     # A real stage name, but with a callback RQ would import and call.
     hooked = q.enqueue_call(stages.STAGES["ingest"].func, args=("x",), job_id="hooked",
-                            on_failure=Callback("tests.security_jobs.callback"))  # fmt: skip
+                            on_failure=Callback("tests.security_jobs.callback"))
     method = q.enqueue_call("upper", args=(), job_id="method")
     method.func_name = stages.STAGES["ingest"].func
     method._instance = "a string"  # a method call on a decoded value
@@ -79,7 +78,7 @@ def test_callbacks_and_methods_are_refused_and_never_imported(redis_client, tmp_
 def test_the_allowlist_follows_the_stage_graph_and_its_aliases(redis_client, monkeypatch):
     """A stage added to STAGES is allowed with no second list; a moved one keeps its old name working."""
     new = stages.Stage("echo", "tests.security_jobs.echo", "data", timeout_s=60, retries=1, backoff_s=(1,),
-                       aliases=("tinygpt.queue.tasks.echo_before_it_moved",))  # fmt: skip
+                       aliases=("tinygpt.queue.tasks.echo_before_it_moved",))
     monkeypatch.setitem(stages.STAGES, "echo", new)
     assert stages.entry_points()["tinygpt.queue.tasks.echo_before_it_moved"] == "tests.security_jobs.echo"
     q = stages.get_queue(redis_client, "data")

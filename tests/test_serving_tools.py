@@ -200,7 +200,7 @@ def test_a_repeated_call_ends_the_turn_without_it(rt, client, script):
 def test_a_repeated_call_is_never_streamed(client, script):
     script["text"] = CALL + "\n" + CALL
     chunks = list(client.chat.completions.create(model="base", messages=ASK, tools=TOOLS, tool_choice="required",
-                                                 stream=True, max_tokens=300))  # fmt: skip
+                                                 stream=True, max_tokens=300))
     deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
     assert {d.index for d in deltas} == {0}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"

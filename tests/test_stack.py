@@ -20,7 +20,7 @@ def test_serve_and_up_take_their_defaults_from_server_config():
     assert (args.host, args.port, args.max_batch, args.max_queue, args.max_tokens, args.prefix_cache_mb,
             args.session_idle, args.project, args.max_body_kb << 10) == (
         DEFAULTS.host, DEFAULTS.port, DEFAULTS.max_batch, DEFAULTS.max_queue, DEFAULTS.max_tokens,
-        DEFAULTS.prefix_cache_mb, DEFAULTS.session_idle_s, DEFAULTS.project, DEFAULTS.max_body_bytes)  # fmt: skip
+        DEFAULTS.prefix_cache_mb, DEFAULTS.session_idle_s, DEFAULTS.project, DEFAULTS.max_body_bytes)
     parser = argparse.ArgumentParser()
     up.configure(parser)
     args = parser.parse_args([])
@@ -31,7 +31,7 @@ def test_serve_and_up_take_their_defaults_from_server_config():
 def test_start_runtime_builds_a_served_runtime_with_its_queue_hook(tiny_model_dir, tmp_path):
     flushed = []
     rt = stack.start_runtime(ServerConfig(model=str(tiny_model_dir), port=0, trajectories_dir=str(tmp_path)),
-                             queue=True, on_deferred=flushed.append)  # fmt: skip
+                             queue=True, on_deferred=flushed.append)
     try:
         client = openai.OpenAI(base_url=f"{rt.url}/v1", api_key="none")
         assert rt.registry.base_name in {m.id for m in client.models.list().data}

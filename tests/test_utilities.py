@@ -28,7 +28,7 @@ def test_a_file_lock_is_exclusive_across_processes_and_dropped_when_the_holder_d
     path = tmp_path / "x.lock"
     holder = subprocess.Popen([sys.executable, "-c", f"from tinygpt.runtime.filelock import FileLock; import sys; "
                                f"l = FileLock({str(path)!r}); l.acquire(); print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert FileLock(path).acquire(timeout=0) is False
@@ -47,7 +47,7 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path):
 
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
 
 def test_the_recorder_and_the_label_stage_share_one_schema_check():

@@ -213,7 +213,7 @@ def test_rating_parse(reply, score):
 def _call_step(index: int, calls: list[tuple[str, str]], output: list[int], finish="tool_calls", results=()) -> Step:
     return Step(index=index, prompt_ids=list(range(100, 110 + 40 * index)), output_ids=output, finish_reason=finish,
                 tool_calls=[ToolCall(id=f"c{index}{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)],
-                tool_results=[ToolResult(tool_call_id=f"c{index}0", content='{"ok": true}')] if results else [])  # fmt: skip
+                tool_results=[ToolResult(tool_call_id=f"c{index}0", content='{"ok": true}')] if results else [])
 
 
 def test_a_reply_repeating_one_call_until_max_tokens_is_dropped_not_kept(redis_client, tmp_path):
@@ -222,7 +222,7 @@ def test_a_reply_repeating_one_call_until_max_tokens_is_dropped_not_kept(redis_c
     loop = [7, 8, 9, 10, 11, 12, 13, 14] * 6
     traj = fixture("weather_tool.msgpack")
     bad = msgspec.structs.replace(traj, id="rec-loop", steps=[_call_step(0, [call] * 6, loop, finish="length")],
-                                  feedback=[Feedback(trajectory_id="rec-loop", reward=1.0)])  # fmt: skip
+                                  feedback=[Feedback(trajectory_id="rec-loop", reward=1.0)])
     (path,) = helpers.write(tmp_path, {"loop.msgpack": msgspec.msgpack.encode(bad)})
     helpers.run_stages(redis_client, [path])
     got = labels(redis_client)["rec-loop"]
@@ -237,7 +237,7 @@ def test_flagged_steps_are_masked_and_repeats_count_across_the_turn():
     call = ("get_weather", '{"city": "Oslo"}')
     same = ("get_weather", '{ "city":"Oslo" }')  # re-serialized: still the same call
     steps = [_call_step(0, [call], [1, 2, 3], results=True), _call_step(1, [same], [4, 5, 6], results=True),
-             _call_step(2, [("get_time", "{}")], [7, 8], finish="stop")]  # fmt: skip
+             _call_step(2, [("get_time", "{}")], [7, 8], finish="stop")]
     for i in (1, 2):  # each prompt continues the previous one
         steps[i].prompt_ids = steps[i - 1].prompt_ids + steps[i - 1].output_ids + [99]
     traj = Trajectory(id="t", base_model="m", base_digest="d", steps=steps)

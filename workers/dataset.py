@@ -376,7 +376,7 @@ def _write(
                         trajectory_id=traj.id, step=seq.step, split=split_for(traj.id), desirable=False,
                         reward=e.label.reward,
                     )
-                )  # fmt: skip
+                )
     undesirable = bad_writer.close()
     if not undesirable.rows:
         (tmp / "undesirable.jsonl").unlink()

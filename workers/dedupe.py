@@ -278,7 +278,7 @@ def run(job: DedupeJob, conn: redis.Redis) -> DedupeResult:
     shas = list(dict.fromkeys(job.sha256s)) or resolve_shas(conn, job.trajectory_id, job.project)
     raw = conn.hmget(keys.files(), shas) if shas else []
     by_project: dict[str, list[FileRecord]] = defaultdict(list)
-    for sha, blob in zip(shas, raw):
+    for _sha, blob in zip(shas, raw):
         rec = msgspec.msgpack.decode(blob, type=FileRecord) if blob else None
         if rec is None or rec.status != "ingested":
             result.skipped += 1  # quarantined (or never ingested): nothing to compare

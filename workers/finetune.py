@@ -28,6 +28,7 @@ import msgspec
 
 from tinygpt.runtime.contracts.io import read_json
 from tinygpt.runtime.contracts.jobs import FinetuneJob
+from tinygpt.runtime.hashing import sha256_file
 from tinygpt.runtime.contracts.specialist import PREFERENCE_METHODS
 from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingConfig, TrainingRecord
 
@@ -77,14 +78,6 @@ def config_of(job: FinetuneJob) -> TrainingConfig:
     return cfg
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _run_key(job: FinetuneJob, cfg: TrainingConfig, parts: dict) -> str:
     payload = {"method": job.method, "seed": job.seed, "config": msgspec.to_builtins(cfg), **parts}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -117,13 +110,14 @@ def _existing(out: Path, run_key: str) -> TrainingRecord | None:
 def run(job: FinetuneJob, *, progress: bool = False, callbacks=None, say: Callable[[str], None] | None = None) -> TrainingRecord:
     """Train `job` and return its record (or the record of the identical finished run)."""
     from .training import adapters, models
+    from tinygpt.runtime.models.manifest import model_digest
     from .training.data import load_dataset
     from .training.lock import training_lock
 
     say = say or log.info
     cfg = config_of(job)
     base_path = models.resolve(job.base_model)
-    base_digest = models.digest(base_path)
+    base_digest = model_digest(base_path)
     dataset = load_dataset(job.dataset_dir)
     recorded = dataset.manifest.base_digest
     if recorded and recorded != base_digest and not _same_tokenizer(dataset.manifest.base_model, base_path):
@@ -135,11 +129,11 @@ def run(job: FinetuneJob, *, progress: bool = False, callbacks=None, say: Callab
     teacher_path = teacher_digest = None
     if job.method in DISTILL and job.teacher_model and not cfg.teacher_endpoint:
         teacher_path = models.resolve(job.teacher_model)
-        teacher_digest = models.digest(teacher_path)
+        teacher_digest = model_digest(teacher_path)
     init_sha = ""
     if cfg.init_adapter:
         adapters.check_base(Path(cfg.init_adapter), base_digest)
-        init_sha = _sha256(Path(cfg.init_adapter) / ADAPTER_FILE)
+        init_sha = sha256_file(Path(cfg.init_adapter) / ADAPTER_FILE)
     run_key = _run_key(
         job,
         cfg,
@@ -166,7 +160,7 @@ def run(job: FinetuneJob, *, progress: bool = False, callbacks=None, say: Callab
             job=job, cfg=cfg, dataset=dataset, base_path=base_path, base_digest=base_digest,
             teacher_path=teacher_path, teacher_digest=teacher_digest or "", init_sha=init_sha,
             run_key=run_key, out=out, work=work, progress=progress, callbacks=callbacks, say=say,
-        )  # fmt: skip
+        )
         try:
             from .training.session import train
 

@@ -16,7 +16,7 @@ from rq import get_current_job
 from tinygpt.queue.errors import PermanentError
 from tinygpt.runtime.contracts.jobs import (
     DatasetJob, DedupeJob, EnvironmentJob, EvalJob, FinetuneJob, IngestJob, LabelJob, PublishJob,
-)  # fmt: skip
+)
 
 
 def _run(stage: str, payload, **options):

@@ -38,7 +38,7 @@ from tinygpt.runtime.contracts.base import Contract
 from tinygpt.runtime.contracts.jobs import LabelJob
 from tinygpt.runtime.contracts.pipeline import DedupeRecord, FileRecord, JudgeSettings, LabelRecord, LabelRule
 from tinygpt.runtime.contracts.trajectory import ToolResult, Trajectory
-from tinygpt.runtime.tool_schema import call_problem, tools_by_name  # call_problem: also distill_seq's
+from tinygpt.runtime.tool_schema import call_problem, tools_by_name
 
 from . import judge, quality
 from .dedupe import resolve_shas

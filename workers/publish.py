@@ -45,5 +45,5 @@ def run(job: PublishJob, conn=None, *, say: Callable[[str], None] | None = None)
         raise PublishError(f"publish {job.specialist}: {e}") from None
     what = "published" if result.created else "already published"
     say(f"{what} {result.name}@{result.version} ({result.digest[:12]}) in {result.registry}; "
-        f"notified {max(result.notified, 0)} runtime(s)")  # fmt: skip
+        f"notified {max(result.notified, 0)} runtime(s)")
     return result

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     after: list[str] = []
     if args.dataset:
         job = pipeline.enqueue_dataset(args.dataset, pins.base_model, conn, project=pins.name,
-                                       settings=pipeline.load_settings(project_file))  # fmt: skip
+                                       settings=pipeline.load_settings(project_file))
         after = [job.id]
         dataset_dir = paths.subdir("datasets") / args.dataset
     else:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         conn, specialist=args.specialist, base_model=pins.base_model, dataset_dir=dataset_dir,
         project_file=project_file, registry=registry, method=args.method, hyperparameters=hyperparameters,
         seed=args.seed, version=args.version, teacher_model=args.teacher, depends_on=after,
-    )  # fmt: skip
+    )
     state = "already enqueued" if build.existing == len(build.jobs) else "enqueued"
     Console(soft_wrap=True).print(
         f"build {build.build_id} of {escape(args.specialist)} {state}: "

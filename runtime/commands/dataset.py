@@ -44,6 +44,7 @@ def _tokenizer(model_dir: Path):
 
 def _import(args, out, err) -> int:
     from tinygpt.workers.training import models
+    from tinygpt.runtime.models.manifest import model_digest
     from tinygpt.workers.training.importer import import_jsonl
 
     if not args.source.exists():
@@ -55,7 +56,7 @@ def _import(args, out, err) -> int:
         _tokenizer(model_dir),
         args.out,
         base_model=args.model,
-        base_digest=models.digest(model_dir),
+        base_digest=model_digest(model_dir),
         name=args.name,
         valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction,

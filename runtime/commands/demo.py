@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explore", type=float, default=d.explore, help="fraction of attempts exploring a forced tool (default 0)")
     parser.add_argument("--model", default=d.model, help=f"base model: a cached name or a model directory (default: {d.model})")
     parser.add_argument("--work", type=Path, help="where the project file, up's log and the summary go "
-                        "(default: <tinygpt home>/demo/<timestamp>)")  # fmt: skip
+                        "(default: <tinygpt home>/demo/<timestamp>)")
     parser.add_argument("--tasks", type=int, default=d.tasks, help=f"training tasks (default: {d.tasks})")
     parser.add_argument("--attempts", type=int, default=d.attempts, help=f"sampled attempts per training task (default: {d.attempts})")
     parser.add_argument("--test-tasks", type=int, default=d.test_tasks, help=f"held-out tasks for before / after (default: {d.test_tasks})")
@@ -84,7 +84,7 @@ def _config(args: argparse.Namespace):
         rounds=args.rounds, explore=args.explore, temperature=args.temperature, max_turns=args.max_turns,
         concurrency=args.concurrency, seed=args.seed,
         train=TrainSettings(steps=args.iters, batch_size=args.batch_size, learning_rate=args.learning_rate, num_layers=args.lora_layers),
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,5 +147,5 @@ def run(args: argparse.Namespace) -> int:
     b, a = summary.before, summary.after
     out.print(f"held-out success: {b.success_rate:.0%} before → {a.success_rate:.0%} after "
               f"({'improved' if summary.improved else 'not improved'}); "
-              f"{summary.seconds.get('total', 0) / 60:.1f} min in all; summary: {path}")  # fmt: skip
+              f"{summary.seconds.get('total', 0) / 60:.1f} min in all; summary: {path}")
     return 0

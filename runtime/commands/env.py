@@ -78,7 +78,7 @@ def settings_from_args(args: argparse.Namespace):
         gate=args.gate, alpha=args.alpha,
         train=EnvTrainSettings(method=args.method, steps=args.iters, batch_size=args.batch_size,
                                learning_rate=args.learning_rate, num_layers=args.lora_layers),
-    )  # fmt: skip
+    )
 
 
 def _project(args, err):
@@ -144,7 +144,7 @@ def _check(args, project_file: Path, pins, err) -> int:
 
     import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
     from tinygpt.runtime.environments import runner
-    from tinygpt.runtime.environments.factory import _client, local_runtime
+    from tinygpt.workers.environment.rounds import _client, local_runtime
     from tinygpt.runtime.environments.loader import EnvironmentBroken, load
 
     if args.tasks < 1:
@@ -154,10 +154,10 @@ def _check(args, project_file: Path, pins, err) -> int:
         env = load(project_file, args.name, pins)
         tasks = runner.get_tasks(env, args.name, args.split, args.tasks, args.seed)
         with tempfile.TemporaryDirectory(prefix="tinygpt-env-check-") as work, \
-                local_runtime(args.model or pins.base_model, Path(work), f"{pins.name}-check", 8) as srv:  # fmt: skip
+                local_runtime(args.model or pins.base_model, Path(work), f"{pins.name}-check", 8) as srv:
             cfg = runner.Sampling(model=srv.base_name, temperature=args.temperature, max_turns=env.max_turns,
                                   max_tokens=env.max_tokens, seed=args.seed if args.temperature > 0 else None,
-                                  source=f"env-check:{args.name}")  # fmt: skip
+                                  source=f"env-check:{args.name}")
             results = runner.run_many(_client(srv.url), env, args.name, [runner.Attempt(t) for t in tasks], cfg)
     except EnvironmentBroken as e:
         err.print(f"[red]environment {escape(args.name)} is broken[/]: {escape(str(e))}")
@@ -199,12 +199,12 @@ def _run(args, project_file: Path, pins, settings, err) -> int:
             return 2
         job_id, work, existed = enqueue_environment(conn, project_file, settings, args.work)
         Console(soft_wrap=True).print(f"{'already enqueued' if existed else 'enqueued'} {job_id}; files: {work}\n"
-                                      "a train worker runs it: `tinygpt up` or `tinygpt worker --queues train,data`")  # fmt: skip
+                                      "a train worker runs it: `tinygpt up` or `tinygpt worker --queues train,data`")
         return 0
 
     work = (args.work or paths.subdir("env") / args.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
     import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
-    from tinygpt.runtime.environments.factory import RECORD_FILE, EnvRunError, run_environment
+    from tinygpt.workers.environment.rounds import RECORD_FILE, EnvRunError, run_environment
     from tinygpt.runtime.environments.loader import EnvironmentBroken
 
     try:
@@ -251,5 +251,5 @@ def rounds_table(record):
             gate = f"{g.verdict}: {g.baseline.successes}/{g.baseline.n} → {g.candidate.successes}/{g.candidate.n} (+{g.gained}/−{g.lost}, p={g.p_value:.3g})"
         kinds = ", ".join(f"{k} {c.successes}/{c.n}" for k, c in r.per_kind.items())
         table.add_row(str(r.round), r.collected_with, f"{r.successes}/{r.attempts}", kinds, f"{r.explored_successes}/{r.explored}",
-                      str(r.rows), r.method, gate + (f"; {r.promoted}" if r.promoted else ""))  # fmt: skip
+                      str(r.rows), r.method, gate + (f"; {r.promoted}" if r.promoted else ""))
     return table

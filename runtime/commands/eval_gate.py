@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--baseline", metavar="REF",
         help="compare against: base | pinned | recorded | none | an adapter directory | NAME[@VERSION] "
              "(default: gate.baseline of the project, see README)",
-    )  # fmt: skip
+    )
     parser.add_argument("--update-baseline", action="store_true", help="record the candidate as the new baseline (on purpose only)")
     parser.add_argument("--passes", type=int, metavar="K", help="K passes per row (K > 1 samples; temperature 0.7 unless the suite sets one)")
     parser.add_argument("--temperature", type=float, help="sampling temperature for every suite")
@@ -79,7 +79,7 @@ def _per_kind(result, suite: str) -> str:
         return ""
     base_kinds = base.per_kind if base else {}
     return ", ".join(f"{k} {f'{base_kinds[k].mean:.0%} → ' if k in base_kinds else ''}{c.mean:.0%} (n={c.n})"
-                     for k, c in cand.per_kind.items())  # fmt: skip
+                     for k, c in cand.per_kind.items())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 args.project, candidate=args.candidate, specialist=args.specialist, baseline=args.baseline,
                 passes=args.passes, temperature=args.temperature, update_baseline=args.update_baseline,
                 use_cache=False if args.no_cache else None, rules=args.rule, out=args.out, say=say, progress=progress,
-            )  # fmt: skip
+            )
     except GateInputError as e:
         result = error_result(str(e))
         try:

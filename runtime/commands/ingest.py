@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from tinygpt.queue import pipeline
-    from tinygpt.queue.connection import RedisUnavailable, connect, redact
+    from tinygpt.queue.connection import RedisUnavailable, connect
+    from tinygpt.runtime.redact import redact
     from tinygpt.runtime.contracts import ContractError
 
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)

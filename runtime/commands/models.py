@@ -50,7 +50,6 @@ def _size(n: int) -> str:
 
 
 def _pull(args, console, err) -> int:
-    from rich.markup import escape
 
     from ..models.pull import pull
     from ..progress_bar import progress_bar

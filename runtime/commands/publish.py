@@ -29,19 +29,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", help="registry directory or file:// URL (default: the project's first local registry)")
     parser.add_argument("--project", help="project pin file (default: the nearest tinygpt.project.json)")
     parser.add_argument("--base-model", help="base model name or directory, for an adapter that records none "
-                        "(default: the project's base_model)")  # fmt: skip
+                        "(default: the project's base_model)")
     parser.add_argument("--intended-use", default="", help="the model card's intended-use paragraph")
     parser.add_argument("--no-notify", action="store_true", help="do not announce it on Redis")
 
 
 def base_digest(model: str) -> str:
     """The content digest of a base model (a cached name or a directory), without loading it."""
-    from tinygpt.runtime.models.manifest import digest_of, hash_files, read_manifest
+    from tinygpt.runtime.models.manifest import model_digest
     from tinygpt.runtime.models.resolve import resolve_model
 
-    path = resolve_model(model)
-    manifest = read_manifest(path)
-    return manifest.digest if manifest is not None else digest_of(hash_files(path))
+    return model_digest(resolve_model(model))
 
 
 def notify_connection():
@@ -104,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             digest = base_digest(base_model)
         conn = None if args.no_notify else notify_connection()
         result = publish(adapter, registry, name=args.name, version=args.version, base_model=base_model,
-                         base_digest=digest, gate=gate, intended_use=args.intended_use, conn=conn)  # fmt: skip
+                         base_digest=digest, gate=gate, intended_use=args.intended_use, conn=conn)
     except (PackageError, ContractError, ValueError) as e:
         return fail(str(e))
     what = "published" if result.created else "already published (same weights)"

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         target = state.rollback_target(project_file, args.name)
         if target is None:
             return fail(f"no version of {args.name} before {current_version or 'the current one'} is recorded; "
-                        "name one with --to VERSION")  # fmt: skip
+                        "name one with --to VERSION")
         version, digest = target.version, target.digest
     if version == current_version:
         return fail(f"{args.name}@{version} is already the current version")
@@ -73,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e), 2)
     state.record_rollback(project_file, args.name, got.resolved())
     print(f"rolled back {args.name} {current_version or '?'} -> {got.version}: pinned {args.name}@{got.version} "
-          f"(sha256 {got.digest[:12]}) in {project_file}")  # fmt: skip
+          f"(sha256 {got.digest[:12]}) in {project_file}")
     print(f"a running `tinygpt up` swaps it in now; the pin said {pin.version!r} before (\"*\" follows new versions)")
     return 0

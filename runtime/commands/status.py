@@ -189,7 +189,7 @@ def policies_section(console, args: argparse.Namespace) -> dict:
 
 
 SECTIONS: list[Callable[[object, argparse.Namespace], dict]] = [machine_section, specialists_section, policies_section,
-                                                                daemon_section, pipeline_section]  # fmt: skip
+                                                                daemon_section, pipeline_section]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ Direction = Literal["higher", "lower"]
 # specialist need not improve on, but may not get worse at: no forgetting).
 Regression = Literal["threshold", "significant"]
 # Promotion rules a gate (or a build policy) can name; each adds shipped suites
-# (workers/suites): "no-forgetting" adds the general tool-calling suite.
+# (workers/evalgate/rules.py): "no-forgetting" adds the general tool-calling suite.
 PromotionRule = Literal["no-forgetting"]
 
 

@@ -6,7 +6,7 @@ worker on another host decodes exactly this shape or refuses the job.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 

@@ -27,12 +27,12 @@ class Selection(Contract):
     # None: the project of this pin file (its `name`), the project `tinygpt up` records under.
     project: Annotated[str | None, msgspec.Meta(description="project the trajectories were recorded under (default: this pin file's name)")] = None
     served_by: Annotated[list[str], msgspec.Meta(
-        description='served by any of these: "base" (the base model) or a specialist name; empty: any')] = []  # fmt: skip
+        description='served by any of these: "base" (the base model) or a specialist name; empty: any')] = []
     tools: Annotated[list[str], msgspec.Meta(description="offered or called any of these tool names; empty: any")] = []
     metadata: Annotated[dict[str, str], msgspec.Meta(
-        description="request metadata pairs (OpenAI `metadata`) one request of the trajectory carried, all of them")] = {}  # fmt: skip
+        description="request metadata pairs (OpenAI `metadata`) one request of the trajectory carried, all of them")] = {}
     keep_unlabelled: Annotated[bool, msgspec.Meta(
-        description="also train on trajectories with no signal (no tool call, feedback or judge); default: never")] = False  # fmt: skip
+        description="also train on trajectories with no signal (no tool call, feedback or judge); default: never")] = False
 
     def matches(self, *, project: str, served_by: list[str], tools: list[str], tags: dict[str, str]) -> bool:
         """Whether a labelled trajectory with these facts is selected (`project` resolved by the caller)."""
@@ -49,7 +49,7 @@ class Trigger(Contract):
     """When a build starts: enough new rows, not too soon after the last one, not too often."""
 
     min_new_rows: Annotated[Positive, msgspec.Meta(
-        description="kept training rows of the selection not in the last build's dataset")] = 50  # fmt: skip
+        description="kept training rows of the selection not in the last build's dataset")] = 50
     min_interval_s: Annotated[float, msgspec.Meta(ge=0, description="seconds since the last build started")] = 3600.0
     max_per_day: Annotated[int, msgspec.Meta(ge=0, description="builds started in any 24 hours (0: never automatically)")] = 4
 
@@ -59,9 +59,9 @@ class Promotion(Contract):
 
     suites: Annotated[list[str], msgspec.Meta(description="names of the project's eval suites to gate on; empty: all")] = []
     threshold: Annotated[Annotated[float, msgspec.Meta(ge=0)] | None, msgspec.Meta(
-        description="largest tolerated regression against the baseline, for every suite (default: each suite's own)")] = None  # fmt: skip
+        description="largest tolerated regression against the baseline, for every suite (default: each suite's own)")] = None
     require_significance: Annotated[bool | None, msgspec.Meta(
-        description="count a regression only when it is statistically clear (default: gate.require_significance)")] = None  # fmt: skip
+        description="count a regression only when it is statistically clear (default: gate.require_significance)")] = None
 
 
 class BuildPolicy(Contract):

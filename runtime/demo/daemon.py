@@ -38,9 +38,9 @@ class Up:
         self.peak_rss = 0
         self._log = open(work / "up.log", "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "tinygpt.runtime.cli", "up", "--plain", "--port", "0", "--project", str(project_file),
-               "--session-idle", str(session_idle)]  # fmt: skip
+               "--session-idle", str(session_idle)]
         self.proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)  # fmt: skip
+                                     start_new_session=True)
         self._changed = threading.Condition()
         self._stop = threading.Event()
         threading.Thread(target=self._read, name="demo-up-output", daemon=True).start()
@@ -162,7 +162,7 @@ def _data_queue_busy(conn) -> int:
 
     q = stages.get_queue(conn, "data")
     return (q.count + q.started_job_registry.get_job_count(cleanup=False) + q.deferred_job_registry.get_job_count(cleanup=False)
-            + q.scheduled_job_registry.get_job_count(cleanup=False))  # fmt: skip
+            + q.scheduled_job_registry.get_job_count(cleanup=False))
 
 
 def settle(conn, project: str, name: str, session_idle: float) -> int:
@@ -241,7 +241,7 @@ def read_build(name: str, project: str | None, since: float, registry: Path, ver
         seconds[stage] = round(max(0.0, end - previous), 2)
         previous = end
     return Build(build_id=record.build_id, folder=str(folder), rows=record.rows, verdict=verdict, message=message,
-                 version=version, numbers=nums, per_kind=kinds, seconds=seconds)  # fmt: skip
+                 version=version, numbers=nums, per_kind=kinds, seconds=seconds)
 
 
 def refused_build(name: str, project: str | None, since: float) -> str | None:
@@ -261,7 +261,7 @@ def refused_build(name: str, project: str | None, since: float) -> str | None:
 
 
 def wait_for_version(root_url: str, name: str, previous: str, *, key: str | None, project: str | None, since: float,
-                     up: Up | None, after_line: int) -> tuple[str, float]:  # fmt: skip
+                     up: Up | None, after_line: int) -> tuple[str, float]:
     """Wait until the runtime serves a version of `name` other than `previous`; (version, when).
     Raises DemoError when the daemon's build failed or its gate refused the candidate."""
     while True:

@@ -89,7 +89,7 @@ def _no_progress(total: int) -> Callable[[], None]:
 
 
 def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print,
-             progress: Callable[[int], Callable[[], None]] = _no_progress) -> report.DemoSummary:  # fmt: skip
+             progress: Callable[[int], Callable[[], None]] = _no_progress) -> report.DemoSummary:
     """Run the demo and write `<work>/demo-summary.json`; raises DemoError when it cannot finish
     (whatever was measured before is in the summary file too)."""
     from tinygpt.runtime.environments import runner
@@ -150,10 +150,10 @@ class _Demo:
         from tinygpt.runtime.environments.training import TrainSettings as Fit
 
         training = Fit(steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate, num_layers=t.num_layers,
-                       lora_rank=t.lora_rank, seed=cfg.seed).hyperparameters()  # fmt: skip
+                       lora_rank=t.lora_rank, seed=cfg.seed).hyperparameters()
         write_project(self.project_file, project=self.project, model=cfg.model, task=cfg.task, name=cfg.name, seed=cfg.seed,
                       test_tasks=cfg.test_tasks, gate_tasks=cfg.gate_tasks, training=training, builds_started=self.builds, entry=cfg.entry,
-                      release_rows=release_rows)  # fmt: skip
+                      release_rows=release_rows)
 
     def pins(self):
         from tinygpt.runtime.project import load_project
@@ -196,14 +196,14 @@ class _Demo:
         from tinygpt.runtime.environments import runner
 
         return runner.Sampling(model=model, temperature=temperature, max_turns=self.cfg.max_turns or self.env.max_turns, max_tokens=self.env.max_tokens,
-                               seed=seed, source=f"demo:{self.cfg.task}", metadata=tag)  # fmt: skip
+                               seed=seed, source=f"demo:{self.cfg.task}", metadata=tag)
 
     def episodes(self, jobs, cfg):
         from tinygpt.runtime.environments import runner
 
         advance = self.progress(len(jobs))
         return runner.run_many(self.client, self.env, self.cfg.task, jobs, cfg, concurrency=self.cfg.concurrency,
-                               on_done=lambda r: advance())  # fmt: skip
+                               on_done=lambda r: advance())
 
     def held_out(self, model: str, test) -> list:
         from tinygpt.runtime.environments import runner
@@ -223,7 +223,7 @@ class _Demo:
                                           runtime_url=self.url, before=before, settings=settings, seconds=self.seconds,
                                           daemon={"project_file": str(self.project_file) if cfg.url is None else "",
                                                   "log": str(self.work / "up.log") if self.up else "",
-                                                  "registry": str(registry_dir())})  # fmt: skip
+                                                  "registry": str(registry_dir())})
 
     def rounds(self, train) -> None:
         from tinygpt.runtime.environments import runner
@@ -238,7 +238,7 @@ class _Demo:
             shown = f"{cfg.name}@{serving}" if serving else self.base
             plan = runner.exploration_plan(train, tools, cfg.attempts, cfg.explore)
             self.say(f"round {r}: collect {len(train)} tasks x {cfg.attempts} attempts at T={cfg.temperature} with {shown}"
-                     + (f" ({sum(a.force is not None for a in plan)} exploring)" if cfg.explore else ""))  # fmt: skip
+                     + (f" ({sum(a.force is not None for a in plan)} exploring)" if cfg.explore else ""))
             clock, started = time.perf_counter(), time.time()
             got = self.episodes(plan, self.sampling(model, cfg.temperature, cfg.seed + 100 * r, COLLECT_TAG))
             c = report.collection(len(train), cfg.attempts, cfg.temperature, shown, got, round(time.perf_counter() - clock, 2))
@@ -274,7 +274,7 @@ class _Demo:
             self._add("settle", time.perf_counter() - clock)
             if not rnd.rows:
                 raise DemoError("the daemon kept no training rows from this round: more --tasks, --attempts or --explore "
-                                "give the sampler more chances")  # fmt: skip
+                                "give the sampler more chances")
             self.say(f"   {rnd.rows} new kept rows; the build policy may start a build now")
             since = time.time()
             self.write(release_rows=rnd.rows)
@@ -282,7 +282,7 @@ class _Demo:
         self.say("   waiting for the daemon: dataset ▶ finetune ▶ eval gate ▶ publish ▶ hot swap")
         try:
             version, served_at = daemon.wait_for_version(self.url, cfg.name, serving, key=cfg.api_key, project=self.build_project,
-                                                         since=since, up=self.up, after_line=after_line)  # fmt: skip
+                                                         since=since, up=self.up, after_line=after_line)
         except DemoError:
             rnd.build = daemon.read_build(cfg.name, self.build_project, since, registry_dir(), "", None)
             if self.up is not None:

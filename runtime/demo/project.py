@@ -36,7 +36,7 @@ def suite_name(task: str) -> str:
 
 
 def write_project(path: Path, *, project: str, model: str, task: str, name: str, seed: int, test_tasks: int,
-                  gate_tasks: int, training: dict, builds_started: int, release_rows: int = 0, entry: str | None = None) -> Path:  # fmt: skip
+                  gate_tasks: int, training: dict, builds_started: int, release_rows: int = 0, entry: str | None = None) -> Path:
     """Write (atomically) the project file; builds held unless `release_rows` > 0."""
     from tinygpt.runtime.contracts.io import write_json
     from tinygpt.runtime.contracts.project import ProjectPins
@@ -44,7 +44,7 @@ def write_project(path: Path, *, project: str, model: str, task: str, name: str,
 
     registry_dir().mkdir(parents=True, exist_ok=True)  # empty until the first publish, but there
     trigger = {"min_new_rows": max(1, release_rows), "min_interval_s": 0,
-               "max_per_day": builds_started + (1 if release_rows > 0 else 0)}  # fmt: skip
+               "max_per_day": builds_started + (1 if release_rows > 0 else 0)}
     doc = {
         "name": project,
         "base_model": model,
@@ -53,7 +53,7 @@ def write_project(path: Path, *, project: str, model: str, task: str, name: str,
             # Greedy, one episode per task, on held-out tasks after the before / after ones.
             {"name": suite_name(task), "kind": "environment", "environment": task, "seed": seed, "threshold": 0.0,
              "options": {"tasks": gate_tasks, "skip": test_tasks}},
-        ],  # fmt: skip
+        ],
         # Against what serves now (the last promoted version, else the base model). Any drop
         # counts, but only when it is statistically clear: with a dozen or two tasks, one
         # flipped answer is noise, not a regression.
@@ -64,7 +64,7 @@ def write_project(path: Path, *, project: str, model: str, task: str, name: str,
             "name": name, "version": "*",
             "build": {"select": {"metadata": COLLECT_TAG}, "trigger": trigger, "method": "lora", "training": training,
                       "seed": seed, "gate": {"suites": [suite_name(task)]}},
-        }],  # fmt: skip
+        }],
     }
     write_json(path, msgspec.convert(doc, ProjectPins))
     return path

@@ -115,7 +115,7 @@ def per_kind(results: list[EpisodeResult]) -> dict[str, tuple[int, int]]:
 
 
 def score(model: str, results: list[EpisodeResult], seconds: float = 0.0) -> Score:
-    from tinygpt.workers.eval_stats import wilson
+    from tinygpt.workers.evalgate.stats import wilson
 
     n = len(results)
     k = sum(r.success for r in results)
@@ -123,12 +123,12 @@ def score(model: str, results: list[EpisodeResult], seconds: float = 0.0) -> Sco
         model=model, served_by=", ".join(sorted({r.served_by for r in results})), n=n, successes=k,
         success_rate=k / n if n else 0.0, ci95=wilson(k, n), per_kind=per_kind(results), seconds=seconds,
         solved=sorted({r.task_id for r in results if r.success}),
-    )  # fmt: skip
+    )
 
 
 def paired(before: Score, after: Score, kinds: dict[str, str]) -> Paired:
     """Which of the same tasks flipped between `before` and `after` (`kinds`: task id -> kind)."""
-    from tinygpt.workers.eval_stats import sign_test
+    from tinygpt.workers.evalgate.stats import sign_test
 
     b, a = set(before.solved), set(after.solved)
     by_kind: dict[str, list[int]] = {}
@@ -137,7 +137,7 @@ def paired(before: Score, after: Score, kinds: dict[str, str]) -> Paired:
         c[0 if tid in a else 1] += 1
     gained, lost = len(a - b), len(b - a)
     return Paired(gained=gained, lost=lost, p_value=sign_test(gained, lost),
-                  per_kind={k: (v[0], v[1]) for k, v in sorted(by_kind.items())})  # fmt: skip
+                  per_kind={k: (v[0], v[1]) for k, v in sorted(by_kind.items())})
 
 
 def collection(tasks: int, attempts: int, temperature: float, served: str, results: list[EpisodeResult], seconds: float) -> Collection:
@@ -147,7 +147,7 @@ def collection(tasks: int, attempts: int, temperature: float, served: str, resul
         tasks_solved=len({r.task_id for r in results if r.success}), temperature=temperature, collected_with=served,
         explored=len(explored), explored_successes=sum(r.success for r in explored), per_kind=per_kind(results),
         seconds=seconds,
-    )  # fmt: skip
+    )
 
 
 def _pct(k: int, n: int) -> str:
@@ -191,7 +191,7 @@ def loop_table(summary: DemoSummary):
         explored = f" ({c.explored_successes}/{c.explored} exploring)" if c.explored else ""
         table.add_row(f"round {r.round}: collect with {c.collected_with}",
                       f"{c.episodes} runs of {c.tasks} tasks at T={c.temperature}: {c.successes} succeeded{explored}, "
-                      f"{c.tasks_solved} tasks solved", f"{c.seconds:.0f}")  # fmt: skip
+                      f"{c.tasks_solved} tasks solved", f"{c.seconds:.0f}")
         b = r.build
         if b is None:
             continue
@@ -199,11 +199,11 @@ def loop_table(summary: DemoSummary):
         table.add_row("  daemon: dataset ▶ finetune ▶ gate ▶ publish",
                       f"{b.rows} rows; build {b.build_id}: {b.verdict}" + (f" → {r.promoted}" if r.promoted else "")
                       + (f"; {'; '.join(b.numbers)}" if b.numbers else ""),
-                      " / ".join(f"{bs.get(k, 0):.0f}" for k in ("dataset", "finetune", "gate", "publish")))  # fmt: skip
+                      " / ".join(f"{bs.get(k, 0):.0f}" for k in ("dataset", "finetune", "gate", "publish")))
         if "swap" in bs:
             table.add_row("  hot swap (pin \"*\")", r.promoted, f"{bs['swap']:.1f}")
     table.add_row("after (held-out, greedy)", _pct(summary.after.successes, summary.after.n) if summary.after else "skipped",
-                  f"{s.get('after', 0):.0f}")  # fmt: skip
+                  f"{s.get('after', 0):.0f}")
     if summary.peak_rss_mb is not None:
         table.add_row("peak memory of up + workers", f"{summary.peak_rss_mb:.0f} MB RSS", "")
     return table

@@ -38,7 +38,7 @@ def entry_for(pins: ProjectPins, name: str) -> str:
         return BUNDLED[name]
     declared = ", ".join(e.name for e in pins.environments) or "none"
     raise EnvironmentBroken(f"no environment {name!r} in the project {pins.name!r} (declared: {declared}; "
-                            f"bundled: {', '.join(BUNDLED)})")  # fmt: skip
+                            f"bundled: {', '.join(BUNDLED)})")
 
 
 def import_entry(entry: str, project_dir: Path | None = None) -> Any:

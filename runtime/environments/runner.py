@@ -20,13 +20,14 @@ import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
 from tinygpt.runtime.contracts.environments import (
     EnvTask, EpisodeResult, HeldOut, KindCounts, Reward, Split, ToolCallRecord, Transcript,
-)  # fmt: skip
+)
 
 from .interface import Environment
 from .loader import EnvironmentBroken
@@ -123,7 +124,7 @@ def split_tasks(env: Environment, env_name: str, train_n: int, test_n: int, seed
     shared |= {t.id for t in test if _request_text(t) in {_request_text(u) for u in train}}
     if shared:
         raise EnvironmentBroken(f"environment {env_name!r}: train and test splits share {len(shared)} task(s) "
-                                f"(e.g. {sorted(shared)[0]}); the held-out split must be disjoint from training")  # fmt: skip
+                                f"(e.g. {sorted(shared)[0]}); the held-out split must be disjoint from training")
     return train, test
 
 
@@ -171,7 +172,7 @@ def run_episode(client, env: Environment, env_name: str, job: Attempt, cfg: Samp
         raw = client.chat.completions.with_raw_response.create(
             model=cfg.model, messages=messages, tools=env.tools, tool_choice=choice, parallel_tool_calls=False,
             temperature=cfg.temperature, max_tokens=cfg.max_tokens, extra_headers=headers, **extra,
-        )  # fmt: skip
+        )
         reply = raw.parse()
         trajectory_id = trajectory_id or raw.headers.get(TRAJECTORY_HEADER)
         served_by = served_by or raw.headers.get(MODEL_HEADER, reply.model)
@@ -191,7 +192,7 @@ def run_episode(client, env: Environment, env_name: str, job: Attempt, cfg: Samp
             if args is not None and not isinstance(args, dict):
                 args, result = None, {"ok": False, "error": "arguments must be a JSON object"}
             if args is not None:
-                result = _guard(env_name, "step", lambda: env.step(state, name, args))
+                result = _guard(env_name, "step", lambda name=name, args=args: env.step(state, name, args))
             try:
                 content = json.dumps(result)
             except (TypeError, ValueError) as e:
@@ -202,16 +203,16 @@ def run_episode(client, env: Environment, env_name: str, job: Attempt, cfg: Samp
     reward = _check_reward(env_name, _guard(env_name, "score", lambda: env.score(task, state, transcript)))
     if trajectory_id:
         client.post(f"/trajectories/{trajectory_id}/feedback",
-                    body={"reward": reward.reward, "source": cfg.source, "comment": reward.reason[:500]}, cast_to=object)  # fmt: skip
+                    body={"reward": reward.reward, "source": cfg.source, "comment": reward.reason[:500]}, cast_to=object)
     return EpisodeResult(
         task_id=task.id, kind=task.kind, reward=reward.reward, success=reward.reward >= cfg.success_reward,
         reason=reward.reason, trajectory_id=trajectory_id, served_by=served_by, attempt=job.attempt,
         forced_tool=job.force, required_more=job.require_more, turns=turns, calls=[c.name for c in calls],
-    )  # fmt: skip
+    )
 
 
 def run_many(client, env: Environment, env_name: str, jobs: list[Attempt], cfg: Sampling, *, concurrency: int = 8,
-             on_done: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:  # fmt: skip
+             on_done: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
     """Episodes concurrently (the runtime batches them); results in the order of `jobs`."""
     def one(job: Attempt) -> EpisodeResult:
         result = run_episode(client, env, env_name, job, cfg)
@@ -252,4 +253,4 @@ def per_kind(results: list[EpisodeResult]) -> dict[str, KindCounts]:
 def held_out(model: str, results: list[EpisodeResult]) -> HeldOut:
     k = sum(r.success for r in results)
     return HeldOut(model=model, n=len(results), successes=k, success_rate=k / len(results) if results else 0.0,
-                   per_kind=per_kind(results), solved=sorted(r.task_id for r in results if r.success))  # fmt: skip
+                   per_kind=per_kind(results), solved=sorted(r.task_id for r in results if r.success))

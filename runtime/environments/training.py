@@ -37,7 +37,7 @@ class TrainSettings(Contract):
             # Validate at the end only: a handful of validation rows would pick an early
             # checkpoint by noise (the gate is the real check), and each pass costs minutes here.
             "eval_every": 0, "checkpoint_every": max(1, self.steps // 2), "report_every": max(1, self.steps // 6),
-        }  # fmt: skip
+        }
 
 
 class Trained(Contract):
@@ -58,7 +58,7 @@ def train_command(model: str, dataset_dir: Path, out: Path, name: str, s: TrainS
         "--batch-size", str(s.batch_size), "--learning-rate", str(s.learning_rate), "--num-layers", str(s.num_layers),
         "--lora-rank", str(s.lora_rank), "--warmup-steps", str(h["warmup_steps"]),
         "--eval-every", "0", "--checkpoint-every", str(h["checkpoint_every"]), "--report-every", str(h["report_every"]),
-    ]  # fmt: skip
+    ]
 
 
 def train(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings, method: str = "lora") -> Trained:
@@ -77,4 +77,4 @@ def train(model: str, dataset_dir: Path, out: Path, name: str, s: TrainSettings,
     return Trained(
         adapter_dir=str(out), command=cmd, steps_done=record.steps_done, best_step=record.best_step,
         metrics=dict(record.metrics), seconds=time.perf_counter() - started,
-    )  # fmt: skip
+    )

@@ -25,7 +25,7 @@ def _metal_kernel():
         return None
     try:
         from llguidance.mlx import apply_token_bitmask
-    except (ImportError, RuntimeError, ValueError):
+    except (ImportError, RuntimeError, ValueError):  # llguidance built without its MLX kernel: numpy masks
         return None
     return apply_token_bitmask
 

@@ -19,7 +19,7 @@ _COMBINATORS = ("$ref", "allOf", "anyOf", "oneOf", "enum", "const", "type")
 _ANNOTATIONS = frozenset({"description", "title", "examples", "$comment", "deprecated", "readOnly", "writeOnly"})
 # Where subschemas sit: one schema, a list of schemas, or a name -> schema map.
 _ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains", "propertyNames",
-        "unevaluatedProperties", "unevaluatedItems", "additionalItems")  # fmt: skip
+        "unevaluatedProperties", "unevaluatedItems", "additionalItems")
 _LIST = ("anyOf", "oneOf", "allOf", "prefixItems")
 _MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
@@ -108,7 +108,7 @@ def _types(branch) -> set[str] | None:
     values = [branch["const"]] if "const" in branch else branch.get("enum")
     if isinstance(values, list):
         names = {"null" if v is None else "boolean" if isinstance(v, bool) else "number" if isinstance(v, (int, float))
-                 else "string" if isinstance(v, str) else "array" if isinstance(v, list) else "object" for v in values}  # fmt: skip
+                 else "string" if isinstance(v, str) else "array" if isinstance(v, list) else "object" for v in values}
         return {"number" if n in _NUMERIC else n for n in names}
     kind = branch.get("type")
     kinds = set(kind) if isinstance(kind, list) else {kind} if isinstance(kind, str) else None

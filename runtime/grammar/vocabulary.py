@@ -14,7 +14,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
@@ -65,7 +65,7 @@ class TokenizerInfo:
             self.digest = h.hexdigest()
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, *, vocab_size: int | None = None) -> "TokenizerInfo":
+    def from_tokenizer(cls, tokenizer, *, vocab_size: int | None = None) -> TokenizerInfo:
         """The info for a transformers tokenizer or an mlx-lm TokenizerWrapper (cached).
 
         `vocab_size` is the model's logits width (config vocab_size); it defaults to
@@ -169,11 +169,9 @@ def _build(tokenizer, vocab_size: int | None) -> TokenizerInfo:
 
 def _unwrap(tokenizer) -> tuple[object, set[int]]:
     """(transformers tokenizer, EOS ids) from it or from mlx-lm's TokenizerWrapper."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
     eos: set[int] = set()
-    try:
-        from mlx_lm.tokenizer_utils import TokenizerWrapper
-    except ImportError:  # pragma: no cover - mlx-lm is a dependency
-        TokenizerWrapper = ()
     if isinstance(tokenizer, TokenizerWrapper):
         eos |= set(tokenizer.eos_token_ids or ())
         tokenizer = tokenizer._tokenizer

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime, UTC
 from pathlib import Path
 
 from ..contracts.base import ContractError
@@ -16,14 +17,16 @@ from ..hashing import sha256_file
 _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
 
-def hash_files(model_dir: Path) -> list[ModelFile]:
-    """Every file under `model_dir` except the manifest, sorted by relative path."""
+def hash_files(model_dir: Path, *, sha256: Callable[[Path], str] = sha256_file) -> list[ModelFile]:
+    """Every file under `model_dir` except the manifest, sorted by relative path.
+
+    `sha256` hashes one file (the eval gate passes its memo of unchanged files)."""
     model_dir = Path(model_dir)
     files = []
     for p in sorted(model_dir.rglob("*")):
         rel = p.relative_to(model_dir).as_posix()
         if p.is_file() and rel != MODEL_MANIFEST:
-            files.append(ModelFile(path=rel, size=p.stat().st_size, sha256=sha256_file(p)))
+            files.append(ModelFile(path=rel, size=p.stat().st_size, sha256=sha256(p)))
     return files
 
 
@@ -33,10 +36,10 @@ def digest_of(files: list[ModelFile]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def model_digest(model_dir: Path) -> str:
+def model_digest(model_dir: Path, *, sha256: Callable[[Path], str] = sha256_file) -> str:
     """The model's identity: its manifest's digest, else the same hash computed over its files."""
     manifest = read_manifest(model_dir)
-    return manifest.digest if manifest is not None else digest_of(hash_files(model_dir))
+    return manifest.digest if manifest is not None else digest_of(hash_files(model_dir, sha256=sha256))
 
 
 def weights_dtype(model_dir: Path) -> str:
@@ -71,7 +74,7 @@ def write_manifest(model_dir: Path, *, name: str, source: str, dtype: str) -> Mo
         dtype=dtype,
         files=files,
         digest=digest_of(files),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_json(Path(model_dir) / MODEL_MANIFEST, manifest)
     return manifest

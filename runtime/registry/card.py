@@ -7,7 +7,7 @@ says anything the package's other files do not back up.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from ..contracts.dataset import DatasetManifest
 from ..contracts.evals import GateResult
@@ -30,13 +30,13 @@ def _data(m: SpecialistManifest, record: TrainingRecord | None, dataset: Dataset
     lines = [f"- dataset: `{m.dataset or record.dataset_name}` (digest `{record.dataset_digest[:16]}`)"]
     if dataset is not None:
         lines.append(f"- {dataset.trajectories} trajectories, {dataset.rows} rows, {dataset.tokens} tokens "
-                     f"({dataset.trained_tokens} of them trained on: the tokens the model itself sampled)")  # fmt: skip
+                     f"({dataset.trained_tokens} of them trained on: the tokens the model itself sampled)")
         if dataset.dropped:
             lines.append("- left out: " + ", ".join(f"{k} {v}" for k, v in sorted(dataset.dropped.items())))
     if m.trained_tokens:
         lines.append(f"- tokens seen in training: {m.trained_tokens}")
     lines.append(f"- {record.steps_done} optimizer steps (kept step {record.best_step}), seed {record.seed}, "
-                 f"{record.duration_s:.0f} s")  # fmt: skip
+                 f"{record.duration_s:.0f} s")
     if record.teacher_model:
         lines.append(f"- teacher: `{record.teacher_model}` (`{record.teacher_digest[:16]}`)")
     return lines
@@ -50,7 +50,7 @@ def _evals(m: SpecialistManifest, gate: GateResult | None) -> list[str]:
         lines += ["| suite | metric | this version | baseline | delta | passed | why |", "|---|---|---|---|---|---|---|"]
         for v in gate.suites:
             lines.append(f"| {_cell(v.suite)} | {_cell(v.metric)} | {_num(v.candidate)} | {_num(v.baseline)} | "
-                         f"{_num(v.delta)} | {'yes' if v.passed else 'no'} | {_cell(v.reason)} |")  # fmt: skip
+                         f"{_num(v.delta)} | {'yes' if v.passed else 'no'} | {_cell(v.reason)} |")
     else:
         lines.append("The project declares no eval suites.")
     lines += ["", "The full report is `eval_report.json` in this package."]
@@ -58,9 +58,9 @@ def _evals(m: SpecialistManifest, gate: GateResult | None) -> list[str]:
 
 
 def render_card(m: SpecialistManifest, *, gate: GateResult | None, record: TrainingRecord | None,
-                dataset: DatasetManifest | None) -> str:  # fmt: skip
+                dataset: DatasetManifest | None) -> str:
     """The Markdown model card of one package."""
-    created = datetime.fromtimestamp(m.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    created = datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     use = m.intended_use or (
         f"Serve it on `{m.base_model}` as model `{m.name}` (or `{m.name}@{m.version}`) for the task its eval suites "
         "describe. It is a small adapter trained on recorded sessions of one project: expect it to do that "

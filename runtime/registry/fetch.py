@@ -270,7 +270,7 @@ def pull(source: Source, entry: RegistryEntry, *, pin_sha256: str | None = None)
             raise IntegrityError(f"{what}: its lock has digest {lock.digest[:12]}, the index says {entry.digest[:12]}: refused")
         for rel, expected in sorted(lock.files.items()):
             _download(source, f"{entry.path}/{rel}", stage / safe_relative(rel, what), sha256=expected,
-                      size=lock.sizes.get(rel) if lock.sizes else None, what=what)  # fmt: skip
+                      size=lock.sizes.get(rel) if lock.sizes else None, what=what)
         manifest = read_manifest(stage)
         if (manifest.name, manifest.version) != (name, version):
             raise PackageError(f"{what}: its manifest is for {manifest.name}@{manifest.version}")
@@ -283,7 +283,7 @@ def pull(source: Source, entry: RegistryEntry, *, pin_sha256: str | None = None)
     if not move_into_place(stage, dest):
         # Another process pulled it at the same moment: use theirs once it checks out.
         return Pulled(path=str(dest), lock=verify_package(dest, name=name, version=version, digest=entry.digest),
-                      downloaded=False)  # fmt: skip
+                      downloaded=False)
     log.info("pulled %s (%s)", what, lock.digest[:12])
     return Pulled(path=str(dest), lock=lock, downloaded=True)
 

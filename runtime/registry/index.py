@@ -41,7 +41,7 @@ def entry_for(root: Path, package: Path, lock: SpecialistLock, manifest: Special
         path=Path(package).resolve().relative_to(Path(root).resolve()).as_posix(),
         base_model=manifest.base_model, created_at=manifest.created_at,
         base_digest=manifest.base_digest, method=manifest.method,
-    )  # fmt: skip
+    )
 
 
 def _ordered(entries: list[RegistryEntry]) -> list[RegistryEntry]:

@@ -102,7 +102,7 @@ def check_lock(lock: SpecialistLock, source: str) -> None:
 
 
 def verify_package(package: Path, *, name: str | None = None, version: str | None = None,
-                   digest: str | None = None) -> SpecialistLock:  # fmt: skip
+                   digest: str | None = None) -> SpecialistLock:
     """Check every file of a package against its lock (and the expected identity).
 
     Raises PackageError for an incomplete or inconsistent package, IntegrityError when a
@@ -189,7 +189,7 @@ def _eval_metrics(gate: GateResult | None) -> tuple[dict[str, float], dict[str, 
 
 def make_manifest(adapter_dir: Path, *, name: str, version: str, base_model: str, base_digest: str,
                   gate: GateResult | None, intended_use: str, created_at: float,
-                  record: TrainingRecord | None, dataset: DatasetManifest | None) -> SpecialistManifest:  # fmt: skip
+                  record: TrainingRecord | None, dataset: DatasetManifest | None) -> SpecialistManifest:
     """The manifest, from the training record when there is one, else the adapter config."""
     try:
         config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
@@ -212,7 +212,7 @@ def make_manifest(adapter_dir: Path, *, name: str, version: str, base_model: str
         trained_tokens=int(record.metrics.get("trained_tokens", 0)) if record else 0,
         gate_verdict=gate.verdict if gate else "not gated", baseline=gate.baseline_source if gate else "",
         baseline_metrics=base, intended_use=intended_use,
-    )  # fmt: skip
+    )
 
 
 def _same_weights(existing: Path, adapter_dir: Path) -> bool:
@@ -221,7 +221,7 @@ def _same_weights(existing: Path, adapter_dir: Path) -> bool:
 
 
 def build_package(adapter_dir: Path, registry: Path, *, name: str, version: str, base_model: str = "",
-                  base_digest: str = "", gate: GateResult | None = None, intended_use: str = "") -> Built:  # fmt: skip
+                  base_digest: str = "", gate: GateResult | None = None, intended_use: str = "") -> Built:
     """Write `<registry>/<name>/<version>/` from an adapter directory; the lock goes last.
 
     The base (name and digest) comes from the adapter's training record or config; the
@@ -260,7 +260,7 @@ def build_package(adapter_dir: Path, registry: Path, *, name: str, version: str,
         raise PackageError(str(e)) from None
     manifest = make_manifest(adapter_dir, name=name, version=version, base_model=base_model, base_digest=base_digest,
                              gate=gate, intended_use=intended_use, created_at=time.time(), record=record,
-                             dataset=dataset)  # fmt: skip
+                             dataset=dataset)
     stage = staging_dir(dest.parent, version)
     try:
         for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, *EXTRA_FILES):

@@ -70,7 +70,7 @@ def _fallback(pin: SpecialistPin, project_file: Path, error: str) -> PinOutcome:
 
 
 def pull_pins(pins: ProjectPins, project_file: Path, *, base_digest: str | None = None, timeout: float = 30.0,
-              only: set[str] | None = None, serving: dict[str, tuple[str, str]] | None = None) -> list[PinOutcome]:  # fmt: skip
+              only: set[str] | None = None, serving: dict[str, tuple[str, str]] | None = None) -> list[PinOutcome]:
     """Resolve and pull every pin (or those named in `only`); see the module doc.
 
     `serving` (name -> (version, digest) a runtime serves) skips the pull of a pin that
@@ -89,7 +89,7 @@ def pull_pins(pins: ProjectPins, project_file: Path, *, base_digest: str | None 
             if (serving or {}).get(pin.name) == (r.entry.version, r.entry.digest):
                 outcomes.append(PinOutcome(name=pin.name, wanted=describe(pin), version=r.entry.version,
                                            digest=r.entry.digest, path=str(cached_dir(pin.name, r.entry.version)),
-                                           registry=r.source.label))  # fmt: skip
+                                           registry=r.source.label))
                 continue
             got = pull(r.source, r.entry, pin_sha256=pin.sha256)
         except (RegistryError, OSError) as e:
@@ -100,7 +100,7 @@ def pull_pins(pins: ProjectPins, project_file: Path, *, base_digest: str | None 
         outcomes.append(PinOutcome(
             name=pin.name, wanted=describe(pin), version=r.entry.version, digest=got.lock.digest, path=got.path,
             registry=r.source.label, downloaded=got.downloaded,
-        ))  # fmt: skip
+        ))
     return outcomes
 
 

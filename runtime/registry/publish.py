@@ -81,7 +81,7 @@ def _published_with_same_weights(registry: Path, name: str, adapter_dir: Path) -
 
 
 def publish(adapter_dir: Path, registry: Path, *, name: str, version: str | None = None, base_model: str = "",
-            base_digest: str = "", gate: GateResult | None = None, intended_use: str = "", conn=None) -> PublishResult:  # fmt: skip
+            base_digest: str = "", gate: GateResult | None = None, intended_use: str = "", conn=None) -> PublishResult:
     """Package `adapter_dir` as `name@version` into `registry`, index it, and notify on `conn`.
 
     `version=None` reuses the version already published with these weights, else takes
@@ -93,14 +93,14 @@ def publish(adapter_dir: Path, registry: Path, *, name: str, version: str | None
     if not version:
         version = _published_with_same_weights(registry, name, adapter_dir) or next_version(read_index(registry), name)
     built = build_package(adapter_dir, registry, name=name, version=version, base_model=base_model,
-                          base_digest=base_digest, gate=gate, intended_use=intended_use)  # fmt: skip
+                          base_digest=base_digest, gate=gate, intended_use=intended_use)
     entry = entry_for(registry, Path(built.path), built.lock, built.manifest)
     add_entry(registry, entry)
     result = PublishResult(name=name, version=version, digest=built.lock.digest, path=built.path,
-                           registry=str(registry.resolve()), created=built.created)  # fmt: skip
+                           registry=str(registry.resolve()), created=built.created)
     if conn is not None:
         notice = PublishedNotice(name=name, version=version, digest=built.lock.digest, registry=result.registry,
-                                 base_digest=built.manifest.base_digest, published_at=entry.created_at)  # fmt: skip
+                                 base_digest=built.manifest.base_digest, published_at=entry.created_at)
         result.notified = notify(conn, notice)
     log.info("published %s@%s (%s) in %s", name, version, built.lock.digest[:12], registry)
     return result

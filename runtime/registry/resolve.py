@@ -107,4 +107,4 @@ def resolve_pin(pin: SpecialistPin, registries: list[Registry], *, base_digest: 
         refused.append(f"{entry.version}: {problem}")
         found = [(r, e) for r, e in found if e is not best]
     raise NotFound(f"{describe(pin)}: no published version passed the eval gate for its weights "
-                   f"({'; '.join(refused)}); pin one exactly to serve it anyway")  # fmt: skip
+                   f"({'; '.join(refused)}); pin one exactly to serve it anyway")

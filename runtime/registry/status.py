@@ -55,6 +55,6 @@ def section(console, args: argparse.Namespace) -> dict:
                 earlier = ", ".join(h.version for h in s.history[-3:]) or "-"
                 problem = f"[red]{escape(s.error)}[/] ({_when(s.error_at)})" if s.error else "-"
                 t.add_row(s.name, cur.version if cur else "-", cur.digest[:12] if cur else "-",
-                          escape(cur.registry) if cur else "-", _when(cur.at) if cur else "-", earlier, problem)  # fmt: skip
+                          escape(cur.registry) if cur else "-", _when(cur.at) if cur else "-", earlier, problem)
             console.print(t)
     return {"specialists": {"state_file": str(state_path()), **msgspec.to_builtins(state)}}

@@ -97,7 +97,7 @@ class Swapper:
         record_project_error(self.project_file, "")
         base = self.runtime.registry.base_digest
         outcomes = pull_pins(pins, self.project_file, base_digest=base, timeout=self.timeout, only=only,
-                             serving=self.serving())  # fmt: skip
+                             serving=self.serving())
         for o in outcomes:
             self._apply(o, pins.name, report)
         if only is None:

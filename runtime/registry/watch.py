@@ -47,7 +47,7 @@ class PinFileWatcher(threading.Thread):
                 # `ready` is set on the first (timeout) yield: the watch is running by then.
                 gen = watch(self.file.parent, watch_filter=self._is_pin_file, recursive=False,
                             debounce=self.debounce_ms, step=50, stop_event=self._halt, rust_timeout=500,
-                            yield_on_timeout=True, raise_interrupt=False)  # fmt: skip
+                            yield_on_timeout=True, raise_interrupt=False)
                 for changes in gen:
                     self.ready.set()
                     if changes and not self._halt.is_set():
@@ -99,7 +99,7 @@ class NoticeListener(threading.Thread):
                     if message is not None and message.get("type") == "message":
                         self._handle(message["data"])
             except redis.RedisError as e:
-                from tinygpt.queue.connection import redact
+                from tinygpt.runtime.redact import redact
 
                 log.warning("published notifications: Redis at %s: %s; retrying in %.0f s", redact(self.url), e, self.retry_s)
                 self._halt.wait(self.retry_s)

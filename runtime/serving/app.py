@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 
@@ -33,14 +33,9 @@ log = logging.getLogger("tinygpt.serving")
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A model directory from a cached name or a path (via the models package when present)."""
-    try:
-        from tinygpt.runtime.models import resolve_model
-    except ImportError:
-        path = Path(model).expanduser()
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model {model!r} is not a directory with config.json") from None
-        return path.resolve()
+    """A model directory from a cached name or a path."""
+    from tinygpt.runtime.models import resolve_model
+
     return Path(resolve_model(model))
 
 
@@ -83,7 +78,7 @@ class Runtime:
         m.gauge("tinygpt_prefix_cache_bytes", "bytes held by the prefix KV cache", lambda: self.engine.prefix_cache_nbytes)
         m.gauge("tinygpt_adapters_loaded", "servable specialist versions", lambda: len(self.registry.snapshot()[1]))
 
-    def start(self) -> "Runtime":
+    def start(self) -> Runtime:
         """Load the model, start the recorder and bind the HTTP server (in a thread)."""
         self.engine.start()
         try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"

@@ -13,7 +13,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterator
 
 import msgspec
 
@@ -114,12 +115,10 @@ class Completions:
         threading.Thread(target=self._warm_grammar, name="tinygpt-grammar-warm", daemon=True).start()
 
     def _warm_grammar(self) -> None:
-        try:
-            from tinygpt.runtime.grammar import warm_up
+        from tinygpt.runtime.grammar import warm_up
 
+        try:
             warm_up(self._grammar(), on_compile=self.engine.metrics.grammar_compile.observe)
-        except ImportError:
-            return  # constrained requests then answer 501 themselves
         except Exception:  # a tokenizer the grammar cannot use: requests say so (501)
             log.warning("grammar warm-up failed", exc_info=True)
 
@@ -250,11 +249,8 @@ class Completions:
         tools_mode = bool(req.tools) and choice != "none"
         if not tools_mode and not wants_format:
             return None, None, False, None
-        try:
-            from tinygpt.runtime.grammar import GrammarError, build_constraint, parse_tool_calls
-        except ImportError as e:
-            # Never fall back to unconstrained output.
-            raise ApiError(501, f"constrained decoding is not available: {e}", type="server_error") from None
+        from tinygpt.runtime.grammar import GrammarError, build_constraint, parse_tool_calls
+
         try:
             constraint = build_constraint(
                 self._grammar(),
@@ -337,7 +333,7 @@ class Completions:
                     p.gen.cancel()
                     raise ClientGone() from None
                 if not self.engine.healthy:
-                    raise ApiError(503, "the model thread stopped", type="server_error")
+                    raise ApiError(503, "the model thread stopped", type="server_error") from None
 
     def _next_batch(self, p: Prepared, out: Writer):
         """The next event, with every Delta already waiting merged into it.
@@ -421,7 +417,7 @@ class Completions:
                 calls.append(ToolCallDelta(
                     index=part.index, id=part.id if first else msgspec.UNSET, type="function" if first else msgspec.UNSET,
                     function=FunctionDelta(name=part.name if first else msgspec.UNSET, arguments=part.arguments),
-                ))  # fmt: skip
+                ))
                 n_calls = max(n_calls, part.index + 1)
         else:
             for c in delta.calls:

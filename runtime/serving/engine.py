@@ -22,7 +22,8 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import mlx.core as mx
 import msgspec
@@ -160,7 +161,7 @@ class Engine:
 
     # ------------------------------------------------------------ any thread
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Start the model thread and wait until the model is loaded (raises its error)."""
         self._thread.start()
         self._ready.wait()
@@ -202,7 +203,7 @@ class Engine:
             self._pending.append(req)
             self._cond.notify()
 
-    def call(self, fn: Callable[["Engine"], Any]) -> Future:
+    def call(self, fn: Callable[[Engine], Any]) -> Future:
         """Run `fn(engine)` on the model thread between decode steps (adapter operations)."""
         fut: Future = Future()
         with self._cond:

@@ -10,7 +10,8 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..contracts.trajectory import Timings
 from .assembler import Call, CallPart

@@ -87,11 +87,11 @@ class RequestGuard:
         host = headers.get("Host")
         if host is not None and not self.host_allowed(host):
             raise ApiError(403, f"Host {host!r} is not this server (a DNS-rebinding page?); "
-                                f"use 127.0.0.1, localhost or the address it is bound to", code="host_not_allowed")  # fmt: skip
+                                f"use 127.0.0.1, localhost or the address it is bound to", code="host_not_allowed")
         origin = headers.get("Origin")
         if origin is not None and not self.origin_allowed(origin):
             raise ApiError(403, f"browser origin {origin!r} is not allowed; start the server with --allow-origin {origin} "
-                                "to let that page use it", code="origin_not_allowed")  # fmt: skip
+                                "to let that page use it", code="origin_not_allowed")
         if method == "OPTIONS":
             self._preflight(handler, origin)
             return True
@@ -99,7 +99,7 @@ class RequestGuard:
             ctype = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             if ctype != "application/json":
                 raise ApiError(415, f"{method} bodies must be Content-Type: application/json (got {ctype or 'none'!r})",
-                               code="unsupported_media_type")  # fmt: skip
+                               code="unsupported_media_type")
         return False
 
     def host_allowed(self, value: str) -> bool:
@@ -124,7 +124,7 @@ class RequestGuard:
         if origin is None or not self.origin_allowed(origin):
             return {}
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-                "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS}  # fmt: skip
+                "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS}
 
     def _preflight(self, handler, origin: str | None) -> None:
         if origin is None:
@@ -161,4 +161,4 @@ class RequestGuard:
                 return
         allowed = ", ".join(str(r) for r in roots)
         raise ApiError(403, f"adapter path {path!r} is outside the directories the admin API may load from ({allowed}); "
-                            "add one with --adapter-dir", code="path_not_allowed", param="path")  # fmt: skip
+                            "add one with --adapter-dir", code="path_not_allowed", param="path")

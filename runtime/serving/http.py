@@ -67,7 +67,7 @@ class RuntimeHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address, runtime: "Runtime"):
+    def __init__(self, address, runtime: Runtime):
         self.runtime = runtime
         cfg = runtime.config
         self.guard = RequestGuard(cfg.host, cfg.allow_origins, cfg.adapter_dirs)
@@ -155,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ plumbing
 
     @property
-    def rt(self) -> "Runtime":
+    def rt(self) -> Runtime:
         return self.server.runtime
 
     def _dispatch(self, method: str) -> None:
@@ -191,7 +191,7 @@ class Handler(BaseHTTPRequestHandler):
             self._reply_error(e)
         except ClientGone:
             self.close_connection = True
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:
             log.exception("internal error on %s %s", method, self.path)
@@ -206,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
         shape = getattr(self, "_error_body", None)
         try:
             self.send_json(e.status, shape(e) if shape else e.body(), e.headers)
-        except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
 
     def _authorize(self, auth: str | None) -> None:
@@ -279,7 +279,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.wfile.write(data)
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError, OSError):
             raise ClientGone() from None
 
     def client_gone(self) -> bool:

@@ -30,7 +30,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
@@ -236,7 +237,7 @@ class Recorder:
         self._open: collections.OrderedDict[str, tuple[Trajectory, float]] = collections.OrderedDict()
         self._thread = threading.Thread(target=self._run, name="tinygpt-recorder", daemon=True)
 
-    def start(self) -> "Recorder":
+    def start(self) -> Recorder:
         self._thread.start()
         return self
 

@@ -7,12 +7,11 @@ what mlx-lm ignores and TinyGPT checks: which base weights (by digest) it belong
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tinygpt.runtime.contracts.base import ContractError
-from tinygpt.runtime.contracts.io import read_json
-from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingConfig, TrainingRecord
+from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingConfig
+from tinygpt.runtime.models import adapter_format
+from tinygpt.runtime.models.adapter_format import AdapterFormatError
 
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_FILE
 from .errors import BaseModelMismatch, TrainingError
@@ -69,19 +68,14 @@ def check_base(adapter_dir: Path, base_digest: str) -> None:
 
 
 def recorded_base(adapter_dir: Path) -> tuple[str, str] | None:
-    """(name, digest) of the base an adapter records, from its training record or config."""
-    record_path = adapter_dir / TRAINING_RECORD
-    if record_path.exists():
-        try:
-            record = read_json(record_path, TrainingRecord)
-        except ContractError as e:
-            raise TrainingError(str(e)) from None
-        return record.base_model, record.base_digest
+    """(name, digest) of the base an adapter records (`adapter_format.recorded_base`);
+    an unreadable adapter is bad training input (TrainingError)."""
+    if not (adapter_dir / ADAPTER_CONFIG).is_file() and not (adapter_dir / TRAINING_RECORD).is_file():
+        raise TrainingError(f"{adapter_dir} is not an adapter directory (no {ADAPTER_CONFIG})")
     try:
-        info = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("tinygpt", {})
-    except FileNotFoundError:
-        raise TrainingError(f"{adapter_dir} is not an adapter directory (no {ADAPTER_CONFIG})") from None
-    return (info["base_model"], info["base_digest"]) if "base_digest" in info else None
+        return adapter_format.recorded_base(adapter_dir)
+    except AdapterFormatError as e:
+        raise TrainingError(str(e)) from None
 
 
 def adapter_config(cfg: TrainingConfig, *, dora: bool, num_layers: int, model_path: Path, base: dict) -> dict:

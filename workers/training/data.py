@@ -10,7 +10,6 @@ seed and the epoch alone so a resumed run sees exactly the batches it would have
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from tinygpt.runtime.contracts.base import ContractError
 from tinygpt.runtime.contracts.dataset import DatasetFile, DatasetManifest, DatasetRow, PreferencePair
+from tinygpt.runtime.hashing import sha256_file
 from tinygpt.runtime.contracts.io import read_json
 
 from .errors import DatasetFormatError, EmptyDatasetError
@@ -51,14 +51,6 @@ class Dataset:
         return self.pair_splits.get(split, [])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_rows(path: Path, kind: type = DatasetRow) -> list:
     """Records from `.jsonl` (one per line) or `.msgpack` / `.mpk` (an array of them)."""
     try:
@@ -75,7 +67,7 @@ def _checked_file(path: Path, manifest_path: Path, entry: DatasetFile, what: str
     file = path / entry.path
     if not file.is_file():
         raise DatasetFormatError(f"{manifest_path}: {what} names {entry.path}, which is missing")
-    if entry.sha256 and _sha256(file) != entry.sha256:
+    if entry.sha256 and sha256_file(file) != entry.sha256:
         raise DatasetFormatError(f"{file}: sha256 does not match the manifest (changed after it was written)")
     return file
 
@@ -116,9 +108,9 @@ def load_dataset(path: str | Path) -> Dataset:
         for pair in _read_rows(file, PreferencePair):
             pairs.setdefault(pair.split, []).append(pair)
     return Dataset(
-        path=path, manifest=manifest, manifest_sha256=_sha256(manifest_path), splits=splits,
+        path=path, manifest=manifest, manifest_sha256=sha256_file(manifest_path), splits=splits,
         undesirable_splits=undesirable, pair_splits=pairs,
-    )  # fmt: skip
+    )
 
 
 def trainable_tokens(row: DatasetRow) -> int:

@@ -67,7 +67,7 @@ def default_accept(prompt: str, answer: str, reference: str) -> bool:
     parsed = parse_prompt(prompt)
     if got and parsed is not None and parsed[1]:
         from tinygpt.runtime.contracts.trajectory import ToolCall
-        from tinygpt.workers.label import call_problem
+        from tinygpt.runtime.tool_schema import call_problem
 
         tools = {t["function"]["name"]: t["function"] for t in parsed[1]}
         for c in got:
@@ -87,7 +87,7 @@ def load_accept(spec: str | None) -> Accept:
     module, _, name = spec.partition(":")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
+    except (ImportError, AttributeError, ValueError) as e:  # the user's module, named in the config
         raise TeacherError(f"teacher_accept={spec!r}: cannot import it ({e})") from None
 
 
@@ -133,7 +133,7 @@ class LocalTeacher:
         steps = generate_step(
             mx.array(ids), self.model, max_tokens=self.max_tokens, sampler=make_sampler(temp=self.temperature),
             logits_processors=[constraint] if constraint is not None else None,
-        )  # fmt: skip
+        )
         for token, _ in steps:
             token = int(token)
             out.append(token)
@@ -153,7 +153,7 @@ class EndpointTeacher:
     """
 
     def __init__(self, base_url: str, model: str, temperature: float, max_tokens: int, stop: list[str],
-                 api: str = "chat", tool_choice: str = "auto"):  # fmt: skip
+                 api: str = "chat", tool_choice: str = "auto"):
         self.base_url, self.model, self.api, self.tool_choice = base_url.rstrip("/"), model, api, tool_choice
         self.temperature, self.max_tokens, self.stop = temperature, max_tokens, stop
 
@@ -180,7 +180,7 @@ class EndpointTeacher:
         parsed = parse_prompt(prompt_text)
         if parsed is None:
             raise TeacherError("the dataset's prompts are not ChatML, so they cannot be sent as chat messages; "
-                               "use teacher_api='completions'")  # fmt: skip
+                               "use teacher_api='completions'")
         messages, tools = parsed
         body = {**common, "messages": messages}
         if tools:

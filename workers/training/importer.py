@@ -119,7 +119,7 @@ def pair_record(tokenizer, record: dict, row_id: str, split: str, stats: ImportS
         id=row_id, prompt_ids=prompt, chosen_ids=answers[0], rejected_ids=answers[1],
         chosen_reward=float(record.get("chosen_reward", 1.0)), rejected_reward=float(record.get("rejected_reward", 0.0)),
         chosen_trajectory="", rejected_trajectory="", split=split,
-    )  # fmt: skip
+    )
 
 
 def _split_of(line: bytes, seed: int, valid_fraction: float, test_fraction: float) -> str:
@@ -149,7 +149,7 @@ def _write_lines(out: Path, name: str, records: list) -> DatasetFile:
 
 
 def write_dataset(out: Path, name: str, splits: dict[str, list[DatasetRow]], base_model: str, base_digest: str,
-                  pairs: list[PreferencePair] | None = None) -> DatasetManifest:  # fmt: skip
+                  pairs: list[PreferencePair] | None = None) -> DatasetManifest:
     """Write rows as `<split>.jsonl` (+ `pairs.jsonl`) plus `manifest.json` (last: its presence means complete)."""
     out.mkdir(parents=True, exist_ok=True)
     files = {split: _write_lines(out, f"{split}.jsonl", rows) for split, rows in sorted(splits.items())}
@@ -176,7 +176,7 @@ def write_dataset(out: Path, name: str, splits: dict[str, list[DatasetRow]], bas
 def import_jsonl(
     src: Path, tokenizer, out: Path, *, base_model: str, base_digest: str, name: str | None = None,
     valid_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0,
-) -> tuple[DatasetManifest, ImportStats]:  # fmt: skip
+) -> tuple[DatasetManifest, ImportStats]:
     """Tokenize `src` once with `tokenizer` and write a dataset directory at `out`."""
     stats = ImportStats()
     splits: dict[str, list[DatasetRow]] = {}

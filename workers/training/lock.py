@@ -1,4 +1,4 @@
-"""One training job per machine: an exclusive `flock` on a file in the cache directory.
+"""One training job per machine: an exclusive file lock (`runtime/filelock.py`) in the cache directory.
 
 Two trainings at once would fight for the same memory and cores and both crawl (or one
 gets OOM-killed), so a second job waits for the first instead. `flock` is released by
@@ -8,13 +8,13 @@ machine. The holder's pid is written into the file for the "waiting for ..." mes
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tinygpt.runtime import paths
+from tinygpt.runtime.filelock import FileLock
 
 LOCK_NAME = "training.lock"
 
@@ -35,26 +35,22 @@ class LockBusy(RuntimeError):
 def training_lock(*, wait: bool = True, say: Callable[[str], None] | None = None, path: Path | None = None) -> Iterator[None]:
     """Hold the machine-wide training lock; blocks (or raises LockBusy) while another job has it."""
     path = Path(path or lock_path())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    lock = FileLock(path)
+    if not lock.acquire(timeout=0):
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            if not wait:
-                raise LockBusy(f"a training job is already running (pid {holder}, lock {path})") from None
-            if say:
-                say(f"waiting for the running training job (pid {holder}) to finish; lock {path}")
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            holder = path.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        if not wait:
+            raise LockBusy(f"a training job is already running (pid {holder}, lock {path})")
+        if say:
+            say(f"waiting for the running training job (pid {holder}) to finish; lock {path}")
+        lock.acquire()
+    try:
+        path.write_text(str(os.getpid()))
+        yield
+    finally:
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
-            yield
+            path.write_text("")
         finally:
-            f.seek(0)
-            f.truncate()
-            f.flush()
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            lock.release()

@@ -11,6 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from tinygpt.runtime.hashing import sha256_file
+
 from .errors import TrainingError
 
 
@@ -22,14 +24,6 @@ def resolve(name_or_path: str) -> Path:
         return Path(resolve_model(name_or_path))
     except ModelNotFound as e:
         raise TrainingError(str(e)) from None
-
-
-def digest(model_dir: Path) -> str:
-    """sha256 naming the model's files (the cache manifest's digest when there is one)."""
-    from tinygpt.runtime.models.manifest import digest_of, hash_files, read_manifest
-
-    manifest = read_manifest(model_dir)
-    return manifest.digest if manifest is not None else digest_of(hash_files(model_dir))
 
 
 def load(model_dir: Path):
@@ -72,7 +66,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 # Files that define how text becomes ids; weights and config do not.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")  # fmt: skip
+                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 def tokenizer_digest(model_dir: Path) -> str:
@@ -81,5 +75,5 @@ def tokenizer_digest(model_dir: Path) -> str:
     for name in _TOKENIZER_FILES:
         path = Path(model_dir) / name
         if path.is_file():
-            h.update(f"{name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+            h.update(f"{name} {sha256_file(path)}\n".encode())
     return h.hexdigest()

@@ -72,7 +72,7 @@ def pair_rows(pairs: list[PreferencePair]) -> list[DatasetRow]:
         return DatasetRow(
             id=f"{p.id}-{kind}", input_ids=p.prompt_ids + answer,
             loss_mask=[0] * len(p.prompt_ids) + [1] * len(answer), split=p.split,
-        )  # fmt: skip
+        )
 
     return [row(p, "chosen", p.chosen_ids) for p in pairs] + [row(p, "rejected", p.rejected_ids) for p in pairs]
 
@@ -122,7 +122,7 @@ def _ids_hash(rows: list[DatasetRow]) -> str:
 
 
 def reference_logps(model, rows: list[DatasetRow], *, cache_dir: Path, ref_digest: str, dataset_sha: str, kind: str,
-                    split: str, max_len: int, say: Callable[[str], None]) -> np.ndarray:  # fmt: skip
+                    split: str, max_len: int, say: Callable[[str], None]) -> np.ndarray:
     """Reference log-probs of `rows`, from the cache or computed now with `model` (in eval mode)."""
     import mlx.core as mx
 
@@ -222,14 +222,14 @@ def _usable(rows: list[DatasetRow], split: str, vocab: int) -> list[DatasetRow]:
 
 
 def prepare(model, method: str, cfg: TrainingConfig, dataset: Dataset, *, vocab: int, seed: int, ref_digest: str,
-            say: Callable[[str], None]) -> Prepared:  # fmt: skip
+            say: Callable[[str], None]) -> Prepared:
     """Rows, batches, cached reference log-probs and the loss of a preference run.
 
     `model` must be the starting weights (adapters attached and still zero, or the initial
     adapter loaded): it is the reference."""
     name = dataset.manifest.name
     cache = dict(cache_dir=dataset.path / REFERENCE_DIR, ref_digest=ref_digest, dataset_sha=dataset.manifest_sha256,
-                 max_len=cfg.max_seq_length, say=say)  # fmt: skip
+                 max_len=cfg.max_seq_length, say=say)
     sft = sft_weight(method, cfg)
     if method in ("kto", "kto-sft"):
         splits = {}
@@ -255,7 +255,7 @@ def prepare(model, method: str, cfg: TrainingConfig, dataset: Dataset, *, vocab:
             refs[split] = (reference_logps(model, rows, kind="kto", split=split, **cache), sign)
         loss = partial(kto_loss, beta=cfg.pref_beta, desirable_weight=cfg.kto_desirable_weight,
                        undesirable_weight=cfg.kto_undesirable_weight, sft=sft,
-                       batch_z0=cfg.kto_reference_point == "batch")  # fmt: skip
+                       batch_z0=cfg.kto_reference_point == "batch")
         counts = {"desirable_rows": float(len(good)), "undesirable_rows": float(len(bad))}
     elif method == "dpo":
         plans, refs = {}, {}

@@ -27,13 +27,13 @@ def quantized_base(
 ) -> tuple[Path, str]:
     """The cached quantized copy of `base_dir` (made on first use) and its digest."""
     from tinygpt.runtime.models import cache
-    from tinygpt.runtime.models.manifest import write_manifest
+    from tinygpt.runtime.models.manifest import model_digest, write_manifest
 
     name = quantized_name(base_dir, base_digest, bits, group_size)
     with cache.locked(name):
         found = cache.cached(name)
         if found is not None:
-            return found, _digest(found)
+            return found, model_digest(found)
         say(f"quantizing {base_dir.name} to {bits} bits (group size {group_size}) for QLoRA, cached as {name}")
         staging = cache.staging_dir(name)
         try:
@@ -43,13 +43,7 @@ def quantized_base(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return path, _digest(path)
-
-
-def _digest(path: Path) -> str:
-    from tinygpt.runtime.models.manifest import read_manifest
-
-    return read_manifest(path).digest
+    return path, model_digest(path)
 
 
 def _quantize_into(base_dir: Path, dest: Path, bits: int, group_size: int) -> None:

@@ -18,6 +18,7 @@ from tinygpt.runtime.contracts.dataset import DatasetRow
 from tinygpt.runtime.contracts.specialist import PREFERENCE_METHODS
 from tinygpt.runtime.contracts.io import atomic_write_bytes
 from tinygpt.runtime.contracts.training import TRAINING_RECORD, TrainingRecord
+from tinygpt.runtime.hashing import sha256_file
 
 from . import adapters, distill, losses, models, preference
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_FILE, METRICS_FILE, load_checkpoint, trim_metrics, write_output
@@ -74,7 +75,7 @@ def _teacher_rows(ctx, tokenizer, rows: list[DatasetRow]) -> tuple[list[DatasetR
         teacher = EndpointTeacher(
             cfg.teacher_endpoint, job.teacher_model or "default", cfg.teacher_temperature, cfg.teacher_max_tokens,
             [eos_text], api=cfg.teacher_api, tool_choice=cfg.teacher_tool_choice,
-        )  # fmt: skip
+        )
         say(f"teacher: {cfg.teacher_endpoint} answers {len(prompts)} prompts")
     else:
         model, teacher_tokenizer = models.load(ctx["teacher_path"])
@@ -92,7 +93,7 @@ def _teacher_rows(ctx, tokenizer, rows: list[DatasetRow]) -> tuple[list[DatasetR
 
 
 def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_digest, init_sha, run_key, out, work,
-          progress, callbacks, say) -> TrainingRecord:  # fmt: skip
+          progress, callbacks, say) -> TrainingRecord:
     """Everything between "inputs are valid, the lock is ours" and "the output exists"."""
     import mlx.core as mx
 
@@ -165,7 +166,7 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
         result = run_loop(
             model, optimizer, objective, train_plan, val_batches, cfg,
             seed=job.seed, work=work, reporter=reporter, resume=resume, callbacks=callbacks,
-        )  # fmt: skip
+        )
     del teacher
 
     state = result.state
@@ -210,7 +211,7 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
         init_adapter_sha256=init_sha,
         reference_digest=ref_digest,
         run_key=run_key,
-        adapter_sha256=_sha256(adapter_file),
+        adapter_sha256=sha256_file(adapter_file),
         steps_done=state.step,
         best_step=state.best_step if result.best is not None else state.step,
         stopped_early=state.stopped_early,
@@ -230,7 +231,3 @@ def train(*, job, cfg, dataset, base_path, base_digest, teacher_path, teacher_di
     return record
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()

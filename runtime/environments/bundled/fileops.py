@@ -21,7 +21,7 @@ class FileOps(Environment):
     def tasks(self, split, n, seed) -> list[EnvTask]:
         # The generator draws train and test tasks from disjoint pools of names and texts.
         return [EnvTask(id=t.id, kind=t.kind, messages=T.opening(t.prompt), data=msgspec.to_builtins(t))
-                for t in T.generate(n, seed, split)]  # fmt: skip
+                for t in T.generate(n, seed, split)]
 
     def reset(self, task: EnvTask) -> FakeFS:
         return FakeFS(task.data["files"])

@@ -69,7 +69,7 @@ class FakeFS:
         for path, text in (files or {}).items():
             self._put(normalize(path), text)
 
-    def copy(self) -> "FakeFS":
+    def copy(self) -> FakeFS:
         clone = FakeFS()
         clone.files = dict(self.files)
         clone.dirs = set(self.dirs)

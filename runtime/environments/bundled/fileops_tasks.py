@@ -59,7 +59,7 @@ PRIMER: list[dict[str, Any]] = _worked_example(
     1, "Move /inbox/photo.jpg into the folder /album.", "move_file",
     {"source": "/inbox/photo.jpg", "destination": "/album/photo.jpg"},
     {"ok": True, "moved_to": "/album/photo.jpg"}, "Moved it to /album/photo.jpg.",
-)  # fmt: skip
+)
 
 
 def opening(prompt: str) -> list[dict[str, Any]]:
@@ -183,7 +183,7 @@ def _make(rng: random.Random, kind: Kind, pool: dict[str, list[str]]) -> tuple[s
         while dst in files:
             dst = f"/{rng.choice(pool['dirs'])}/{fresh_name()}"
         solution = [Call(name="read_file", arguments={"path": path}),
-                    Call(name="write_file", arguments={"path": dst, "content": files[path]})]  # fmt: skip
+                    Call(name="write_file", arguments={"path": dst, "content": files[path]})]
         return phrase.format(path=path, dst=dst), files, solution
     # find_delete: exactly one file holds the word.
     word = rng.choice(pool["words"])
@@ -227,7 +227,7 @@ def generate(n: int, seed: int, split: Split = "train", mix: dict[Kind, float] |
             if not result["ok"]:  # a generator bug, never a property of the model
                 raise AssertionError(f"reference solution fails on {kind}: {result['error']}")
         tasks.append(Task(id=f"{split}-{seed}-{i}-{digest}", kind=kind, split=split, prompt=prompt,
-                          files=files, expected=fs.snapshot(), solution=solution))  # fmt: skip
+                          files=files, expected=fs.snapshot(), solution=solution))
     return tasks
 
 
@@ -270,4 +270,4 @@ def check(task: Task, fs: FakeFS, calls: list[tuple[str, str]], results: list[di
     return Outcome(
         task_id=task.id, kind=task.kind, success=not reasons, state_ok=state_ok, first_call_ok=first_ok,
         finished=finished, calls=len(calls), failed_calls=failed, reason="; ".join(reasons),
-    )  # fmt: skip
+    )

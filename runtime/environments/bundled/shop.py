@@ -35,7 +35,7 @@ TOOLS = [
 ]
 
 SYSTEM = ("You are a shopping assistant. Use the tools to do exactly what the user asks, one call at a time. "
-          "When it is done, reply with one short sentence.")  # fmt: skip
+          "When it is done, reply with one short sentence.")
 
 _POOLS = {
     "train": {
@@ -50,7 +50,7 @@ _POOLS = {
         "prefix": "Q",
         "streets": ["Birch Court", "Harbor Way", "Mill Street", "Cedar Row"],
     },
-}  # fmt: skip
+}
 
 _PHRASES = {
     "add": ["Add {qty} of item {pid} to my cart.", "Put {qty} x {pid} in the cart, please.", "I want {qty} of product {pid} in my cart."],
@@ -58,20 +58,20 @@ _PHRASES = {
     "checkout": ["Place the order and ship it to {addr}.", "Check out my cart, delivery to {addr}.", "Order what is in my cart; the address is {addr}."],
     "buy": ["Order {qty} of item {pid} and ship to {addr}.", "Buy {qty} x {pid}, deliver to {addr}.", "I need {qty} of product {pid} sent to {addr}."],
     "find_add": ["Find the {name} and add one to my cart.", "Search for the {name} and put 1 in my cart.", "Add one {name} to my cart (look it up first)."],
-}  # fmt: skip
+}
 
 
 def _example(i: int, ask: str, name: str, arguments: dict[str, Any], result: dict[str, Any], answer: str) -> list[dict[str, Any]]:
     call_id = f"call_example_{i}"
     call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
     return [{"role": "user", "content": ask}, {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)}, {"role": "assistant", "content": answer}]  # fmt: skip
+            {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)}, {"role": "assistant", "content": answer}]
 
 
 # One worked example on an id and address outside both pools: a small model copies the
 # shape of a call far more readily than it reads a schema.
 PRIMER = _example(0, "Add 2 of item Z-9 to my cart.", "add_to_cart", {"product_id": "Z-9", "quantity": 2},
-                  {"ok": True, "cart": {"Z-9": 2}}, "Added 2 of Z-9 to your cart.")  # fmt: skip
+                  {"ok": True, "cart": {"Z-9": 2}}, "Added 2 of Z-9 to your cart.")
 
 
 class Shop(Environment):
@@ -95,7 +95,7 @@ class Shop(Environment):
             prompt = task.pop("prompt")
             out.append(EnvTask(id=f"shop-{split}-{seed}-{len(out)}-{key}", kind=kind,
                                messages=[{"role": "system", "content": SYSTEM}, *PRIMER, {"role": "user", "content": prompt}],
-                               data=task))  # fmt: skip
+                               data=task))
         return out
 
     def reset(self, task: EnvTask) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 Leaderboard's BFCL v4 `simple_python` category (every 8th of its 400: simple_python_0,
 _8, _16, ...) with their possible answers, copied unchanged from
 github.com/ShishirPatil/gorilla (berkeley-function-call-leaderboard/bfcl_eval/data,
-commit 6ea57973, Apache-2.0) and read through the BFCL import (workers/eval_bfcl.py).
+commit 6ea57973, Apache-2.0) and read through the BFCL import (bfcl.py); the data sits in general_tools/.
 A specialist is trained on one project's tools; this suite checks it did not get worse at
 calling tools in general. It fails only on a loss that is statistically clear, whatever
 its size (`EvalSuite.regression = "significant"`), against the same baseline as the

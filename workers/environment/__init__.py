@@ -1,4 +1,4 @@
-"""The environment stage: rounds of collect ▶ train ▶ gate ▶ publish on a user's environment.
+"""The environment stage: rounds of collect ▶ train ▶ gate ▶ publish on a user's environment (rounds.py).
 
     run(job: EnvironmentJob, conn=None) -> EnvRunRecord
 
@@ -27,7 +27,7 @@ class EnvironmentJobError(PermanentError):
 
 def run(job: EnvironmentJob, conn=None) -> EnvRunRecord:
     import tinygpt.runtime  # noqa: F401  (fast BLAS before mlx loads)
-    from tinygpt.runtime.environments.factory import EnvRunError, run_environment
+    from tinygpt.workers.environment.rounds import EnvRunError, run_environment
     from tinygpt.runtime.environments.loader import EnvironmentBroken
 
     # The run's own burst worker and publish notice reach the Redis this worker uses:

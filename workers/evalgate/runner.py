@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 from tinygpt.runtime.contracts.evals import EvalSuite, ItemResult, SuiteReport
 
-from .eval_rows import Call, GateInputError, Item, Output
-from .eval_scorers import MetricSpec, scorer_for
-from .eval_stats import mean, summarize
-from .eval_targets import Target
+from .rows import Call, GateInputError, Item, Output
+from .scorers import MetricSpec, scorer_for
+from .stats import mean, summarize
+from .targets import Target
 
 log = logging.getLogger("tinygpt.evalgate")
 
@@ -108,7 +108,7 @@ def ask(port: int, body: dict) -> Output:
             msg = choice["message"]
             calls = [Call(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls") or []]
             return Output(content=msg.get("content"), calls=calls, finish_reason=choice.get("finish_reason") or "",
-                          completion_tokens=data["usage"]["completion_tokens"], latency_s=latency)  # fmt: skip
+                          completion_tokens=data["usage"]["completion_tokens"], latency_s=latency)
         return _read_stream(resp, start)
     finally:
         conn.close()
@@ -142,7 +142,7 @@ def _read_stream(resp, start: float) -> Output:
     latency = time.perf_counter() - start
     return Output(content="".join(content) or None, calls=[Call(n, a) for _, (n, a) in sorted(calls.items())],
                   finish_reason=finish, completion_tokens=tokens, ttft_s=first if first is not None else latency,
-                  latency_s=latency)  # fmt: skip
+                  latency_s=latency)
 
 
 def _answer(port: int, job: RunJob, model: str, item: Item, k: int) -> Output:
@@ -163,13 +163,13 @@ def _report(job: RunJob, outputs: dict[tuple[str, int], Output], seconds: float)
         scored = [scorer(item, outputs[item.id, k]) for k in range(job.suite.passes)]
         detail = next((d for s, d in scored if d), "")
         results.append(ItemResult(id=item.id, score=mean([s for s, _ in scored]), passes=[s for s, _ in scored],
-                                  output=outputs[item.id, 0].shown(), detail=detail, line=item.line))  # fmt: skip
+                                  output=outputs[item.id, 0].shown(), detail=detail, line=item.line))
     summary = summarize([r.score for r in results], job.spec.percentile)
     return SuiteReport(
         suite=job.suite.name, metric=job.suite.metric, direction=job.spec.direction, n=len(results),
         passes=job.suite.passes, mean=summary.mean, std=summary.std, stderr=summary.stderr, ci95=summary.ci95,
         items=results, value=summary.value if job.spec.percentile is not None else None, key=job.key, seconds=seconds,
-    )  # fmt: skip
+    )
 
 
 def _load(rt, target: Target, served: dict) -> str:
@@ -194,7 +194,8 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
 
     `progress(done, total)` is called after every answered request (from pool threads).
     """
-    from tinygpt.runtime.serving.app import Runtime, ServerConfig
+    from tinygpt.runtime.serving.config import ServerConfig
+    from tinygpt.runtime.stack import start_runtime
 
     say = say or log.info
     answered = _Counter(sum(len(j.items) * j.suite.passes + (j.suite.kind == "latency") for j in jobs), progress)
@@ -204,16 +205,16 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
         groups.setdefault(str(job.target.model_dir), []).append(i)
     for model_dir, indices in groups.items():
         # Every request names its max_tokens, so the server's defaults do not matter here.
-        rt = Runtime(ServerConfig(model=model_dir, port=0, record=False, prefix_cache_mb=256)).start()
+        rt = start_runtime(ServerConfig(model=model_dir, port=0, record=False, prefix_cache_mb=256))
         try:
             served: dict = {}
             models = {i: _load(rt, jobs[i].target, served) for i in indices}
             batch = [i for i in indices if jobs[i].suite.kind not in ("latency", "environment")]
             if batch:
                 _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], concurrency, say, reports,
-                                batch, answered)  # fmt: skip
+                                batch, answered)
             for i in (i for i in indices if jobs[i].suite.kind == "environment"):
-                from .eval_environment import run as run_environment
+                from .environment import run as run_environment
 
                 job = jobs[i]
                 say(f"{job.suite.name}: {len(job.items)} episodes of {job.suite.environment!r} on {job.target.describe}")
@@ -224,7 +225,7 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
                 start = time.perf_counter()
                 answered(_answer(rt.port, job, models[i], job.items[0], 0))  # warm-up: grammar compile, caches
                 outputs = {(it.id, k): answered(_answer(rt.port, job, models[i], it, k))
-                           for it in job.items for k in range(job.suite.passes)}  # fmt: skip
+                           for it in job.items for k in range(job.suite.passes)}
                 reports[i] = _report(job, outputs, time.perf_counter() - start)
         finally:
             rt.stop()
@@ -249,7 +250,7 @@ class _Counter:
 
 
 def _run_concurrent(port: int, jobs: list[RunJob], models: list[str], concurrency: int, say, reports: dict,
-                    indices: list[int], answered: _Counter) -> None:  # fmt: skip
+                    indices: list[int], answered: _Counter) -> None:
     work = [(j, it, k) for j, job in enumerate(jobs) for it in job.items for k in range(job.suite.passes)]
     for job in jobs:
         say(f"{job.suite.name}: {len(job.items)} rows x {job.suite.passes} on {job.target.describe}")

@@ -37,12 +37,12 @@ import msgspec
 
 from tinygpt.runtime.contracts.environments import (
     EnvGate, EnvRunRecord, EnvRunSettings, EpisodeResult, HeldOut, RoundRecord,
-)  # fmt: skip
+)
 from tinygpt.runtime.contracts.pipeline import DatasetSettings, DedupeSettings, LabelRule, PipelineSettings
 
-from . import runner
-from .interface import Environment
-from .loader import EnvironmentBroken, load
+from tinygpt.runtime.environments import runner
+from tinygpt.runtime.environments.interface import Environment
+from tinygpt.runtime.environments.loader import EnvironmentBroken, load
 
 log = logging.getLogger("tinygpt.environments")
 
@@ -81,14 +81,15 @@ class _Runtime:
 @contextlib.contextmanager
 def local_runtime(model: str, work: Path, project: str, concurrency: int) -> Iterator[_Runtime]:
     """A runtime in this process on 127.0.0.1 and a free port, recording into `work`."""
-    from tinygpt.runtime.serving.app import Runtime, ServerConfig
+    from tinygpt.runtime.serving.config import ServerConfig
+    from tinygpt.runtime.stack import start_runtime
 
     traj = work / "trajectories"
     # Sessions are sealed explicitly once collected, never by the idle timer mid-round; no
     # queue hook: only collection sessions go to the pipeline, never held-out ones.
     config = ServerConfig(model=model, port=0, trajectories_dir=str(traj), project=project,
-                          session_idle_s=24 * 3600.0, max_batch=max(16, concurrency))  # fmt: skip
-    rt = Runtime(config).start()
+                          session_idle_s=24 * 3600.0, max_batch=max(16, concurrency))
+    rt = start_runtime(config)
     try:
         yield _Runtime(url=rt.url, base_name=rt.registry.base_name, base_digest=rt.registry.base_digest, trajectories=traj, rt=rt)
     finally:
@@ -97,19 +98,19 @@ def local_runtime(model: str, work: Path, project: str, concurrency: int) -> Ite
 
 def pipeline_settings(s: EnvRunSettings) -> PipelineSettings:
     """Keep an episode only when its reward reached `success_reward` and every call validated."""
-    from .pipeline import NEAR_THRESHOLD
+    from tinygpt.runtime.environments.pipeline import NEAR_THRESHOLD
 
     return PipelineSettings(
         dedupe=DedupeSettings(near_threshold=NEAR_THRESHOLD),
         label=LabelRule(min_reward=s.success_reward, require={"feedback": s.success_reward, "tool_validity": 1.0},
-                        keep_unlabelled=False),  # fmt: skip
+                        keep_unlabelled=False),
         dataset=DatasetSettings(valid_fraction=0.05, test_fraction=0.0, seed=s.seed),
     )
 
 
 def gate_verdict(s: EnvRunSettings, baseline: HeldOut, candidate: HeldOut) -> EnvGate:
     """Paired on the same held-out tasks: which flipped, the exact sign test, the rule."""
-    from tinygpt.workers.eval_stats import sign_test
+    from tinygpt.workers.evalgate.stats import sign_test
 
     before, after = set(baseline.solved), set(candidate.solved)
     gained, lost = len(after - before), len(before - after)
@@ -127,17 +128,17 @@ def gate_verdict(s: EnvRunSettings, baseline: HeldOut, candidate: HeldOut) -> En
 
 def _suite_report(suite: str, results: list[EpisodeResult]):
     from tinygpt.runtime.contracts.evals import ItemResult, SuiteReport
-    from tinygpt.workers.eval_stats import summarize
+    from tinygpt.workers.evalgate.stats import summarize
 
     scores = [1.0 if r.success else 0.0 for r in results]
     s = summarize(scores)
     items = [ItemResult(id=r.task_id, score=x, detail=f"{r.kind}: {r.reason}"[:300]) for r, x in zip(results, scores)]
     return SuiteReport(suite=suite, metric="success", direction="higher", n=len(scores), passes=1, mean=s.mean, std=s.std,
-                       stderr=s.stderr, ci95=s.ci95, items=items)  # fmt: skip
+                       stderr=s.stderr, ci95=s.ci95, items=items)
 
 
 def write_gate_result(path: Path, srv: _Runtime, env_name: str, specialist: str, adapter: Path, gate: EnvGate,
-                      base: list[EpisodeResult], cand: list[EpisodeResult]) -> None:  # fmt: skip
+                      base: list[EpisodeResult], cand: list[EpisodeResult]) -> None:
     """The gate's verdict as a `GateResult` for exactly these weights (what publish checks)."""
     from tinygpt.runtime.contracts.evals import EvalReport, GateResult, SuiteVerdict
     from tinygpt.runtime.contracts.io import write_json
@@ -147,17 +148,17 @@ def write_gate_result(path: Path, srv: _Runtime, env_name: str, specialist: str,
     digest = read_adapter(adapter, specialist, None, "").digest
     now = time.time()
     cand_report = EvalReport(model=srv.base_name, model_digest=srv.base_digest, adapter=str(adapter), adapter_digest=digest,
-                             suites=[_suite_report(suite, cand)], created_at=now)  # fmt: skip
+                             suites=[_suite_report(suite, cand)], created_at=now)
     base_report = EvalReport(model=gate.baseline.model, model_digest=srv.base_digest, suites=[_suite_report(suite, base)], created_at=now)
     verdict = SuiteVerdict(suite=suite, candidate=gate.candidate.success_rate, baseline=gate.baseline.success_rate,
                            delta=gate.candidate.success_rate - gate.baseline.success_rate, threshold=0.0,
                            passed=gate.verdict == "pass", significant=gate.p_value < 0.05, reason=gate.reason,
-                           metric="success", p_value=gate.p_value)  # fmt: skip
+                           metric="success", p_value=gate.p_value)
     result = GateResult(verdict=gate.verdict, candidate=cand_report, baseline=base_report, suites=[verdict], message=gate.reason,
                         baseline_source=gate.baseline.model,
                         extra={"subject": specialist, "environment": env_name, "gained": gate.gained, "lost": gate.lost,
                                "per_kind": {"baseline": msgspec.to_builtins(gate.baseline.per_kind),
-                                            "candidate": msgspec.to_builtins(gate.candidate.per_kind)}})  # fmt: skip
+                                            "candidate": msgspec.to_builtins(gate.candidate.per_kind)}})
     write_json(path, result)
 
 
@@ -196,7 +197,7 @@ def run_environment(
     work.mkdir(parents=True, exist_ok=True)
     project = f"{pins.name}-env-{settings.environment}"[:64]
     record = EnvRunRecord(environment=settings.environment, specialist=settings.specialist, model=model or pins.base_model,
-                          project=project, settings=settings)  # fmt: skip
+                          project=project, settings=settings)
     if redis_url is None:
         from tinygpt.queue.connection import redis_url as default_url
 
@@ -215,7 +216,7 @@ def run_environment(
 
 class _Run:
     def __init__(self, env: Environment, s: EnvRunSettings, srv: _Runtime, work: Path, project_file: Path, pins, record: EnvRunRecord,
-                 redis_url: str, say, progress):  # fmt: skip
+                 redis_url: str, say, progress):
         self.env, self.s, self.srv, self.work, self.project_file, self.pins = env, s, srv, work, project_file, pins
         self.record, self.redis_url, self.say, self.progress = record, redis_url, say, progress
         self.client = _client(srv.url)
@@ -230,12 +231,12 @@ class _Run:
         s, env = self.s, self.env
         return runner.Sampling(model=model, temperature=temperature, max_turns=s.max_turns or env.max_turns,
                                max_tokens=s.max_tokens or env.max_tokens, seed=seed, success_reward=s.success_reward,
-                               source=f"env:{s.environment}")  # fmt: skip
+                               source=f"env:{s.environment}")
 
     def episodes(self, jobs: list[runner.Attempt], cfg: runner.Sampling) -> list[EpisodeResult]:
         advance = self.progress(len(jobs))
         return runner.run_many(self.client, self.env, self.s.environment, jobs, cfg, concurrency=self.s.concurrency,
-                               on_done=lambda r: advance())  # fmt: skip
+                               on_done=lambda r: advance())
 
     def held_out(self, model: str, test_set) -> list[EpisodeResult]:
         return self.episodes([runner.Attempt(t) for t in test_set], self.sampling(model, 0.0, None))
@@ -254,7 +255,7 @@ class _Run:
                 serving = s.specialist
 
     def one_round(self, r: int, serving: str, train_set, test_set, incumbent: list[EpisodeResult]):
-        from .pipeline import PipelineError, run_pipeline, trajectory_file
+        from tinygpt.runtime.environments.pipeline import PipelineError, run_pipeline, trajectory_file
 
         s, srv = self.s, self.srv
         rec = RoundRecord(round=r, collected_with=serving, attempts=0, successes=0, method=s.train.method)
@@ -269,7 +270,7 @@ class _Run:
 
         plan = runner.exploration_plan(train_set, self.tools, s.attempts, s.explore)
         self.say(f"round {r}: collect {len(train_set)} tasks x {s.attempts} attempts at T={s.temperature} with {serving}"
-                 + (f" ({sum(a.force is not None for a in plan)} exploring)" if s.explore else ""))  # fmt: skip
+                 + (f" ({sum(a.force is not None for a in plan)} exploring)" if s.explore else ""))
         got = self.episodes(plan, self.sampling(serving, s.temperature, s.seed + 100 * r))
         srv.seal()
         rec.attempts, rec.successes = len(got), sum(e.success for e in got)
@@ -278,7 +279,7 @@ class _Run:
         rec.per_kind = runner.per_kind(got)
         lap("collect")
         self.say(f"   {rec.successes}/{rec.attempts} succeeded ({rec.explored_successes}/{rec.explored} exploring); "
-                 + ", ".join(f"{k} {c.successes}/{c.n}" for k, c in rec.per_kind.items()))  # fmt: skip
+                 + ", ".join(f"{k} {c.successes}/{c.n}" for k, c in rec.per_kind.items()))
         self.save()
 
         files = [trajectory_file(srv.trajectories, e.trajectory_id) for e in got if e.trajectory_id]
@@ -287,7 +288,7 @@ class _Run:
         rec.dataset = f"{self.record.project}-r{r}-{int(time.time())}"
         try:
             run = run_pipeline(files, base_model=srv.base_name, project=self.record.project, dataset_name=rec.dataset,
-                               redis_url=self.redis_url, seed=s.seed, settings=pipeline_settings(s))  # fmt: skip
+                               redis_url=self.redis_url, seed=s.seed, settings=pipeline_settings(s))
         except PipelineError as e:
             raise EnvRunError(f"round {r}: pipeline: {e}") from None
         rec.rows = run.rows.get("train", 0)
@@ -297,7 +298,7 @@ class _Run:
             self.save()
             raise EnvRunError(f"round {r}: {rec.note} (more tasks, attempts or exploration give the sampler more chances)")
 
-        from .training import TrainError, TrainSettings, train
+        from tinygpt.runtime.environments.training import TrainError, TrainSettings, train
 
         adapter = self.work / f"round-{r}" / "adapter"
         t = s.train
@@ -305,7 +306,7 @@ class _Run:
         try:
             train(self.record.model, Path(run.dataset_dir), adapter, s.specialist,
                   TrainSettings(steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate, num_layers=t.num_layers,
-                                lora_rank=t.lora_rank, seed=s.seed + r), method=t.method)  # fmt: skip
+                                lora_rank=t.lora_rank, seed=s.seed + r), method=t.method)
         except TrainError as e:
             raise EnvRunError(f"round {r}: {e}") from None
         lap("train")

@@ -24,10 +24,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .eval_rows import EvalRow, GateInputError, Item
+from .rows import EvalRow, GateInputError, Item
 
 _TYPES = {"dict": "object", "float": "number", "tuple": "array", "integer": "integer", "string": "string",
-          "boolean": "boolean", "array": "array", "object": "object", "number": "number", "any": None}  # fmt: skip
+          "boolean": "boolean", "array": "array", "object": "object", "number": "number", "any": None}
 # BFCL-only keys that JSON Schema (and the grammar) would take as unknown constraints.
 _DROP = ("optional",)
 _NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -164,6 +164,6 @@ def load_bfcl(questions: Path, answers: Path | None = None) -> list[Item]:
         else:
             raise GateInputError(f"{where}: no possible answer for {obj['id']!r} in {answers}")
         row = EvalRow(id=obj["id"], messages=_messages(obj.get("question"), where), tools=tools, expected=expected,
-                      metadata={"bfcl_category": cat, "bfcl_names": names})  # fmt: skip
+                      metadata={"bfcl_category": cat, "bfcl_names": names})
         items.append(Item(obj["id"], n, row))
     return items

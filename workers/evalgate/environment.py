@@ -12,7 +12,7 @@ runner `tinygpt env run` and `tinygpt demo` drive (chat with the environment's t
 results as `tool` messages, the checker's reward) — greedy unless the suite says
 otherwise. An item's score is 1 when the episode reached a reward of 1, else 0, so the
 gate's paired comparison of candidate and baseline on the same task ids is the exact
-McNemar test (eval_stats.compare); the report adds success per task kind.
+McNemar test (stats.compare); the report adds success per task kind.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import msgspec
 from tinygpt.runtime.contracts.evals import EvalSuite, ItemResult, KindScore, SuiteReport
 from tinygpt.runtime.contracts.project import ProjectPins
 
-from .eval_rows import EvalRow, GateInputError, Item
-from .eval_stats import summarize
+from .rows import EvalRow, GateInputError, Item
+from .stats import summarize
 
 DEFAULT_TASKS = 24
 OPTIONS = ("tasks", "skip")
@@ -92,7 +92,7 @@ def load_items(suite: EvalSuite) -> list[Item]:
     """The suite's tasks as items (ids and kinds; the episodes need the environment itself)."""
     env, got = tasks(suite)
     return [Item(t.id, i + 1, EvalRow(id=t.id, messages=t.messages, tools=env.tools, metadata={"kind": t.kind}))
-            for i, t in enumerate(got)]  # fmt: skip
+            for i, t in enumerate(got)]
 
 
 def run(port: int, suite: EvalSuite, model: str, key: str, concurrency: int, on_done) -> SuiteReport:
@@ -102,18 +102,18 @@ def run(port: int, suite: EvalSuite, model: str, key: str, concurrency: int, on_
 
     env, got = tasks(suite)
     cfg = runner.Sampling(model=model, temperature=suite.temperature, max_turns=env.max_turns, max_tokens=env.max_tokens,
-                          seed=suite.seed if suite.temperature > 0 else None, source=f"eval:{suite.name}")  # fmt: skip
+                          seed=suite.seed if suite.temperature > 0 else None, source=f"eval:{suite.name}")
     client = runner.make_client(f"http://127.0.0.1:{port}")
     start = time.perf_counter()
     try:
         results = runner.run_many(client, env, suite.environment, [runner.Attempt(t) for t in got], cfg,
-                                  concurrency=concurrency, on_done=lambda r: on_done())  # fmt: skip
+                                  concurrency=concurrency, on_done=lambda r: on_done())
     except EnvironmentBroken as e:
         raise GateInputError(f"suite {suite.name!r}: {e}") from None
     scores = [1.0 if r.success else 0.0 for r in results]
     s = summarize(scores)
     items = [ItemResult(id=r.task_id, score=x, passes=[x], output=" ".join(r.calls)[:2000], detail=f"{r.kind}: {r.reason}"[:300],
-                        line=i + 1) for i, (r, x) in enumerate(zip(results, scores))]  # fmt: skip
+                        line=i + 1) for i, (r, x) in enumerate(zip(results, scores))]
     kinds: dict[str, list[float]] = {}
     for r, x in zip(results, scores):
         kinds.setdefault(r.kind, []).append(x)
@@ -121,4 +121,4 @@ def run(port: int, suite: EvalSuite, model: str, key: str, concurrency: int, on_
         suite=suite.name, metric=suite.metric, direction="higher", n=len(items), passes=1, mean=s.mean, std=s.std,
         stderr=s.stderr, ci95=s.ci95, items=items, key=key, seconds=time.perf_counter() - start,
         per_kind={k: KindScore(n=len(v), mean=sum(v) / len(v)) for k, v in sorted(kinds.items())},
-    )  # fmt: skip
+    )

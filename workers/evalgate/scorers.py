@@ -22,11 +22,12 @@ import importlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tinygpt.runtime.contracts.evals import Direction, EvalSuite
 
-from .eval_rows import Item, Output
+from .rows import Item, Output
 
 Scorer = Callable[[Item, Output], tuple[float, str]]
 
@@ -216,14 +217,6 @@ def _schema_of(item: Item) -> dict | None:
     return (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
 
 
-def _json_validator():
-    try:
-        import jsonschema
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ScorerError("json_schema suites need jsonschema: pip install jsonschema") from e
-    return jsonschema
-
-
 def _latency_value(metric: str, out: Output) -> float:
     if metric == "tokens_per_s":
         decode_s = out.latency_s - out.ttft_s
@@ -240,7 +233,7 @@ def load_custom(spec: str | None, suite: str) -> Callable:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except ImportError as e:  # the user's module, named in the suite: a config error, not ours
         raise ScorerError(f"suite {suite!r}: unknown scorer {spec!r}: cannot import {module_name!r} ({e})") from None
     fn = module
     for part in attr.split("."):
@@ -281,7 +274,7 @@ def scorer_for(suite: EvalSuite) -> Scorer:
 
         return exact
     if suite.kind == "json_schema":
-        jsonschema = _json_validator()
+        import jsonschema
 
         def valid(item: Item, out: Output) -> tuple[float, str]:
             try:

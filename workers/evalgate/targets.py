@@ -32,8 +32,8 @@ from tinygpt.runtime.contracts.io import read_json, write_json
 from tinygpt.runtime.contracts.project import ProjectPins
 from tinygpt.runtime.contracts.specialist import RegistryIndex, SpecialistLock
 
-from .eval_cache import DigestMemo, model_digest
-from .eval_rows import GateInputError
+from .cache import DigestMemo, model_digest
+from .rows import GateInputError
 
 BASELINE_FILE = "tinygpt.eval-baseline.json"
 BASE_SUBJECT = "@base"

@@ -3,21 +3,21 @@
     evaluate_gate(project_file, candidate=DIR | specialist=NAME, ...) -> GateResult
     run(job: EvalJob, conn=None) -> GateResult         the pipeline's eval stage (same function)
 
-For every suite of the project, the candidate and the baseline (eval_targets.py) are run
-through the runtime (eval_runner.py) — or, when nothing they depend on changed, read from
-the result cache (eval_cache.py) without loading a model or importing MLX. Then per suite:
+For every suite of the project, the candidate and the baseline (targets.py) are run
+through the runtime (runner.py) — or, when nothing they depend on changed, read from
+the result cache (cache.py) without loading a model or importing MLX. Then per suite:
 
 - regression when the candidate is worse than the baseline by more than `threshold`
   (with `gate.require_significance`, only when the difference is also statistically clear);
   a suite with `regression: "significant"` fails on any statistically clear loss instead
   (the no-forgetting rule: `gate.rules: ["no-forgetting"]` adds the shipped general
-  tool-calling suite, workers/suites, judged this way);
+  tool-calling suite, evalgate/rules.py, judged this way);
 - fail when the candidate misses the suite's absolute `minimum` (a ceiling for
   direction "lower"), with or without a baseline;
 - no baseline and no minimum: reported, not gated (and the report says so).
 
 Each verdict says whether the difference is statistically clear (95% interval of the
-paired difference excludes 0; eval_stats.py). The result is written atomically as
+paired difference excludes 0; stats.py). The result is written atomically as
 `gate-result.json`; bad configuration or input raises GateInputError (exit 2, never a pass).
 """
 
@@ -37,12 +37,12 @@ from tinygpt.runtime.contracts.io import read_json, write_json
 from tinygpt.runtime.contracts.jobs import EvalJob
 from tinygpt.runtime.contracts.project import PROJECT_FILE, ProjectPins
 
-from .eval_cache import DigestMemo, ResultCache, scorer_digest, suite_key
-from .eval_rows import GateInputError
-from .eval_scorers import MetricSpec
-from .eval_stats import compare
-from .eval_suites import check_suite, data_files, declared_suites, load_items
-from .eval_targets import Context, Target, resolve_baseline, resolve_candidate, write_record
+from .cache import DigestMemo, ResultCache, scorer_digest, suite_key
+from .rows import GateInputError
+from .scorers import MetricSpec
+from .stats import compare
+from .suites import check_suite, data_files, declared_suites, load_items
+from .targets import Context, Target, resolve_baseline, resolve_candidate, write_record
 
 log = logging.getLogger("tinygpt.evalgate")
 
@@ -62,7 +62,7 @@ def _fmt(x: float | None) -> str:
 def judge(
     suite: EvalSuite, spec: MetricSpec, cand: SuiteReport, base: SuiteReport | None, *,
     require_significance: bool = False, no_baseline: str = "",
-) -> SuiteVerdict:  # fmt: skip
+) -> SuiteVerdict:
     """The verdict of one suite (see the module doc for the rules)."""
     c = cand.metric_value
     better = 1.0 if spec.direction == "higher" else -1.0
@@ -112,7 +112,7 @@ def judge(
         suite=suite.name, candidate=c, baseline=b, delta=delta, threshold=suite.threshold, passed=passed,
         significant=significant, reason="; ".join(reasons), metric=suite.metric, direction=spec.direction,
         minimum=suite.minimum, p_value=p, delta_ci95=ci,
-    )  # fmt: skip
+    )
 
 
 def _effective(suite: EvalSuite, passes: int | None, temperature: float | None) -> EvalSuite:
@@ -143,7 +143,7 @@ def _context(project_file: Path | None) -> Context:
 
 def _report(target: Target, suites: list[SuiteReport]) -> EvalReport:
     return EvalReport(model=target.model, model_digest=target.model_digest, adapter=target.adapter,
-                      adapter_digest=target.adapter_digest, suites=suites, created_at=time.time())  # fmt: skip
+                      adapter_digest=target.adapter_digest, suites=suites, created_at=time.time())
 
 
 def error_result(message: str) -> GateResult:
@@ -202,7 +202,7 @@ def evaluate_gate(
             continue
         for s in suites:
             key = suite_key(model_digest=target.model_digest, adapter_digest=target.adapter_digest, suite=s,
-                            file_digests=digests[s.name], scorer=scorer_digest(s))  # fmt: skip
+                            file_digests=digests[s.name], scorer=scorer_digest(s))
             rep = cache.get(key)
             if rep is None and role == "baseline" and record is not None:
                 recorded = record.report.suite(s.name)
@@ -214,7 +214,7 @@ def evaluate_gate(
             else:
                 stale.append(s.name)
     if todo:
-        from .eval_runner import RunJob, run_jobs
+        from .runner import RunJob, run_jobs
 
         items = {s.name: load_items(s, ctx.project_dir) for s in {t[1].name: t[1] for t in todo}.values()}
         # Run each key once: a baseline identical to the candidate shares its runs.
@@ -230,7 +230,7 @@ def evaluate_gate(
     verdicts = [
         judge(s, specs[s.name], reports["candidate", s.name], reports.get(("baseline", s.name)),
               require_significance=significance,
-              no_baseline=stale_note if s.name in stale else source)  # fmt: skip
+              no_baseline=stale_note if s.name in stale else source)
         for s in suites
     ]
     cand_report = _report(cand, [reports["candidate", s.name] for s in suites])
@@ -238,10 +238,10 @@ def evaluate_gate(
     failed = [v.suite for v in verdicts if not v.passed]
     verdict = "regression" if failed else "pass"
     message = (f"{len(failed)} of {len(verdicts)} suite(s) failed: {', '.join(failed)}" if failed
-               else f"all {len(verdicts)} suite(s) passed")  # fmt: skip
+               else f"all {len(verdicts)} suite(s) passed")
     gate_key = hashlib.sha256(
         msgspec.json.encode([sorted(r.key for r in reports.values()), [msgspec.to_builtins(s) for s in suites],
-                             significance, source])  # fmt: skip
+                             significance, source])
     ).hexdigest()
     extra = {
         "subject": subject,
@@ -254,7 +254,7 @@ def evaluate_gate(
         extra["recorded_baseline"] = str(path)
         message += f"; recorded the candidate as the baseline of {subject} in {path.name}"
     result = GateResult(verdict=verdict, candidate=cand_report, baseline=base_report, suites=verdicts,
-                        cache_key=gate_key, message=message, extra=extra, baseline_source=source)  # fmt: skip
+                        cache_key=gate_key, message=message, extra=extra, baseline_source=source)
     if out is not None:
         write_json(out, result)
     return result
@@ -282,7 +282,7 @@ def run(job: EvalJob, conn=None, *, say: Callable[[str], None] | None = None,
         result = evaluate_gate(Path(job.project_file), candidate=Path(job.candidate_dir), specialist=job.specialist,
                                only_suites=job.suites, threshold=job.threshold,
                                require_significance=job.require_significance, rules=job.rules, out=out, say=say,
-                               progress=progress)  # fmt: skip
+                               progress=progress)
     except GateInputError as e:
         write_json(out, error_result(str(e)))
         raise

@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 
 from tinygpt.runtime import paths
+from tinygpt.runtime.hashing import sha256_file
 from tinygpt.runtime.contracts.base import ContractError
 from tinygpt.runtime.contracts.evals import EvalSuite, SuiteReport
 from tinygpt.runtime.contracts.io import atomic_write_bytes, read_json, write_json
@@ -33,14 +34,6 @@ CACHE_VERSION = 1
 
 def cache_root() -> Path:
     return paths.subdir("evals")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class DigestMemo:
@@ -61,7 +54,7 @@ class DigestMemo:
         known = self._known.get(str(path))
         if known and known[:2] == stamp:
             return known[2]
-        digest = _sha256(path)
+        digest = sha256_file(path)
         self._known[str(path)] = [*stamp, digest]
         self._dirty = True
         return digest
@@ -75,18 +68,9 @@ class DigestMemo:
 def model_digest(model_dir: Path, memo: DigestMemo) -> str:
     """The model's identity, the same value the runtime reports for it (manifest digest,
     else the sha256 over the sorted "path sha256" lines of its files)."""
-    from tinygpt.runtime.contracts.model import MODEL_MANIFEST
-    from tinygpt.runtime.models.manifest import read_manifest
+    from tinygpt.runtime.models.manifest import model_digest as digest
 
-    manifest = read_manifest(model_dir)
-    if manifest is not None:
-        return manifest.digest
-    files = []
-    for p in model_dir.rglob("*"):
-        rel = p.relative_to(model_dir).as_posix()
-        if p.is_file() and rel != MODEL_MANIFEST:
-            files.append((rel, memo.sha256(p)))
-    return hashlib.sha256("".join(f"{rel} {sha}\n" for rel, sha in sorted(files)).encode()).hexdigest()
+    return digest(model_dir, sha256=memo.sha256)
 
 
 def scorer_digest(suite: EvalSuite) -> str:
@@ -95,7 +79,7 @@ def scorer_digest(suite: EvalSuite) -> str:
         return ""
     module = sys.modules.get(suite.scorer.partition(":")[0])
     source = getattr(module, "__file__", None)
-    return _sha256(Path(source)) if source and os.path.isfile(source) else ""
+    return sha256_file(Path(source)) if source and os.path.isfile(source) else ""
 
 
 def suite_key(*, model_digest: str, adapter_digest: str | None, suite: EvalSuite, file_digests: list[str], scorer: str) -> str:

@@ -19,9 +19,9 @@ import msgspec
 from tinygpt.runtime.contracts.evals import EvalSuite
 from tinygpt.runtime.contracts.project import ProjectPins
 
-from .eval_rows import EvalRow, GateInputError, Item
-from .eval_scorers import MetricSpec, ScorerError, metric_spec, scorer_for
-from .suites import rule_suites
+from .rows import EvalRow, GateInputError, Item
+from .scorers import MetricSpec, ScorerError, metric_spec, scorer_for
+from .rules import rule_suites
 
 
 def declared_suites(project: ProjectPins, project_dir: Path, rules: list[str] = (), *,
@@ -59,7 +59,7 @@ def declared_suites(project: ProjectPins, project_dir: Path, rules: list[str] = 
         raise GateInputError(str(e)) from None
     if not suites:
         raise GateInputError("no eval suites declared: add `eval_suites` to tinygpt.project.json (see README, Eval gate)")
-    from .eval_environment import bind
+    from .environment import bind
 
     return [bind(s, project, project_dir) if s.kind == "environment" else s for s in suites]
 
@@ -99,7 +99,7 @@ def check_suite(suite: EvalSuite) -> MetricSpec:
 
 def data_files(suite: EvalSuite, project_dir: Path) -> list[Path]:
     """The files the suite reads (its data, and BFCL answers), each checked to exist."""
-    from .eval_bfcl import default_answers
+    from .bfcl import default_answers
 
     files = [project_dir / suite.data]
     if suite.format == "bfcl":
@@ -169,11 +169,11 @@ def load_items(suite: EvalSuite, project_dir: Path) -> list[Item]:
     """The suite's rows, parsed and checked for its kind."""
     files = data_files(suite, project_dir)
     if suite.kind == "environment":
-        from .eval_environment import load_items as environment_items
+        from .environment import load_items as environment_items
 
         items = environment_items(suite)
     elif suite.format == "bfcl":
-        from .eval_bfcl import load_bfcl
+        from .bfcl import load_bfcl
 
         items = load_bfcl(files[0], files[1])
     else:
