@@ -67,6 +67,20 @@ def test_models_lists_the_base_with_its_digest(client, rt):
     assert models[0].model_extra["digest"] == rt.registry.base_digest
 
 
+def test_logprob_bytes_are_the_bytes_a_token_writes(client, rt):
+    """A token holding part of a UTF-8 character decodes to U+FFFD alone; `bytes` must be
+    its real bytes, so a client joining them gets the output text back."""
+    from tinygpt.runtime.grammar.vocabulary import TokenizerInfo
+
+    table = TokenizerInfo.from_tokenizer(rt.engine.tokenizer).token_bytes
+    partial = table.index(b"\xe2")  # the first byte of "—", "€", "…": a token of its own
+    r = client.chat.completions.create(model="base", messages=HELLO, max_tokens=2, temperature=0, logprobs=True,
+                                       top_logprobs=2, logit_bias={str(partial): 100})
+    (first, second) = r.choices[0].logprobs.content
+    assert first.bytes == second.bytes == [0xE2] and first.token == "\ufffd"
+    assert first.top_logprobs[0].bytes == [0xE2]
+
+
 def test_completion_shape_usage_and_logprobs(client, rt):
     r = client.chat.completions.create(
         model=rt.registry.base_name, messages=HELLO, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3

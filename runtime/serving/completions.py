@@ -440,21 +440,23 @@ class Completions:
         )
         out.send_event(b"data: " + encode(chunk) + b"\n\n")
 
+    def token_piece(self, token_id: int) -> tuple[str, list[int]]:
+        """A token as logprobs report it: its text, and the bytes it writes. A token holding
+        part of a multi-byte character decodes to U+FFFD on its own; its `bytes` are the
+        real ones (the grammar's byte table), so joining them gives the output text back."""
+        text = self.prompts.decode([token_id])
+        try:
+            raw = self._grammar().token_bytes[token_id]
+        except (ApiError, IndexError):  # a tokenizer without a byte table; a padding id
+            raw = None
+        return text, list(raw if raw is not None else text.encode())
+
     def _logprobs(self, ids: list[int], lps: list[float], tops: list) -> ChoiceLogprobs:
         content = []
         for i, lp, top in zip(ids, lps, tops or [[]] * len(ids)):
-            tok = self.prompts.decode([i])
-            content.append(
-                TokenLogprobOut(
-                    token=tok,
-                    logprob=lp,
-                    bytes=list(tok.encode()),
-                    top_logprobs=[
-                        TopLogprobOut(token=(t := self.prompts.decode([j])), logprob=v, bytes=list(t.encode()))
-                        for j, v in top
-                    ],
-                )
-            )
+            tok, raw = self.token_piece(i)
+            alts = [TopLogprobOut(token=t, logprob=v, bytes=b) for j, v in top for t, b in [self.token_piece(j)]]
+            content.append(TokenLogprobOut(token=tok, logprob=lp, bytes=raw, top_logprobs=alts))
         return ChoiceLogprobs(content=content)
 
     def _usage(self, done: Done) -> Usage:

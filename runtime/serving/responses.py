@@ -273,12 +273,12 @@ class Responses:
         )
 
     def logprobs(self, ids: list[int], lps: list[float], tops: list) -> list[Logprob]:
-        decode_one = self.c.prompts.decode
+        piece = self.c.token_piece
         out = []
         for i, lp, top in zip(ids, lps, tops or [[]] * len(ids)):
-            tok = decode_one([i])
-            alts = [{"token": (t := decode_one([j])), "bytes": list(t.encode()), "logprob": v} for j, v in top]
-            out.append(Logprob(token=tok, bytes=list(tok.encode()), logprob=lp, top_logprobs=alts))
+            tok, raw = piece(i)
+            alts = [{"token": t, "bytes": b, "logprob": v} for j, v in top for t, b in [piece(j)]]
+            out.append(Logprob(token=tok, bytes=raw, logprob=lp, top_logprobs=alts))
         return out
 
 
