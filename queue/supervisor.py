@@ -143,14 +143,15 @@ class WorkerPool:
         return self
 
     def _spawn(self, slot: Slot) -> None:
-        from .worker import child_command
+        from .worker import PARENT_ENV, child_command
 
         # A fresh name per process: RQ refuses two live workers with one name, and the
         # name is how a dead worker's job is found again (release_worker).
         slot.name = f"{self._tag}-w{slot.index}-{uuid.uuid4().hex[:6]}"
         argv = ["--queues", ",".join(slot.queues), "--name", slot.name, *self.argv]
         out = self._log_file if self._log_file is not None else None
-        slot.proc = subprocess.Popen(child_command(argv), env={**self.env, **slot.env}, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        env = {**self.env, **slot.env, PARENT_ENV: str(os.getpid())}  # the worker stops if this process dies
+        slot.proc = subprocess.Popen(child_command(argv), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         slot.started_at = time.monotonic()
         slot.restart_at = None
 

@@ -278,6 +278,7 @@ def run_worker(
                 )
             locks.append(lock)
     conn = connect(url)
+    _stop_with_parent(os.environ.get(PARENT_ENV))
     worker = PipelineWorker(
         [Queue(n, connection=conn, serializer=MsgpackSerializer) for n in names],
         connection=conn,
@@ -290,6 +291,38 @@ def run_worker(
     )
     worker.work(burst=burst, logging_level=log_level)
     return 0
+
+
+# Set by whoever supervises this worker (`up`, `tinygpt worker N`): the pid it must not outlive.
+PARENT_ENV = "TINYGPT_PARENT_PID"
+
+
+def _stop_with_parent(parent: str | None, poll_s: float = 1.0) -> None:
+    """Stop this worker once the process that started it is gone.
+
+    A SIGKILLed `up` (the OOM killer's choice when a build grows) leaves its workers
+    running: one holds the machine's train lock, so the next `up` cannot start its own, and
+    its Redis (embedded, gone with `up`) is unreachable anyway. A dead parent reparents us;
+    then a stop as from Ctrl-C twice (RQ's cold shutdown: the job is abandoned, and the next
+    daemon finds and re-runs it), and a hard exit if even that does not end the process.
+    """
+    if not parent or not parent.isdigit():
+        return
+    expected = int(parent)
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(poll_s)
+        logging.getLogger(__name__).warning("the process that started this worker (pid %d) is gone; stopping", expected)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2.0)  # RQ ignores a second signal within a second of the first
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30.0)
+        os._exit(1)
+
+    if os.getppid() != expected:  # already orphaned before we got here
+        raise RuntimeError(f"the process that started this worker (pid {expected}) is gone")
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def child_command(argv: list[str]) -> list[str]:

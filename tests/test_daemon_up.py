@@ -16,6 +16,7 @@ import sys
 import time
 
 import msgspec
+import openai
 import pytest
 import redis
 
@@ -228,3 +229,32 @@ def test_on_a_terminal_worker_logs_go_to_a_file_shown_on_the_live_screen(tmp_pat
     assert proc.returncode == 0, text
     assert f"logs in {home / 'logs'}" in text and "workers.log" in text, text
     assert "Listening on" in log.read_text() and "Listening on" not in text  # nothing scrolls over the screen
+
+
+def test_a_sigkilled_up_takes_its_workers_and_redis_with_it_and_the_next_up_starts(tmp_path, tiny_model_dir):
+    """The OOM killer's pick may be `up` itself: nothing it started may live on holding the
+    train lock (the next `up`'s worker could never start) or the home's Redis."""
+    import psutil
+
+    home = tmp_path / "home"
+    up = Up(home, tmp_path, "--model", str(tiny_model_dir))
+    up.wait(r"Runtime: (http://\S+/v1)")
+    up.wait(r"Listening on")
+    children = psutil.Process(up.proc.pid).children(recursive=True)
+    assert any("tinygpt.queue.worker" in " ".join(p.cmdline()) for p in children)
+    up.proc.kill()
+    up.proc.wait()
+
+    def all_gone():
+        return not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(all_gone, "the dead up's worker and Redis to exit", timeout=120)
+    again = Up(home, tmp_path, "--model", str(tiny_model_dir))
+    try:
+        url = again.wait(r"Runtime: (http://\S+/v1)").group(1)
+        again.wait(r"Listening on")
+        assert "another worker on this machine already serves" not in again.text
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        assert client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
+    finally:
+        assert again.stop() == 0, again.text
