@@ -86,6 +86,8 @@ def test_demo_drives_the_daemon_through_two_rounds(tiny_model_dir, tmp_path, mon
         assert r.collection.episodes == 6 and r.rows >= 1
         b = r.build
         assert b.verdict == "pass" and b.numbers and b.numbers[0].startswith("weather-held-out accuracy")
+        # No forgetting: the shipped general tool-calling suite gates every demo build too.
+        assert any(n.startswith("general-tools") for n in b.numbers), b.numbers
         # The environment suite's results per task kind, both sides of the gate.
         assert set(b.per_kind["candidate"]) == set(b.per_kind["baseline"]) == {"a", "b"}
         assert set(b.seconds) == {"dataset", "finetune", "gate", "publish", "swap"}

@@ -56,8 +56,9 @@ def write_project(path: Path, *, project: str, model: str, task: str, name: str,
         ],
         # Against what serves now (the last promoted version, else the base model). Any drop
         # counts, but only when it is statistically clear: with a dozen or two tasks, one
-        # flipped answer is noise, not a regression.
-        "gate": {"baseline": "pinned", "cache": False, "require_significance": True},
+        # flipped answer is noise, not a regression. No forgetting: the shipped general
+        # tool-calling suite (50 BFCL questions) may not get significantly worse either.
+        "gate": {"baseline": "pinned", "cache": False, "require_significance": True, "rules": ["no-forgetting"]},
         "pipeline": msgspec.to_builtins(episode_settings(seed)),
         "environments": [{"name": task, "entry": entry}] if entry else [],
         "specialists": [{
