@@ -5,7 +5,8 @@
 - the specialist pinned `"*"`: every version whose gate passed is hot-swapped in;
 - its build policy: the collection episodes only (request metadata `demo: collect`; the
   held-out episodes are tagged otherwise and never train), a LoRA fit, and the gate on
-  the environment's held-out split (tasks the before / after measurement does not use);
+  the environment's held-out split (tasks the before / after measurement does not use)
+  plus the no-forgetting rule (the shipped general tool-calling suite);
 - the pipeline's keep rule: an episode is kept only when the checker's reward (posted as
   feedback) is 1 and every tool call validated.
 
