@@ -167,6 +167,23 @@ def test_keywords_the_old_compiler_refused_are_enforced(tiny_info, tiny_tokenize
         assert not admits(tiny_info, tiny_tokenizer, schema, text), text
 
 
+def test_unique_items_over_a_small_enum_is_enforced(tiny_info, tiny_tokenizer):
+    """A set from an enum (tags, toppings): distinct values, in the enum's order."""
+    schema = {"type": "array", "items": {"type": "string", "enum": ["gps", "seat", "chains"]}, "uniqueItems": True,
+              "minItems": 1}
+    for text in ['["gps"]', '["gps", "chains"]', '["gps", "seat", "chains"]']:
+        assert admits(tiny_info, tiny_tokenizer, schema, text), text
+        assert_valid(json.loads(text), schema)
+    for text in ['["gps", "gps"]', "[]", '["chains", "gps"]', '["wifi"]']:
+        assert not admits(tiny_info, tiny_tokenizer, schema, text), text
+    # False and single-item arrays say nothing to enforce.
+    assert admits(tiny_info, tiny_tokenizer, {"type": "array", "items": {"type": "integer"}, "uniqueItems": False}, "[1, 1]")
+    assert admits(tiny_info, tiny_tokenizer, {"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "maxItems": 1}, "[7]")
+    # A larger enum (2**9 arrays) or free-form items stay a 400 that says what is enforced.
+    with pytest.raises(GrammarError, match=r"params.uniqueItems: .*enum of at most 8"):
+        json_schema({"type": "array", "items": {"enum": list(range(9))}, "uniqueItems": True}, "params")
+
+
 def test_hostile_pattern_compiles_in_bounded_time(tiny_info, tiny_tokenizer):
     """`^(a|b)*a(a|b){17}$` blew up the DFA compiler (4.5 s, 16 s at k=18); llguidance's
     lexer is lazy and bounded by the parser limits: it compiles and is enforced."""

@@ -8,6 +8,7 @@ request path in front of llguidance's own message (which names the keyword).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -63,7 +64,9 @@ def json_schema(schema, where: str) -> dict:
         keys = re.search(r'Unimplemented keys: \["([^"]+)"', error) or re.search(r"(oneOf) constraints are not supported", error)
         path = _locate(schema, keys.group(1)) if keys else None
         if path is not None:
-            why = "branches that may overlap" if keys.group(1) == "oneOf" else "it cannot be enforced"
+            why = {"oneOf": "branches that may overlap",
+                   "uniqueItems": f"enforced only on arrays of values from an enum of at most {UNIQUE_ENUM_MAX}"}.get(
+                keys.group(1), "it cannot be enforced")
             raise GrammarError(f"{where}{path}: unsupported schema keyword {keys.group(1)!r} ({why})")
         raise GrammarError(f"{where}: cannot be enforced: {_first_line(error)}")
     return schema
@@ -95,7 +98,55 @@ def normalize(schema, *, close: bool = True):
         out["additionalProperties"] = False
     if isinstance(out.get("oneOf"), list) and "anyOf" not in out and _disjoint(out["oneOf"]):
         out["anyOf"] = out.pop("oneOf")
+    if "uniqueItems" in out:
+        out = _unique_items(out)
     return out
+
+
+# An enum of at most this many values makes 2**n distinct-value arrays: 256 at 8.
+UNIQUE_ENUM_MAX = 8
+_UNIQUE_KEYS = {"type", "items", "uniqueItems", "minItems", "maxItems", "default"}
+
+
+def _unique_items(out: dict) -> dict:
+    """`uniqueItems` in the form llguidance can enforce, or left as is (and refused).
+
+    False says nothing; arrays of at most one item are unique anyway. The common true case,
+    a set drawn from a small enum (tags, toppings, labels, route options), becomes the enum
+    of its distinct-value arrays with each value in the enum's own order: every set the
+    schema allows is still reachable, once, and a small model cannot repeat a value.
+    """
+    flag, most = out.get("uniqueItems"), out.get("maxItems")
+    if flag is False or (flag is True and isinstance(most, int) and not isinstance(most, bool) and most <= 1):
+        return {k: v for k, v in out.items() if k != "uniqueItems"}
+    items = out.get("items")
+    if flag is not True or not set(out) <= _UNIQUE_KEYS or out.get("type", "array") != "array" or not isinstance(items, dict):
+        return out
+    values = [items["const"]] if set(items) <= {"const", "type"} and "const" in items else (
+        items.get("enum") if set(items) <= {"enum", "type"} else None)
+    if not isinstance(values, list):
+        return out
+    kind = items.get("type")
+    distinct: list = []
+    for value in values:
+        if value not in distinct and (kind is None or _is_type(value, kind)):
+            distinct.append(value)
+    least = out.get("minItems", 0)
+    most = len(distinct) if most is None else most
+    if len(distinct) > UNIQUE_ENUM_MAX or not all(isinstance(n, int) and not isinstance(n, bool) for n in (least, most)):
+        return out
+    arrays = [list(c) for size in range(max(least, 0), min(most, len(distinct)) + 1) for c in itertools.combinations(distinct, size)]
+    if not arrays:
+        return out  # unsatisfiable: refused with llguidance's own words
+    return {"enum": arrays}
+
+
+def _is_type(value, kind) -> bool:
+    kinds = set(kind) if isinstance(kind, list) else {kind}
+    checks = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
+              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return any(checks.get(k, lambda v: False)(value) for k in kinds)
 
 
 _NUMERIC = {"integer", "number"}
