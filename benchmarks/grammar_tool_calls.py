@@ -86,10 +86,21 @@ class Server:
         return wall, decode_ms / 1e3, data
 
 
-def hostile(server: Server, timeout: float) -> dict:
-    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a|b)*a(a|b){17}$"}}, "required": ["s"]}
-    body = {"model": "base", "messages": [{"role": "user", "content": "Write a string."}], "max_tokens": 4,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": schema}}}
+def hostile(server: Server, timeout: float, k: int = 17) -> dict:
+    def body_with(string: dict) -> dict:
+        schema = {"type": "object", "properties": {"s": string}, "required": ["s"]}
+        return {"model": "base", "messages": [{"role": "user", "content": "Write a string."}], "max_tokens": 4,
+                "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": schema}}}
+
+    def pattern(n: int) -> dict:
+        return body_with({"type": "string", "pattern": f"^(a|b)*a(a|b){{{n}}}$"})
+
+    # Alone, cold (this k was never compiled), against the control: the same request with a
+    # plain string (same prompt, same 4 tokens to decode): alone_s - control_s is what the
+    # pattern costs end to end. Then a fresh k + 1 beside a decoding request.
+    control = min(server.post(body_with({"type": "string"}), allow_error=True)[0] for _ in range(3))
+    alone_wall = server.post(pattern(k), allow_error=True, timeout=timeout)[0]
+    body = pattern(k + 1)
     free = {"model": "base", "messages": [{"role": "user", "content": "Tell me about Paris."}], "max_tokens": 24,
             "temperature": 0, "logit_bias": {"2": -100}}
     _, alone_decode, alone = server.post(free)
@@ -105,7 +116,11 @@ def hostile(server: Server, timeout: float) -> dict:
     thread.join()
     _, beside_decode, _ = beside[0]
     return {
-        "answer_s": round(wall, 4),
+        "k": k,
+        "alone_s": round(alone_wall, 4),
+        "control_s": round(control, 4),
+        "pattern_cost_s": round(alone_wall - control, 4),
+        "beside_answer_s": round(wall, 4),
         "status": answer.get("status", 200),
         "beside_over_alone_decode_rate": round(alone_decode / beside_decode, 3),
     }
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--hostile-timeout", type=float, default=600, help="seconds to wait for the hostile request")
     parser.add_argument("--no-hostile", action="store_true", help="skip the hostile-pattern request")
+    parser.add_argument("--only-hostile", action="store_true", help="only the hostile-pattern requests (k = 17, 24, 40)")
     args = parser.parse_args(argv)
     from tinygpt.runtime.grammar import build_constraint
 
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(args.model, Path(tmp))
         try:
             server.post({"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-            for name, case in CASES.items():
+            for name, case in ({} if args.only_hostile else CASES).items():
                 walls, rates, free_rates, tokens, calls, finish, cold = [], [], [], [], [], None, None
                 for i in range(args.rounds + 1):
                     wall, decode, body = server.post({"model": "base", "temperature": 0, "max_tokens": args.max_tokens, **case})
@@ -155,11 +171,14 @@ def main(argv: list[str] | None = None) -> int:
                     "finish_reason": finish,
                     "calls": calls,
                 }
-            if not args.no_hostile:
+            if args.only_hostile:
+                report["hostile"] = [hostile(server, args.hostile_timeout, k) for k in (17, 24, 40)]
+            elif not args.no_hostile:
                 report["hostile"] = hostile(server, args.hostile_timeout)
         finally:
             server.close()
-    report["ratio_min"] = min(c["ratio"] for c in report["cases"].values())
+    if report["cases"]:
+        report["ratio_min"] = min(c["ratio"] for c in report["cases"].values())
     report["load_average"] = list(os.getloadavg())
     print(json.dumps(report))
     return 0
