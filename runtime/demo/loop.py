@@ -28,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from tinygpt.runtime.contracts.base import Contract
+from tinygpt.runtime.environments.training import TrainSettings
 
 from . import report
 from .errors import DemoError
@@ -39,18 +40,6 @@ SUMMARY_FILE = "demo-summary.json"
 PROJECT_FILE = "tinygpt.project.json"
 
 __all__ = ["DemoConfig", "DemoError", "SUMMARY_FILE", "TrainSettings", "run_demo"]
-
-
-class TrainSettings(Contract):
-    # About two passes over the twenty-odd distinct successes a default run keeps. Every
-    # row is ~850 tokens (tool list and worked examples) for ~50 trained ones, so steps
-    # are what costs: ~20 s each with batch 2 on 2 shared cores.
-    steps: int = 24
-    batch_size: int = 2
-    learning_rate: float = 1e-4
-    # Adapting only the top blocks keeps the backward pass short on a CPU.
-    num_layers: int = 8
-    lora_rank: int = 8
 
 
 class DemoConfig(Contract):
@@ -146,11 +135,8 @@ class _Demo:
     # -- the project file and the daemon
 
     def write(self, release_rows: int) -> None:
-        cfg, t = self.cfg, self.cfg.train
-        from tinygpt.runtime.environments.training import TrainSettings as Fit
-
-        training = Fit(steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate, num_layers=t.num_layers,
-                       lora_rank=t.lora_rank, seed=cfg.seed).hyperparameters()
+        cfg = self.cfg
+        training = msgspec.structs.replace(cfg.train, seed=cfg.seed).hyperparameters()
         write_project(self.project_file, project=self.project, model=cfg.model, task=cfg.task, name=cfg.name, seed=cfg.seed,
                       test_tasks=cfg.test_tasks, gate_tasks=cfg.gate_tasks, training=training, builds_started=self.builds, entry=cfg.entry,
                       release_rows=release_rows)

@@ -18,6 +18,8 @@ class TrainError(RuntimeError):
 
 
 class TrainSettings(Contract):
+    """A LoRA fit: `tinygpt env run`'s rounds and the demo's build policy (its `training`)."""
+
     # About two passes over the twenty-odd distinct successes a default run keeps. Every
     # row is ~850 tokens (tool list and worked examples) for ~50 trained ones, so steps
     # are what costs: ~20 s each with batch 2 on 2 shared cores.
