@@ -76,28 +76,25 @@ def judge(
         p, ci, significant = cmp.p_value, cmp.ci95, cmp.significant
         clear = f"statistically clear, p={p:.3g}" if significant else "not statistically clear" + (f", p={p:.3g}" if p is not None else "")
         worse_by = -better * delta
-        if suite.regression == "significant":
-            if worse_by > EPS and significant:
-                passed = False
-                reasons.append(f"worse than the baseline by {_fmt(worse_by)} and {clear}: a significant loss (no forgetting)")
-            elif worse_by > EPS:
-                reasons.append(f"worse by {_fmt(worse_by)} but {clear}: tolerated (only a significant loss fails this suite)")
-            elif worse_by < -EPS:
-                reasons.append(f"better than the baseline by {_fmt(-worse_by)} ({clear})")
-            else:
-                reasons.append("same as the baseline")
-        elif worse_by > suite.threshold + EPS:
+        # First, so a negative threshold (a required improvement) still fails an equal score.
+        if suite.regression == "threshold" and worse_by > suite.threshold + EPS:
             if require_significance and not significant:
                 reasons.append(f"worse by {_fmt(worse_by)} (threshold {_fmt(suite.threshold)}) but {clear}: tolerated (gate.require_significance)")
             else:
                 passed = False
                 reasons.append(f"worse than the baseline by {_fmt(worse_by)}, more than the threshold {_fmt(suite.threshold)} ({clear})")
-        elif worse_by > EPS:
-            reasons.append(f"worse by {_fmt(worse_by)}, within the threshold {_fmt(suite.threshold)} ({clear})")
         elif worse_by < -EPS:
             reasons.append(f"better than the baseline by {_fmt(-worse_by)} ({clear})")
-        else:
+        elif worse_by <= EPS:
             reasons.append("same as the baseline")
+        elif suite.regression == "significant":
+            if significant:
+                passed = False
+                reasons.append(f"worse than the baseline by {_fmt(worse_by)} and {clear}: a significant loss (no forgetting)")
+            else:
+                reasons.append(f"worse by {_fmt(worse_by)} but {clear}: tolerated (only a significant loss fails this suite)")
+        else:
+            reasons.append(f"worse by {_fmt(worse_by)}, within the threshold {_fmt(suite.threshold)} ({clear})")
     else:
         reasons.append("no baseline" + (f" ({no_baseline})" if no_baseline else ""))
     if suite.minimum is not None:
