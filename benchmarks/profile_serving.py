@@ -1,12 +1,17 @@
-"""Where the runtime's model thread spends a decode step under many clients (cProfile).
+"""Where the runtime's model thread spends a decode step under many clients.
 
-    python benchmarks/profile_serving.py --model-dir DIR [--clients 128] [--tokens 128]
+    python benchmarks/profile_serving.py --model-dir DIR [--clients 128] [--tokens 128] [--no-cprofile]
 
-Runs the runtime in this process with its defaults, profiles the model thread while
-`--clients` concurrent non-streaming requests decode `--tokens` tokens each (EOS banned),
-and prints the step count, the wall time, the split of the model thread's time between
-mlx-lm's step (`gen.next`, graph building, kernel launches and the wait for the device)
-and the per-token work after it, and the top functions by own time. Last line: JSON.
+Runs the runtime in this process with its defaults (a directory without weights gets
+random ones of its config's shape) and decodes `--tokens` tokens (EOS banned) for
+`--clients` concurrent requests, three ways: through HTTP (the official openai client,
+whole responses or `--stream`), straight into the engine (the same prompts as
+`GenRequest`s: no HTTP, JSON, templating or recording), and through HTTP again under
+cProfile (the model thread's decode steps only). Each round prints tok/s, the mean batch,
+the wall time per step and the model thread's time per step by phase, with its CPU time
+("cpu"): phases that add up to more than "cpu" spent the difference off the CPU, waiting
+for the GIL or the device. HTTP vs direct tells the server's cost from the engine's.
+Last line: JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +34,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import tinygpt.runtime  # noqa: E402,F401
 
 
+PHASES = ("launch", "wait", "step", "tokens", "prefill")
+
+
+def snapshot(metrics) -> dict[str, float]:
+    out = {p: metrics.step_seconds.value(phase=p) for p in PHASES}
+    out["cpu"] = metrics.step_cpu_seconds.value()
+    out["steps"] = metrics.decode_steps.value()
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model-dir", required=True, type=Path)
@@ -37,6 +52,7 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, help="default: the device's (16 on a CPU, 256 on a GPU)")
     p.add_argument("--sort", default="tottime", choices=("tottime", "cumulative"))
     p.add_argument("--stream", action="store_true", help="SSE clients instead of whole responses")
+    p.add_argument("--no-cprofile", action="store_true", help="time the phases only (cProfile slows Python ~2x)")
     args = p.parse_args()
 
     from gpu_suite import random_weights
@@ -44,37 +60,40 @@ def main() -> int:
 
     from tinygpt.runtime.serving import engine as engine_mod
     from tinygpt.runtime.serving.app import Runtime, ServerConfig
+    from tinygpt.runtime.serving.events import Done, GenRequest
 
     tmp = Path(tempfile.mkdtemp())
     model_dir = tmp / "model"
     import shutil
 
     shutil.copytree(args.model_dir, model_dir)
-    random_weights(model_dir)
+    if not any(model_dir.glob("*.safetensors")):
+        random_weights(model_dir)
     prof = cProfile.Profile()
-    split = {"next_s": 0.0, "tokens_s": 0.0, "steps": 0}
-    orig_run, orig_on_token = engine_mod.Engine._run, engine_mod.Engine._on_token
+    profiling = {"on": False}
+    orig_step = engine_mod.Engine._step
 
-    def run(self):
-        prof.enable()
-        try:
-            orig_run(self)
-        finally:
-            prof.disable()
+    def step(self):
+        if profiling["on"]:
+            prof.enable()
+            try:
+                orig_step(self)
+            finally:
+                prof.disable()
+        else:
+            orig_step(self)
 
-    def on_token(self, *a):
-        t = time.perf_counter()
-        orig_on_token(self, *a)
-        split["tokens_s"] += time.perf_counter() - t
-
-    engine_mod.Engine._run, engine_mod.Engine._on_token = run, on_token
+    engine_mod.Engine._step = step
     rt = Runtime(ServerConfig(model=str(model_dir), port=0, trajectories_dir=str(tmp / "traj"),
                               max_batch=args.max_batch, max_queue=4 * args.clients)).start()
+    rounds = {}
     try:
         client = OpenAI(base_url=rt.url + "/v1", api_key="x", max_retries=0)
-        ban = {str(t): -100 for t in rt.engine.tokenizer.eos_token_ids}
+        tok = rt.engine.tokenizer
+        eos = list(tok.eos_token_ids)
+        ban = {str(t): -100 for t in eos}
 
-        def one(i: int) -> None:
+        def http(i: int) -> None:
             out = client.chat.completions.create(model="base", max_tokens=args.tokens, temperature=0, logit_bias=ban,
                                                  stream=args.stream,
                                                  messages=[{"role": "user", "content": f"client {i}: the weather in town"}])
@@ -82,27 +101,51 @@ def main() -> int:
                 for _ in out:
                     pass
 
-        for n in (16, args.clients):  # the first round warms the shapes up
-            steps0 = rt.metrics.decode_steps.value()
-            split.update(tokens_s=0.0)
-            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        def direct(i: int) -> None:
+            # The engine alone: the same request without HTTP, JSON, templating or recording.
+            ids = tok.apply_chat_template([{"role": "user", "content": f"client {i}: the weather in town"}],
+                                          add_generation_prompt=True)
+            key, _ = rt.engine.registry.acquire("base")
+            req = GenRequest(id=f"d{i}", key=key, model="base", prompt_ids=list(ids), max_tokens=args.tokens,
+                             temperature=0.0, logit_bias={t: -100.0 for t in eos})
+            rt.engine.submit(req)
+            while not isinstance(req.events.get(), Done):
+                pass
+
+        def run(name: str, fn, n: int, profile: bool = False) -> None:
+            before = snapshot(rt.metrics)
+            threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+            profiling["on"] = profile
             start = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             wall = time.perf_counter() - start
-            steps = rt.metrics.decode_steps.value() - steps0
+            profiling["on"] = False
+            after = snapshot(rt.metrics)
+            d = {k: after[k] - before[k] for k in after}
+            steps = max(d.pop("steps"), 1)
+            rounds[name] = {"clients": n, "wall_s": wall, "steps": steps, "tok_per_s": n * args.tokens / wall,
+                            "mean_batch": n * args.tokens / steps, "ms_per_step": 1e3 * wall / steps,
+                            "model_thread_ms_per_step": {k: 1e3 * v / steps for k, v in d.items()}}
+            print(name, json.dumps(rounds[name]), flush=True)
+
+        run("warm", http, 16)
+        run("warm_direct", direct, args.clients)
+        run("http", http, args.clients)
+        run("direct", direct, args.clients)
+        if not args.no_cprofile:
+            run("http_cprofile", http, args.clients, profile=True)
     finally:
         rt.stop()
-    stats = pstats.Stats(prof)
-    out = io.StringIO()
-    stats.stream = out
-    stats.sort_stats(args.sort).print_stats(40)
-    print(out.getvalue()[:9000])
-    result = {"clients": args.clients, "tokens": args.clients * args.tokens, "wall_s": wall, "steps": steps,
-              "tok_per_s": args.clients * args.tokens / wall, "ms_per_step": 1e3 * wall / max(steps, 1),
-              "on_token_s_last_round": split["tokens_s"], "device": rt.engine.device.describe()}
+    if not args.no_cprofile:
+        stats = pstats.Stats(prof)
+        out = io.StringIO()
+        stats.stream = out
+        stats.sort_stats(args.sort).print_stats(45)
+        print(out.getvalue()[:12000])
+    result = {"clients": args.clients, "tokens": args.tokens, "rounds": rounds, "device": rt.engine.device.describe()}
     print(json.dumps(result))
     return 0
 

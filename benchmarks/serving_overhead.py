@@ -63,6 +63,8 @@ def phases(server) -> dict[str, float]:
             out["steps"] = float(line.split()[-1])
         elif line.startswith('tinygpt_decode_step_seconds_total{phase="'):
             out[line.split('"')[1]] = float(line.split()[-1])
+        elif line.startswith("tinygpt_decode_step_cpu_seconds_total"):
+            out["cpu"] = float(line.split()[-1])
     return out
 
 

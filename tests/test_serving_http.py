@@ -215,6 +215,12 @@ def test_metrics_split_the_model_threads_decode_time_by_phase(client, rt):
     # A request that decoded 8 tokens spent time launching steps and handling its tokens.
     assert after["launch"] > before.get("launch", 0.0) and after["tokens"] > before.get("tokens", 0.0)
     assert all(v >= 0.0 for v in after.values())
+    # The model thread's CPU time over those steps is reported too, and is not more than
+    # the wall time the phases add up to (CPU time is a part of it).
+    text = get(rt.port, "/metrics")[1].decode()
+    cpu = next(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("tinygpt_decode_step_cpu_seconds_total"))
+    assert 0.0 < cpu <= sum(after.values()) + 1e-3
 
 
 def _stream_then_drop(rt, max_tokens: int) -> None:

@@ -372,6 +372,7 @@ class Engine:
                 continue
             try:
                 start, prefill = time.perf_counter(), gen._counters.prompt_time
+                cpu = time.thread_time()
                 _, responses = gen.next()
                 if not responses:
                     continue
@@ -383,6 +384,7 @@ class Engine:
                 for r, lp in zip(responses, batch.chosen):
                     self._on_token(key, gen, r, lp)
                 self._account(start, stepped, gen._counters.prompt_time - prefill, batch)
+                self.metrics.step_cpu_seconds.inc(time.thread_time() - cpu)
             except Exception as e:
                 # A failure inside one batch (e.g. a constraint raising) fails that batch only.
                 log.exception("decode step failed for %s", key)

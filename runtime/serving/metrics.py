@@ -144,6 +144,10 @@ class Metrics:
         # "tokens" the per-token work after it (detokenizing, tool calls, events).
         # Little "wait" and much "step" + "tokens" = host-bound.
         self.step_seconds = c("tinygpt_decode_step_seconds_total", "model-thread time in decode steps, by phase", ("phase",))
+        # The model thread's CPU time over the same steps: wall time the phases add up to
+        # beyond it was spent off the CPU (waiting for the GIL other threads held, or for
+        # the device), not in the model thread's own work.
+        self.step_cpu_seconds = c("tinygpt_decode_step_cpu_seconds_total", "model-thread CPU time in decode steps", ())
         self.latency = h("tinygpt_request_seconds", "chat completion latency, request to last token", ("model",))
         self.ttft = h("tinygpt_time_to_first_token_seconds", "request to first sampled token", ("model",))
         self.queue_wait = h("tinygpt_queue_wait_seconds", "time a request waited for a batch slot", ())
