@@ -6,8 +6,8 @@ Runs the runtime in this process with its defaults (a directory without weights 
 random ones of its config's shape) and decodes `--tokens` tokens (EOS banned) for
 `--clients` concurrent requests, three ways: through HTTP (the official openai client,
 whole responses or `--stream`), straight into the engine (the same prompts as
-`GenRequest`s: no HTTP, JSON, templating or recording), and through HTTP again under
-cProfile (the model thread's decode steps only). Each round prints tok/s, the mean batch,
+`GenRequest`s: no HTTP, JSON, templating or recording), and both again under cProfile
+(the model thread's decode steps only). Each round prints tok/s, the mean batch,
 the wall time per step and the model thread's time per step by phase, with its CPU time
 ("cpu"): phases that add up to more than "cpu" spent the difference off the CPU, waiting
 for the GIL or the device. HTTP vs direct tells the server's cost from the engine's.
@@ -69,12 +69,13 @@ def main() -> int:
     shutil.copytree(args.model_dir, model_dir)
     if not any(model_dir.glob("*.safetensors")):
         random_weights(model_dir)
-    prof = cProfile.Profile()
-    profiling = {"on": False}
+    profiles: dict[str, cProfile.Profile] = {}
+    profiling: dict = {"on": None}
     orig_step = engine_mod.Engine._step
 
     def step(self):
-        if profiling["on"]:
+        prof = profiles.get(profiling["on"])
+        if prof is not None:
             prof.enable()
             try:
                 orig_step(self)
@@ -115,14 +116,16 @@ def main() -> int:
         def run(name: str, fn, n: int, profile: bool = False) -> None:
             before = snapshot(rt.metrics)
             threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
-            profiling["on"] = profile
+            if profile:
+                profiles[name] = cProfile.Profile()
+            profiling["on"] = name if profile else None
             start = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             wall = time.perf_counter() - start
-            profiling["on"] = False
+            profiling["on"] = None
             after = snapshot(rt.metrics)
             d = {k: after[k] - before[k] for k in after}
             steps = max(d.pop("steps"), 1)
@@ -136,15 +139,15 @@ def main() -> int:
         run("http", http, args.clients)
         run("direct", direct, args.clients)
         if not args.no_cprofile:
+            run("direct_cprofile", direct, args.clients, profile=True)
             run("http_cprofile", http, args.clients, profile=True)
     finally:
         rt.stop()
-    if not args.no_cprofile:
-        stats = pstats.Stats(prof)
+    for name, prof in profiles.items():
         out = io.StringIO()
-        stats.stream = out
-        stats.sort_stats(args.sort).print_stats(45)
-        print(out.getvalue()[:12000])
+        stats = pstats.Stats(prof, stream=out)
+        stats.sort_stats(args.sort).print_stats(40)
+        print(f"== {name}: the model thread's decode steps under cProfile\n" + out.getvalue()[:10000])
     result = {"clients": args.clients, "tokens": args.tokens, "rounds": rounds, "device": rt.engine.device.describe()}
     print(json.dumps(result))
     return 0
