@@ -97,14 +97,14 @@ def main() -> int:
         def http(i: int) -> None:
             out = client.chat.completions.create(model="base", max_tokens=args.tokens, temperature=0, logit_bias=ban,
                                                  stream=args.stream,
-                                                 messages=[{"role": "user", "content": f"client {i}: the weather in town"}])
+                                                 messages=[{"role": "user", "content": f"{tag['round']} client {i}: the weather in town"}])
             if args.stream:
                 for _ in out:
                     pass
 
         def direct(i: int) -> None:
             # The engine alone: the same request without HTTP, JSON, templating or recording.
-            ids = tok.apply_chat_template([{"role": "user", "content": f"client {i}: the weather in town"}],
+            ids = tok.apply_chat_template([{"role": "user", "content": f"{tag['round']} client {i}: the weather in town"}],
                                           add_generation_prompt=True)
             key, _ = rt.engine.registry.acquire("base")
             req = GenRequest(id=f"d{i}", key=key, model="base", prompt_ids=list(ids), max_tokens=args.tokens,
@@ -113,7 +113,11 @@ def main() -> int:
             while not isinstance(req.events.get(), Done):
                 pass
 
+        # Each round's prompts are its own: no round reuses another's prefix cache entries.
+        tag = {"round": ""}
+
         def run(name: str, fn, n: int, profile: bool = False) -> None:
+            tag["round"] = name
             before = snapshot(rt.metrics)
             threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
             if profile:
@@ -135,7 +139,10 @@ def main() -> int:
             print(name, json.dumps(rounds[name]), flush=True)
 
         run("warm", http, 16)
-        run("warm_direct", direct, args.clients)
+        # The first rounds at this many clients meet new batch shapes; the next ones show
+        # what is left once they are warm.
+        run("first_direct", direct, args.clients)
+        run("first_http", http, args.clients)
         run("http", http, args.clients)
         run("direct", direct, args.clients)
         if not args.no_cprofile:
