@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="fileops", choices=["fileops", "shop"], help="bundled environment (default fileops)")
     parser.add_argument("--rounds", type=int, default=d.rounds,
                         help="rounds: collect with what serves now, wait for the next promoted version (default 1)")
-    parser.add_argument("--explore", type=float, default=d.explore, help="fraction of attempts exploring: keep going for a second call, or a forced first tool (default 0)")
+    parser.add_argument("--explore", type=float, default=d.explore, help="fraction of attempts exploring a forced tool (default 0)")
     parser.add_argument("--model", default=d.model, help=f"base model: a cached name or a model directory (default: {d.model})")
     parser.add_argument("--work", type=Path, help="where the project file, up's log and the summary go "
                         "(default: <tinygpt home>/demo/<timestamp>)")

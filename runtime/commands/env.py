@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--tasks", type=int, default=d.train_tasks, help=f"training tasks (default {d.train_tasks})")
     run.add_argument("--test-tasks", type=int, default=d.test_tasks, help=f"held-out tasks: the gate (default {d.test_tasks})")
     run.add_argument("--attempts", type=int, default=d.attempts, help=f"sampled attempts per training task (default {d.attempts})")
-    run.add_argument("--explore", type=float, default=d.explore, help="fraction of attempts exploring: keep going for a second call, or a forced first tool (default 0)")
+    run.add_argument("--explore", type=float, default=d.explore, help="fraction of attempts forced to one tool after another (default 0)")
     run.add_argument("--temperature", type=float, default=d.temperature, help=f"sampling temperature (default {d.temperature})")
     run.add_argument("--max-turns", type=int, help="requests per episode (default: the environment's)")
     run.add_argument("--success-reward", type=float, default=d.success_reward, help="reward that counts as success (default 1.0)")

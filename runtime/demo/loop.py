@@ -224,7 +224,7 @@ class _Demo:
             shown = f"{cfg.name}@{serving}" if serving else self.base
             plan = runner.exploration_plan(train, tools, cfg.attempts, cfg.explore)
             self.say(f"round {r}: collect {len(train)} tasks x {cfg.attempts} attempts at T={cfg.temperature} with {shown}"
-                     + (f" ({sum(a.force is not None or a.require_more for a in plan)} exploring)" if cfg.explore else ""))
+                     + (f" ({sum(a.force is not None for a in plan)} exploring)" if cfg.explore else ""))
             clock, started = time.perf_counter(), time.time()
             got = self.episodes(plan, self.sampling(model, cfg.temperature, cfg.seed + 100 * r, COLLECT_TAG))
             c = report.collection(len(train), cfg.attempts, cfg.temperature, shown, got, round(time.perf_counter() - clock, 2))

@@ -7,7 +7,6 @@ from typing import Any
 
 from tinygpt.runtime.contracts.base import Contract
 from tinygpt.runtime.contracts.environments import EpisodeResult
-from tinygpt.runtime.environments import runner
 
 
 class Score(Contract):
@@ -142,7 +141,7 @@ def paired(before: Score, after: Score, kinds: dict[str, str]) -> Paired:
 
 
 def collection(tasks: int, attempts: int, temperature: float, served: str, results: list[EpisodeResult], seconds: float) -> Collection:
-    explored = [r for r in results if runner.explored(r)]
+    explored = [r for r in results if r.forced_tool is not None]
     return Collection(
         tasks=tasks, attempts=attempts, episodes=len(results), successes=sum(r.success for r in results),
         tasks_solved=len({r.task_id for r in results if r.success}), temperature=temperature, collected_with=served,

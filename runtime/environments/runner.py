@@ -225,15 +225,10 @@ def run_many(client, env: Environment, env_name: str, jobs: list[Attempt], cfg: 
 
 
 def exploration_plan(tasks: list[EnvTask], tools: list[str], attempts: int, explore: float) -> list[Attempt]:
-    """`attempts` per task; the last round(attempts * explore) of them explore, in turn:
-
-    - "keep going": the model's own first call, then a second call required. A small model
-      tends to answer right after its first tool result (worked examples often show one call
-      and an answer), so a task that needs two calls (read then write, search then delete)
-      never succeeds unsteered; its own first call is usually the right one.
-    - a forced first call, one tool after another (offset per task, so every tool gets its
-      turn), every other one also required to make a second call.
-    """
+    """`attempts` per task; the last round(attempts * explore) of them explore: the first call
+    forced to one tool after another (offset per task, so every tool gets its turn even with
+    one exploring attempt per task), and every other exploring attempt also required to make
+    a second call."""
     n_explore = min(attempts, round(attempts * explore))
     plan = []
     for i, task in enumerate(tasks):
@@ -241,17 +236,9 @@ def exploration_plan(tasks: list[EnvTask], tools: list[str], attempts: int, expl
             e = a - (attempts - n_explore)
             if e < 0:
                 plan.append(Attempt(task, a))
-            elif e % 2 == 0:
-                plan.append(Attempt(task, a, require_more=True))
             else:
-                k = e // 2
-                plan.append(Attempt(task, a, force=tools[(i + k) % len(tools)], require_more=k % 2 == 1))
+                plan.append(Attempt(task, a, force=tools[(i + e) % len(tools)], require_more=e % 2 == 1))
     return plan
-
-
-def explored(result: EpisodeResult) -> bool:
-    """Whether an episode was steered by the exploration plan (forced or kept going)."""
-    return result.forced_tool is not None or result.required_more
 
 
 def per_kind(results: list[EpisodeResult]) -> dict[str, KindCounts]:

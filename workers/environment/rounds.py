@@ -270,11 +270,11 @@ class _Run:
 
         plan = runner.exploration_plan(train_set, self.tools, s.attempts, s.explore)
         self.say(f"round {r}: collect {len(train_set)} tasks x {s.attempts} attempts at T={s.temperature} with {serving}"
-                 + (f" ({sum(a.force is not None or a.require_more for a in plan)} exploring)" if s.explore else ""))
+                 + (f" ({sum(a.force is not None for a in plan)} exploring)" if s.explore else ""))
         got = self.episodes(plan, self.sampling(serving, s.temperature, s.seed + 100 * r))
         srv.seal()
         rec.attempts, rec.successes = len(got), sum(e.success for e in got)
-        explored = [e for e in got if runner.explored(e)]
+        explored = [e for e in got if e.forced_tool is not None]
         rec.explored, rec.explored_successes = len(explored), sum(e.success for e in explored)
         rec.per_kind = runner.per_kind(got)
         lap("collect")
