@@ -9,7 +9,7 @@ running batch) while other specialists keep decoding in between.
 
 Admission is bounded: at most `max_batch` sequences decode, at most `max_queue` wait,
 and `submit` refuses beyond that (the HTTP layer answers 503 + Retry-After). Prompts
-go through mlx-lm's `LRUPromptCache`, keyed by model version and token ids and bounded
+go through the prefix cache (`prefix_cache.py`, mlx-lm's `LRUPromptCache`), keyed by model version and token ids and bounded
 in bytes, so a conversation's next turn only prefills what is new.
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import msgspec
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
 from .. import device
@@ -39,6 +39,7 @@ from . import batch_step
 from .assembler import Assembler
 from .events import Delta, Done, Failed, GenRequest, Started, TopLogprobs
 from .metrics import Metrics
+from .prefix_cache import PrefixCache
 from .protocol import ApiError
 from .sampling import TimedConstraint, make_processors, make_sampler
 
@@ -60,19 +61,6 @@ class ExactBPEDetokenizer(BPEStreamingDetokenizer):
 
     def _maybe_trim_space(self, current_text: str) -> str:
         return current_text
-
-
-class PrefixCache(LRUPromptCache):
-    """mlx-lm's prompt cache, plus forgetting every entry of one model version."""
-
-    def drop_model(self, model: str) -> None:
-        # LRUPromptCache has no removal by model; its trie and LRU lists are walked here.
-        for entries in self._lru._lrus.values():
-            for m, tokens in [e for e in entries if e[0] == model]:
-                entries.remove((m, tokens))
-                entry = self._trie.pop(m, tokens)
-                self._n_bytes -= entry.nbytes
-                self._n_bytes_by_type[entry.cache_type] -= entry.nbytes
 
 
 class _Seq:
