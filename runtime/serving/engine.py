@@ -45,6 +45,13 @@ from .sampling import TimedConstraint, make_processors, make_sampler
 
 log = logging.getLogger("tinygpt.serving")
 FAST_FORWARD_MIN = 3
+# A streaming client gets its text at most every n_active x STREAM_SECONDS_PER_ACTIVE seconds
+# (capped at STREAM_INTERVAL_MAX; the first piece at once): each Delta wakes the client's HTTP
+# thread, which then competes with this thread for the GIL, so with 128 streams every token
+# of every stream costs the model thread more than the token itself. One stream: every token
+# (0.2 ms); 128: ~26 ms, ~40 updates a second.
+STREAM_SECONDS_PER_ACTIVE = 0.0002
+STREAM_INTERVAL_MAX = 0.05
 
 # (max_batch, max_queue, prefill batch) per backend when the config leaves them unset.
 # 2 CPU cores saturate near batch 16; an H100 still gains up to batch 128 and beyond (the
@@ -81,6 +88,7 @@ class _Seq:
         self.cached = cached
         self.admitted = admitted
         self.first: float | None = None
+        self.sent_at = 0.0  # when the last Delta went to a streaming client
         self.output_ids: list[int] = []
         self.logprobs: list[float] = []
         self.top: list[TopLogprobs] = []
@@ -420,8 +428,7 @@ class Engine:
         elif self._fast_forward(key, gen, seq):
             pass
         elif seq.req.stream and (piece or seq.req.top_logprobs):
-            seq.req.events.put(seq.unsent)
-            seq.unsent = Delta("", [], [], [], [])
+            self._send(seq, now)
 
     def _emit(self, seq: _Seq, token: int, logprob: float, top, *, eos: bool = False, final: bool = False):
         """Record one output token (sampled or forced) and feed its text to the assembler."""
@@ -513,9 +520,17 @@ class Engine:
         if seq.assembler.stopped:
             self._stop(key, gen, seq)
         elif seq.req.stream and (seq.unsent.content or seq.unsent.parts or seq.req.top_logprobs):
-            seq.req.events.put(seq.unsent)
-            seq.unsent = Delta("", [], [], [], [])
+            self._send(seq, time.perf_counter())
         return True
+
+    def _send(self, seq: _Seq, now: float) -> None:
+        """Hand a streaming client what it has not read yet, unless it got some very recently
+        (the rest waits for the next token, or goes with `Done`)."""
+        if now - seq.sent_at < min(STREAM_INTERVAL_MAX, STREAM_SECONDS_PER_ACTIVE * self.n_active):
+            return
+        seq.req.events.put(seq.unsent)
+        seq.unsent = Delta("", [], [], [], [])
+        seq.sent_at = now
 
     def _prefix_insert(self, key: str, tokens, cache) -> None:
         if not tokens or not cache:
