@@ -256,3 +256,37 @@ def test_seeded_sampler_is_reproducible_and_seed_dependent():
     assert draw(7) != draw(8)
     greedy = make_sampler(0.0, 1.0, None)
     assert greedy(logprobs).item() == mx.argmax(logprobs).item()
+
+
+def test_streaming_deltas_are_coalesced_only_when_many_streams_decode():
+    import queue
+    from types import SimpleNamespace
+
+    from tinygpt.runtime.serving import engine as engine_mod
+    from tinygpt.runtime.serving.events import Delta
+
+    eng = engine_mod.Engine("unused", registry=ServedAdapters("base-model", "b" * 64))
+    seq = SimpleNamespace(sent_at=0.0, unsent=Delta("a", [], [1], [0.0], []), req=SimpleNamespace(events=queue.SimpleQueue()))
+
+    def send(now: float, text: str) -> None:
+        seq.unsent.content += text
+        eng._send(seq, now)
+
+    # One stream: every piece goes out as it comes (steps are ms apart).
+    eng.n_active = 1
+    for i, t in enumerate("bcd"):
+        send(10.0 + 0.001 * i, t)
+    got = []
+    while not seq.req.events.empty():
+        got.append(seq.req.events.get().content)
+    assert got == ["ab", "c", "d"]
+    # 128 streams: a piece waits until ~26 ms after the last send, and nothing is lost.
+    eng.n_active = 128
+    start = seq.sent_at
+    for i, t in enumerate("efgh"):
+        send(start + 0.01 * (i + 1), t)
+    sent = []
+    while not seq.req.events.empty():
+        sent.append(seq.req.events.get().content)
+    assert sent == ["efg"] and seq.unsent.content == "h"
+    assert engine_mod.STREAM_SECONDS_PER_ACTIVE * 128 < engine_mod.STREAM_INTERVAL_MAX
