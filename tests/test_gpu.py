@@ -64,8 +64,8 @@ def test_batched_step_on_the_gpu_matches_the_stock_step(tiny_model_dir):
 
     model, tok = mlx_lm.load(str(tiny_model_dir))
     model.set_dtype(mx.bfloat16)
-    stock = _run(model, tok, batched=False)
-    fast = _run(model, tok, batched=True)
+    stock, _ = _run(model, tok, batched=False)
+    fast, _ = _run(model, tok, batched=True)
     for idx in stock:
         assert fast[idx][0] == stock[idx][0]
         assert fast[idx][1] == pytest.approx(stock[idx][1], abs=1e-6)
@@ -95,7 +95,8 @@ def test_a_training_build_and_the_runtime_share_one_gpu_within_their_budgets(tin
     """The runtime serves while a LoRA training job runs in its own process on the same card;
     each has its memory budget (runtime 0.4, trainer 0.3 of the card) and both finish."""
     env = {**os.environ, "TINYGPT_MEMORY_FRACTION": "0.3", "TINYGPT_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(ROOT)}
+           # The checkout first, then whatever made tinygpt importable here (an install, a path).
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     with running(tiny_model_dir, tmp_path, memory_fraction=0.4) as rt:
         dev = rt.engine.device
         assert dev.memory_limit_bytes == int(dev.memory_bytes * 0.4) > 0
