@@ -109,6 +109,21 @@ def test_batched_step_matches_mlx_lm_tokens_and_logprobs(tiny_model_dir, dtype):
         assert 1 <= len(fast[idx][0]) <= n
 
 
+def test_the_stock_per_row_step_never_runs_once_installed(tiny_model_dir, monkeypatch):
+    # mlx-lm hands prefilled prompts over as a stock GenerationBatch, whose first step
+    # runs each row's processors one by one and waits for the prefill (a drained pipeline
+    # whenever prompts join): an installed generator takes its own batch class there too.
+    from mlx_lm.generate import GenerationBatch
+
+    def stock_step(self):
+        raise AssertionError(f"the stock per-row step ran on a {type(self).__name__}")
+
+    monkeypatch.setattr(GenerationBatch, "_step", stock_step)
+    model, tok = mlx_lm.load(str(tiny_model_dir))
+    fast, _ = _run(model, tok, batched=True)
+    assert fast.keys() == set(range(6))
+
+
 def test_logit_bias_on_a_row_equals_mlx_lm_processor(tiny):
     from mlx_lm.sample_utils import make_logits_processors
 
