@@ -13,7 +13,6 @@ prefix cache bytes, and emptying it frees about its byte count. Last line: JSON.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import tempfile
@@ -44,6 +43,7 @@ def main() -> int:
     import mlx.core as mx
     from openai import OpenAI
 
+    from tests.test_serving_memory import freed_by_emptying_the_prefix_cache
     from tinygpt.runtime.serving.app import Runtime, ServerConfig, resolve_model_dir
 
     tmp = Path(tempfile.mkdtemp())
@@ -81,16 +81,8 @@ def main() -> int:
             out["waves"].append(row)
             print(json.dumps(row), flush=True)
 
-        def clear(e) -> dict:
-            mx.synchronize()
-            gc.collect()
-            before, nbytes = mx.get_active_memory(), e._prefix.nbytes
-            e._prefix.trim_to(n_bytes=0)
-            gc.collect()
-            mx.synchronize()
-            return {"prefix_cache_gb": nbytes / 1e9, "freed_gb": (before - mx.get_active_memory()) / 1e9}
-
-        out["emptying_the_prefix_cache"] = rt.engine.call(clear).result(timeout=120)
+        freed, counted = freed_by_emptying_the_prefix_cache(rt.engine)
+        out["emptying_the_prefix_cache"] = {"prefix_cache_gb": counted / 1e9, "freed_gb": freed / 1e9}
     finally:
         rt.stop()
     print(json.dumps(out))

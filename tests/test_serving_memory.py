@@ -9,7 +9,9 @@ import threading
 from tests.serving_support import post, running
 
 
-def _freed_by_clearing_the_prefix_cache(engine) -> tuple[int, int]:
+def freed_by_emptying_the_prefix_cache(engine) -> tuple[int, int]:
+    """(MLX memory freed, the prefix cache's own byte count) when the cache is emptied
+    (on the model thread; benchmarks/runtime_memory.py uses it too)."""
     import mlx.core as mx
 
     def clear(e) -> tuple[int, int]:
@@ -41,6 +43,6 @@ def test_finished_requests_keep_only_their_own_kv_rows_in_the_prefix_cache(tiny_
             t.start()
         for t in threads:
             t.join()
-        freed, nbytes = _freed_by_clearing_the_prefix_cache(rt.engine)
+        freed, nbytes = freed_by_emptying_the_prefix_cache(rt.engine)
     assert nbytes > 0
     assert freed <= 1.1 * nbytes + (256 << 10), json.dumps({"freed": freed, "prefix_nbytes": nbytes})
