@@ -68,9 +68,9 @@ class PrefixCache(LRUPromptCache):
                 below = next(v for k, v in below.items() if k != VALUE)
                 extra += 1
             entry = below[VALUE]
-            if can_trim_prompt_cache(entry.prompt_cache):
-                # At least one token is left to feed: generation starts from it.
-                prefix = min(len(tokens) - 1, depth)
+            # At least one token is left to feed: generation starts from it.
+            prefix = min(len(tokens) - 1, depth)
+            if prefix > shorter and can_trim_prompt_cache(entry.prompt_cache):
                 return _prefix_copy(entry.prompt_cache, depth + extra, prefix), tokens[prefix:]
         if shorter_node is not None:
             return copy.deepcopy(shorter_node[VALUE].prompt_cache), tokens[shorter:]
