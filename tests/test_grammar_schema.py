@@ -182,6 +182,10 @@ def test_unique_items_over_a_small_enum_is_enforced(tiny_info, tiny_tokenizer):
     # A larger enum (2**9 arrays) or free-form items stay a 400 that says what is enforced.
     with pytest.raises(GrammarError, match=r"params.uniqueItems: .*enum of at most 8"):
         json_schema({"type": "array", "items": {"enum": list(range(9))}, "uniqueItems": True}, "params")
+    # A malformed item "type" next to uniqueItems is a GrammarError (a 400), never a crash.
+    for kind in ({"x": 1}, [{"x": 1}], ["string", []]):
+        with pytest.raises(GrammarError):
+            json_schema({"type": "array", "items": {"enum": ["a", "b"], "type": kind}, "uniqueItems": True}, "params")
 
 
 def test_hostile_pattern_compiles_in_bounded_time(tiny_info, tiny_tokenizer):

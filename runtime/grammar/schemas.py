@@ -127,6 +127,9 @@ def _unique_items(out: dict) -> dict:
     if not isinstance(values, list):
         return out
     kind = items.get("type")
+    names = kind if isinstance(kind, list) else [kind]
+    if kind is not None and not all(isinstance(k, str) for k in names):
+        return out  # a malformed "type": refused with llguidance's own words
     distinct: list = []
     for value in values:
         if value not in distinct and (kind is None or _is_type(value, kind)):
@@ -141,12 +144,14 @@ def _unique_items(out: dict) -> dict:
     return {"enum": arrays}
 
 
-def _is_type(value, kind) -> bool:
-    kinds = set(kind) if isinstance(kind, list) else {kind}
-    checks = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
-              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return any(checks.get(k, lambda v: False)(value) for k in kinds)
+_TYPE_CHECKS = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
+                "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _is_type(value, kind: str | list[str]) -> bool:
+    kinds = kind if isinstance(kind, list) else [kind]
+    return any(k in _TYPE_CHECKS and _TYPE_CHECKS[k](value) for k in kinds)
 
 
 _NUMERIC = {"integer", "number"}
