@@ -535,11 +535,6 @@ class Engine:
     def _prefix_insert(self, key: str, tokens, cache) -> None:
         if not tokens or not cache:
             return
-        # An extracted cache is a lazy copy of this sequence's rows out of the batch's KV
-        # buffers: until it is evaluated it keeps those whole buffers (every row, every
-        # layer) alive, several times what its nbytes says, so the byte bound would not
-        # bound memory. Queue the copy now; the buffers are released when it has run.
-        mx.async_eval([c.state for c in cache])
         self._prefix.insert_cache(key, list(tokens), cache)
         live = sum(g.prompt_cache_nbytes for g in self._gens.values())
         self._prefix.trim_to(n_bytes=self.prefix_cache_bytes - live)

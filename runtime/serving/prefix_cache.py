@@ -42,7 +42,8 @@ def _prefix_copy(cache: list[Any], size: int, n: int) -> list[Any]:
 
 
 class PrefixCache(LRUPromptCache):
-    """mlx-lm's prompt cache with a linear-time lookup and removal by model version."""
+    """mlx-lm's prompt cache with a linear-time lookup, entries that hold only what they
+    count, and removal by model version."""
 
     def fetch_nearest_cache(self, model: Any, tokens: list[int]) -> tuple[list[Any] | None, list[int]]:
         """(a copy of the cache for the longest cached prefix of `tokens`, the tokens still
@@ -75,6 +76,14 @@ class PrefixCache(LRUPromptCache):
         if shorter_node is not None:
             return copy.deepcopy(shorter_node[VALUE].prompt_cache), tokens[shorter:]
         return None, tokens
+
+    def insert_cache(self, model: Any, tokens: list[int], prompt_cache: list[Any], **kw: Any) -> None:
+        # A finished request's cache is a lazy copy of its rows out of the batch's KV
+        # buffers: until evaluated it keeps those whole buffers (every row, every layer)
+        # alive, several times what its nbytes says, and the byte bound would not bound
+        # memory. The copy is queued here, so what is cached is what is counted.
+        mx.async_eval([c.state for c in prompt_cache])
+        super().insert_cache(model, tokens, prompt_cache, **kw)
 
     def drop_model(self, model: str) -> None:
         # LRUPromptCache has no removal by model; its trie and LRU lists are walked here.
