@@ -7,7 +7,7 @@ sequence at a time as soon as any sequence has a processor or its own sampler: w
 per token — hundreds of kernel launches a step at batch 128 on a GPU, where the model call
 itself is ~5 ms. This subclass does, per step, for the whole batch:
 
-- one scatter-add for every row's `logit_bias` (`sampling.LogitBias`), the index arrays
+- one add of a dense [B, V] matrix holding every row's `logit_bias` (`sampling.LogitBias`),
   built once per batch composition;
 - the per-row loop only for the rows whose processors cannot be batched (penalties, grammar
   constraints), their results written back with one indexed assignment; the forward pass is
@@ -79,7 +79,7 @@ class BatchedGenerationBatch(GenerationBatch):
     wait_s: float
     _next_chosen: mx.array | None
     _bias_key: tuple | None
-    _bias: tuple[mx.array, mx.array, mx.array] | None
+    _bias: mx.array | None
 
     def __init__(self, *a: Any, **kw: Any):
         self._pads: list[int] | None = None  # host copy of the cache's left padding
@@ -106,11 +106,18 @@ class BatchedGenerationBatch(GenerationBatch):
                 other.append((e, procs))
         return biased, other
 
-    def _bias_arrays(self, biased: list[int]):
-        """(rows, cols, values) of every biased row's logit_bias, rebuilt when rows change."""
+    def _bias_matrix(self, biased: list[int], logits: mx.array) -> mx.array:
+        """Every biased row's logit_bias as one dense [B, V] addend (zeros elsewhere), rebuilt
+        only when the rows, their biases or the logits' shape change.
+
+        Adding a dense array is one elementwise kernel a step; a scatter-add of the few
+        biased entries was several, and on a GPU the step is bound by kernel launches,
+        not by the bytes (B x V in the logits' dtype: 96 KiB a row for a 49k vocabulary).
+        Adding zero is exact, and a bias is rounded to the logits' dtype before it is
+        added, as the scatter did."""
         # The processor tuples themselves (held, compared by identity), never their ids:
         # a finished request's id can come back for a new one.
-        key = tuple((e, self.logits_processors[e]) for e in biased)
+        key = (tuple((e, self.logits_processors[e]) for e in biased), logits.shape, logits.dtype)
         if key != self._bias_key:
             rows, cols, vals = [], [], []
             for e in biased:
@@ -119,8 +126,12 @@ class BatchedGenerationBatch(GenerationBatch):
                         rows += [e] * len(p.ids)
                         cols += p.ids
                         vals += p.values
-            self._bias_key = key
-            self._bias = (mx.array(rows, dtype=mx.int32), mx.array(cols, dtype=mx.int32), mx.array(vals))
+            dense = mx.zeros(logits.shape, dtype=logits.dtype)
+            dense = dense.at[mx.array(rows, dtype=mx.int32), mx.array(cols, dtype=mx.int32)].add(
+                mx.array(vals).astype(logits.dtype))
+            # Left lazy: it is computed with the step that first uses it (an eval here would
+            # wait for the step in flight), and stays materialized for the steps after.
+            self._bias_key, self._bias = key, dense
         return self._bias
 
     def _process(self, logits: mx.array, inputs: mx.array) -> tuple[mx.array, list]:
@@ -129,8 +140,7 @@ class BatchedGenerationBatch(GenerationBatch):
         if not other:
             # Only static biases: one scatter-add for the batch, no per-row slices.
             if biased:
-                rows, cols, vals = self._bias_arrays(biased)
-                logits = logits.at[rows, cols].add(vals.astype(logits.dtype))
+                logits = logits + self._bias_matrix(biased, logits)
             return logits, token_context
         # Those rows read the last token on the host (a grammar advances on it), which waits
         # for the previous step: start this step's forward pass first, so the device runs it
@@ -141,8 +151,7 @@ class BatchedGenerationBatch(GenerationBatch):
         loop_rows = {e for e, _ in other}
         plain_biased = [e for e in biased if e not in loop_rows]
         if plain_biased:
-            rows, cols, vals = self._bias_arrays(plain_biased)
-            logits = logits.at[rows, cols].add(vals.astype(logits.dtype))
+            logits = logits + self._bias_matrix(plain_biased, logits)
         processed = []
         for e, procs in other:
             row = logits[e : e + 1]
