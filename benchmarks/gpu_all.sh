@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # The GPU benchmarks and the GPU tests, on a CUDA machine (pip install -e ".[cuda,test]"),
-# in under 6 minutes:
+# in under 7 minutes:
 #
 #   bash benchmarks/gpu_all.sh [OUT_DIR] [MODEL_DIR]
 #
 # OUT_DIR (default $OUT, else gpu-results) receives gpu_suite.json / .log (single-stream
 # ratios, aggregate decode at 1/16/64/128 clients with the model thread's time per step by
 # phase, constrained ÷ free, LoRA / QLoRA ÷ a bare LoRA step, bandwidth shares),
-# profile_serving.json / .log (cProfile of the model thread under 128 clients) and
+# step_ablation.log (the batch-1 step's host time, one difference from the bare loop at a
+# time), profile_serving.json / .log (cProfile of the model thread under 128 clients) and
 # gpu-tests.log (pytest -m gpu), plus timings.txt. MODEL_DIR defaults to the cached default
 # model (pulled and converted on first use); a directory with only config.json and the
 # tokenizer gets random bf16 weights of that shape (benchmarks/gpu_suite.py). Each part has a
-# share of a 345 s budget and a failing or slow part does not stop the others.
+# share of a 400 s budget and a failing or slow part does not stop the others.
 set -uo pipefail
 OUT=${1:-${OUT:-gpu-results}}
 MODEL=${2:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 START=$SECONDS
-BUDGET=${GPU_ALL_BUDGET_S:-345}
+BUDGET=${GPU_ALL_BUDGET_S:-400}
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 cap() { local l; l=$(left); (( l < 1 )) && l=1; (( l < $1 )) && echo "$l" || echo "$1"; }  # min(cap, time left), >= 1
 mark() { echo "$1: $(( SECONDS - START )) s" | tee -a "$OUT/timings.txt"; }
@@ -31,6 +32,9 @@ mark "model ready ($MODEL)"
 timeout -k 5 "$(cap 130)" python3 benchmarks/gpu_suite.py --model-dir "$MODEL" --out "$OUT/gpu_suite.json" \
   --parts hbm,runtime 2>&1 | tee "$OUT/gpu_suite.log"
 mark "gpu_suite runtime"
+timeout -k 5 "$(cap 60)" python3 benchmarks/gpu_step_ablation.py --model-dir "$MODEL" --batch 1 \
+  2>&1 | tee "$OUT/step_ablation.log"
+mark "step ablation"
 timeout -k 5 "$(cap 100)" python3 benchmarks/gpu_suite.py --model-dir "$MODEL" --out "$OUT/gpu_suite_train_big.json" \
   --parts hbm,train,big 2>&1 | tee "$OUT/gpu_suite_train_big.log"
 mark "gpu_suite train, big"
