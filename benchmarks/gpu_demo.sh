@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The self-improvement demo on a CUDA machine, both bundled task families, in one device call:
 #
-#   bash benchmarks/gpu_demo.sh [OUT_DIR]
+#   bash benchmarks/gpu_demo.sh [OUT_DIR] [RUN ...]     # RUN: fileops-large, shop-rounds (default: both)
 #
 # fileops in the larger configuration (48 training tasks x 6 attempts, 48 held-out, 48 LoRA
 # steps), then shop with two rounds of expert iteration and a quarter of the attempts
@@ -21,6 +21,13 @@ run() {  # name, time cap in seconds, demo arguments...
   cp "/tmp/gpu-demo/$name/demo-summary.json" "$OUT/$name.json" 2>/dev/null
   tail -n 25 "$OUT/$name.log"
 }
-run fileops-large "${FILEOPS_CAP_S:-330}" --tasks 48 --attempts 6 --test-tasks 48 --iters 48
-run shop-rounds "${SHOP_CAP_S:-230}" --task shop --tasks 32 --attempts 4 --test-tasks 32 --rounds 2 --explore 0.25 --iters 32
+RUNS=("${@:2}")
+(( ${#RUNS[@]} )) || RUNS=(fileops-large shop-rounds)
+for r in "${RUNS[@]}"; do
+  case $r in
+    fileops-large) run fileops-large "${FILEOPS_CAP_S:-330}" --tasks 48 --attempts 6 --test-tasks 48 --iters 48 ;;
+    shop-rounds) run shop-rounds "${SHOP_CAP_S:-230}" --task shop --tasks 32 --attempts 4 --test-tasks 32 --rounds 2 --explore 0.25 --iters 32 ;;
+    *) echo "gpu_demo.sh: unknown run '$r' (fileops-large, shop-rounds)" >&2; exit 2 ;;
+  esac
+done
 exit 0
