@@ -159,7 +159,7 @@ def evaluate_gate(
     update_baseline: bool = False,
     use_cache: bool | None = None,
     rules: list[str] = (),
-    concurrency: int = 8,
+    concurrency: int | None = None,
     only_suites: list[str] | None = None,
     threshold: float | None = None,
     require_significance: bool | None = None,

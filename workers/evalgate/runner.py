@@ -36,7 +36,9 @@ from .targets import Target
 
 log = logging.getLogger("tinygpt.evalgate")
 
-CONCURRENCY = 8
+# Requests in flight at once, by the serving runtime's backend: 2 CPU cores gain nothing past
+# ~8 sequences a step, where a GPU batches 256 (engine.DEFAULT_LIMITS) at the cost of one.
+CONCURRENCY = {"cpu": 8, "gpu": 64}
 REQUEST_TIMEOUT_S = 900.0
 
 
@@ -188,11 +190,12 @@ def _load(rt, target: Target, served: dict) -> str:
     return served[target.adapter_digest]
 
 
-def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callable[[str], None] | None = None,
+def run_jobs(jobs: list[RunJob], *, concurrency: int | None = None, say: Callable[[str], None] | None = None,
              progress: Callable[[int, int], None] | None = None) -> list[SuiteReport]:
     """Run every job (grouped by base model, one server each); reports in the jobs' order.
 
     `progress(done, total)` is called after every answered request (from pool threads).
+    `concurrency` None: CONCURRENCY for the backend the server computes on.
     """
     from tinygpt.runtime.serving.config import ServerConfig
     from tinygpt.runtime.stack import start_runtime
@@ -207,18 +210,19 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int = CONCURRENCY, say: Callabl
         # Every request names its max_tokens, so the server's defaults do not matter here.
         rt = start_runtime(ServerConfig(model=model_dir, port=0, record=False, prefix_cache_mb=256))
         try:
+            at_once = concurrency or CONCURRENCY[rt.engine.device.backend]
             served: dict = {}
             models = {i: _load(rt, jobs[i].target, served) for i in indices}
             batch = [i for i in indices if jobs[i].suite.kind not in ("latency", "environment")]
             if batch:
-                _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], concurrency, say, reports,
+                _run_concurrent(rt.port, [jobs[i] for i in batch], [models[i] for i in batch], at_once, say, reports,
                                 batch, answered)
             for i in (i for i in indices if jobs[i].suite.kind == "environment"):
                 from .environment import run as run_environment
 
                 job = jobs[i]
                 say(f"{job.suite.name}: {len(job.items)} episodes of {job.suite.environment!r} on {job.target.describe}")
-                reports[i] = run_environment(rt.port, job.suite, models[i], job.key, concurrency, lambda: answered(None))
+                reports[i] = run_environment(rt.port, job.suite, models[i], job.key, at_once, lambda: answered(None))
             for i in (i for i in indices if jobs[i].suite.kind == "latency"):
                 job = jobs[i]
                 say(f"{job.suite.name}: {len(job.items)} rows x {job.suite.passes} on {job.target.describe} (one at a time)")
