@@ -142,3 +142,43 @@ def test_install_refuses_a_generator_already_decoding(tiny):
     with pytest.raises(RuntimeError, match="no sequences"):
         batch_step.install(gen)
     gen.close()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_unpadded_steps_skip_the_mask_and_decode_the_same(tiny_model_dir, dtype, monkeypatch):
+    # With no row left-padded (a lone sequence; the last row of a shrinking batch), a
+    # one-token step needs no attention mask; mlx-lm's batch cache builds one anyway.
+    # Skipping it must not change a token or a logprob.
+    skipped = []
+
+    def counting_no_mask(*a, **kw):
+        skipped.append(1)
+
+    monkeypatch.setattr(batch_step, "_no_mask", counting_no_mask)
+    model, tok = mlx_lm.load(str(tiny_model_dir))
+    model.set_dtype(getattr(mx, dtype))
+    prompt = tok.encode("a lone request about the weather in town")
+
+    def lone(batched: bool) -> tuple[list[int], list[float]]:
+        gen = BatchGenerator(model, stop_tokens=[], completion_batch_size=4, prefill_batch_size=2)
+        if batched:
+            batch_step.install(gen)
+        gen.insert([prompt], max_tokens=[12], samplers=[make_sampler(0.0, 1.0, None)],
+                   logits_processors=[[LogitBias({7: -5.0})]])
+        ids, lps = [], []
+        while len(ids) < 12:
+            _, responses = gen.next()
+            for r in responses:
+                ids.append(r.token)
+                lps.append(r.logprobs[r.token].item())
+        gen.close()
+        return ids, lps
+
+    stock = lone(False)
+    fast = lone(True)
+    assert fast[0] == stock[0]
+    assert fast[1] == pytest.approx(stock[1], abs=1e-6)
+    assert len(skipped) >= 11  # every decode step after the first (the model asks once a step)
+    skipped.clear()
+    _run(model, tok, batched=True)  # rows of different lengths: masked until one row is left
+    assert skipped, "the last row of a shrinking batch should decode without a mask"

@@ -16,6 +16,7 @@ itself is ~5 ms. This subclass does, per step, for the whole batch:
 - the chosen tokens' logprobs gathered in the step's own graph, so they are evaluated with
   the tokens (`chosen`, one float per row) instead of by B more ops afterwards;
 - logprobs kept as one [B, V] array (rows are sliced only when a caller reads one);
+- no attention mask when no row is left-padded (see `_unpadded`);
 - the KV cache's left padding read from the device once per batch composition, not once per
   layer per finished sequence: mlx-lm's `BatchKVCache.extract` / `.filter` call `tolist()` on
   it in every layer, and each such read waits for the step in flight (on a GPU: 30 syncs per
@@ -190,7 +191,12 @@ class BatchedGenerationBatch(GenerationBatch):
         current_chosen = self._next_chosen
         inputs = self._current_tokens
 
+        unmasked = self._unpadded()
+        for c in unmasked:
+            c.make_mask = _no_mask
         logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
+        for c in unmasked:
+            del c.make_mask
         logits, token_context = self._process(logits, inputs)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         sampled = self._sample(logprobs)
@@ -227,6 +233,20 @@ class BatchedGenerationBatch(GenerationBatch):
 
     def _batch_kv(self) -> bool:
         return bool(self.prompt_cache) and all(type(c) is BatchKVCache for c in self.prompt_cache)
+
+    def _unpadded(self) -> list:
+        """The caches, when no row is left-padded (a lone sequence; rows of one length),
+        else []: a one-token step then needs no mask. BatchKVCache builds one every step
+        anyway (~6 ops) and attention takes the masked path; on a GPU, where a small
+        model's step is bound by kernel launches, that is measurable (gpu_step_ablation.py).
+        The padding is known on the host after a filter; after a join it is read only for a
+        lone sequence (one sync as it starts), never for a batch that is decoding."""
+        if not self._batch_kv():
+            return []
+        pads = self._pads if self._pads_of is self.prompt_cache[0].left_padding else None
+        if pads is None and len(self.uids) == 1:
+            pads = self._left_pads()
+        return self.prompt_cache if pads is not None and not any(pads) else []
 
     def _left_pads(self) -> list[int]:
         """Every layer's left padding (the same in each), read once per composition."""
@@ -310,6 +330,10 @@ class BatchedGenerationBatch(GenerationBatch):
             self.prompt_cache = caches
         self._next_logprobs = RowLogprobs(rows[idx] if idx is not None and rows is not None else None)
         self._next_chosen = chosen[idx] if idx is not None and chosen is not None else None
+
+
+def _no_mask(*_a: Any, **_kw: Any) -> None:
+    return None
 
 
 def _cat(a: mx.array | None, b: mx.array | None) -> mx.array | None:
