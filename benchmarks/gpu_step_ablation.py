@@ -109,8 +109,9 @@ def main() -> int:
 
     import mlx.core as mx
     import mlx_lm
-    from gpu_suite import batch_generator_rate
+    from gpu_suite import batch_generator_rate, random_weights
 
+    random_weights(args.model_dir)  # a directory with only the config and tokenizer: random weights
     model, tokenizer = mlx_lm.load(str(args.model_dir))
     if mx.default_device() == mx.gpu:
         model.set_dtype(mx.bfloat16)
