@@ -138,9 +138,12 @@ def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypat
         work = tmp_path / "demo"
         work.mkdir()
         (work / "toyweather.py").write_text(textwrap.dedent(TOY))
+        # No concurrency given: sized by the daemon's device (/health), a CPU here.
         cfg = DemoConfig(work=str(work), url=url, task="weather", entry="toyweather:Weather", name="weather", tasks=3, attempts=2,
-                         test_tasks=2, gate_tasks=2, concurrency=4)
-        summary = run_demo(cfg, say=lambda m: None)
+                         test_tasks=2, gate_tasks=2)
+        said: list[str] = []
+        summary = run_demo(cfg, say=said.append)
+        assert any("; 8 sessions at once;" in m for m in said), said
     finally:
         assert up.stop() == 0, up.text
     (r,) = summary.rounds

@@ -52,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-layers", type=int, default=t.num_layers, help=f"adapt the last N blocks, -1 all (default: {t.num_layers})")
     parser.add_argument("--temperature", type=float, default=d.temperature, help=f"sampling temperature of the attempts (default: {d.temperature})")
     parser.add_argument("--max-turns", type=int, default=None, help="requests per task before the agent gives up (default: the environment's)")
-    parser.add_argument("--concurrency", type=int, default=d.concurrency, help=f"agent sessions at once (default: {d.concurrency})")
+    parser.add_argument("--concurrency", type=int, default=None, help="agent sessions at once (default: 8 on a CPU, 48 on a GPU)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of tasks, sampling and training (default: 0)")
     parser.add_argument("--name", default=None, help="specialist name (default: the task's name)")
     parser.add_argument("--project", help="project the sessions are recorded under (default: demo-<task>-<timestamp>)")
@@ -69,7 +69,7 @@ def _config(args: argparse.Namespace):
     from tinygpt.runtime.demo.loop import DemoConfig, TrainSettings
 
     for name in ("tasks", "attempts", "test_tasks", "gate_tasks", "iters", "batch_size", "concurrency", "rounds"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_turns is not None and args.max_turns < 1:
         raise ValueError(f"--max-turns must be at least 1, got {args.max_turns}")
