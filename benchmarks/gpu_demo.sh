@@ -25,8 +25,8 @@ RUNS=("${@:2}")
 (( ${#RUNS[@]} )) || RUNS=(fileops-large shop-rounds)
 for r in "${RUNS[@]}"; do
   case $r in
-    fileops-large) run fileops-large "${FILEOPS_CAP_S:-330}" --tasks 48 --attempts 6 --test-tasks 48 --iters 48 --concurrency "${DEMO_CONCURRENCY:-48}" ;;
-    shop-rounds) run shop-rounds "${SHOP_CAP_S:-230}" --task shop --tasks 32 --attempts 4 --test-tasks 32 --rounds 2 --explore 0.25 --iters 32 --concurrency "${DEMO_CONCURRENCY:-48}" ;;
+    fileops-large) run fileops-large "${FILEOPS_CAP_S:-330}" --tasks 48 --attempts 6 --test-tasks 48 --iters 48 ;;
+    shop-rounds) run shop-rounds "${SHOP_CAP_S:-230}" --task shop --tasks 32 --attempts 4 --test-tasks 32 --rounds 2 --explore 0.25 --iters 32 ;;
     *) echo "gpu_demo.sh: unknown run '$r' (fileops-large, shop-rounds)" >&2; exit 2 ;;
   esac
 done
