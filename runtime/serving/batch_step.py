@@ -7,7 +7,7 @@ sequence at a time as soon as any sequence has a processor or its own sampler: w
 per token — hundreds of kernel launches a step at batch 128 on a GPU, where the model call
 itself is ~5 ms. This subclass does, per step, for the whole batch:
 
-- one add of a dense [B, V] matrix holding every row's `logit_bias` (`sampling.LogitBias`),
+- one scatter-add for every row's `logit_bias` (`sampling.LogitBias`), the index arrays
   built once per batch composition;
 - the per-row loop only for the rows whose processors cannot be batched (penalties, grammar
   constraints), their results written back with one indexed assignment; the forward pass is
@@ -80,7 +80,7 @@ class BatchedGenerationBatch(GenerationBatch):
     wait_s: float
     _next_chosen: mx.array | None
     _bias_key: tuple | None
-    _bias: mx.array | None
+    _bias: tuple[mx.array, mx.array, mx.array] | None
 
     def __init__(self, *a: Any, **kw: Any):
         self._pads: list[int] | None = None  # host copy of the cache's left padding
@@ -107,18 +107,11 @@ class BatchedGenerationBatch(GenerationBatch):
                 other.append((e, procs))
         return biased, other
 
-    def _bias_matrix(self, biased: list[int], logits: mx.array) -> mx.array:
-        """Every biased row's logit_bias as one dense [B, V] addend (zeros elsewhere), rebuilt
-        only when the rows, their biases or the logits' shape change.
-
-        Adding a dense array is one elementwise kernel a step; a scatter-add of the few
-        biased entries was several, and on a GPU the step is bound by kernel launches,
-        not by the bytes (B x V in the logits' dtype: 96 KiB a row for a 49k vocabulary).
-        Adding zero is exact, and a bias is rounded to the logits' dtype before it is
-        added, as the scatter did."""
+    def _bias_arrays(self, biased: list[int]):
+        """(rows, cols, values) of every biased row's logit_bias, rebuilt when rows change."""
         # The processor tuples themselves (held, compared by identity), never their ids:
         # a finished request's id can come back for a new one.
-        key = (tuple((e, self.logits_processors[e]) for e in biased), logits.shape, logits.dtype)
+        key = tuple((e, self.logits_processors[e]) for e in biased)
         if key != self._bias_key:
             rows, cols, vals = [], [], []
             for e in biased:
@@ -127,12 +120,8 @@ class BatchedGenerationBatch(GenerationBatch):
                         rows += [e] * len(p.ids)
                         cols += p.ids
                         vals += p.values
-            dense = mx.zeros(logits.shape, dtype=logits.dtype)
-            dense = dense.at[mx.array(rows, dtype=mx.int32), mx.array(cols, dtype=mx.int32)].add(
-                mx.array(vals).astype(logits.dtype))
-            # Left lazy: it is computed with the step that first uses it (an eval here would
-            # wait for the step in flight), and stays materialized for the steps after.
-            self._bias_key, self._bias = key, dense
+            self._bias_key = key
+            self._bias = (mx.array(rows, dtype=mx.int32), mx.array(cols, dtype=mx.int32), mx.array(vals))
         return self._bias
 
     def _process(self, logits: mx.array, inputs: mx.array) -> tuple[mx.array, list]:
@@ -141,7 +130,8 @@ class BatchedGenerationBatch(GenerationBatch):
         if not other:
             # Only static biases: one scatter-add for the batch, no per-row slices.
             if biased:
-                logits = logits + self._bias_matrix(biased, logits)
+                rows, cols, vals = self._bias_arrays(biased)
+                logits = logits.at[rows, cols].add(vals.astype(logits.dtype))
             return logits, token_context
         # Those rows read the last token on the host (a grammar advances on it), which waits
         # for the previous step: start this step's forward pass first, so the device runs it
@@ -152,7 +142,8 @@ class BatchedGenerationBatch(GenerationBatch):
         loop_rows = {e for e, _ in other}
         plain_biased = [e for e in biased if e not in loop_rows]
         if plain_biased:
-            logits = logits + self._bias_matrix(plain_biased, logits)
+            rows, cols, vals = self._bias_arrays(plain_biased)
+            logits = logits.at[rows, cols].add(vals.astype(logits.dtype))
         processed = []
         for e, procs in other:
             row = logits[e : e + 1]
@@ -237,10 +228,12 @@ class BatchedGenerationBatch(GenerationBatch):
     def _unpadded(self) -> list:
         """The caches, when no row is left-padded (a lone sequence; rows of one length),
         else []: a one-token step then needs no mask. BatchKVCache builds one every step
-        anyway (~6 ops) and attention takes the masked path; on a GPU, where a small
-        model's step is bound by kernel launches, that is measurable (gpu_step_ablation.py).
-        The padding is known on the host after a filter; after a join it is read only for a
-        lone sequence (one sync as it starts), never for a batch that is decoding."""
+        anyway, and MLX's CUDA backend has no fused attention kernel for a one-token query
+        with a mask array: every layer falls back to matmul, mask, softmax, matmul. On an
+        H100 that took a batch-1 step from 1.04 to 0.69 of the bare loop's speed
+        (benchmarks/gpu_step_ablation.py). The padding is known on the host after a filter;
+        after a join it is read only for a lone sequence (one sync as it starts), never for
+        a batch that is decoding."""
         if not self._batch_kv():
             return []
         pads = self._pads if self._pads_of is self.prompt_cache[0].left_padding else None
