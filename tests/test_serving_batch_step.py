@@ -124,6 +124,22 @@ def test_the_stock_per_row_step_never_runs_once_installed(tiny_model_dir, monkey
     assert fast.keys() == set(range(6))
 
 
+def test_no_per_layer_padding_reads_once_installed(tiny_model_dir, monkeypatch):
+    # mlx-lm's BatchKVCache.filter reads the left padding from the device in every layer
+    # (a sync each, waiting for the step in flight); prompt batches split when prompts
+    # finish prefilling, generation batches filter when requests finish. Installed, neither
+    # calls it, and the decode is the stock one (test above).
+    from mlx_lm.models.cache import BatchKVCache
+
+    def stock_filter(self, batch_indices):
+        raise AssertionError("BatchKVCache.filter ran (a device read per layer)")
+
+    monkeypatch.setattr(BatchKVCache, "filter", stock_filter)
+    model, tok = mlx_lm.load(str(tiny_model_dir))
+    fast, _ = _run(model, tok, batched=True)
+    assert fast.keys() == set(range(6))
+
+
 def test_logit_bias_on_a_row_equals_mlx_lm_processor(tiny):
     from mlx_lm.sample_utils import make_logits_processors
 

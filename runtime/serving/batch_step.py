@@ -262,23 +262,8 @@ class BatchedGenerationBatch(GenerationBatch):
         return out
 
     def _filter_cache(self, keep: list[int]) -> None:
-        """BatchKVCache.filter on every layer, the padding shift computed on the host."""
-        before = self._left_pads()
-        pads = [before[i] for i in keep]
-        shift = min(pads)
-        for c in self.prompt_cache:
-            if c.keys is not None:
-                c.keys = c.keys[keep]
-                c.values = c.values[keep]
-            c.offset = c.offset[keep]
-            c.left_padding = c.left_padding[keep]
-            if shift > 0:  # drop the columns every row pads
-                if c.keys is not None:
-                    c.keys = c.keys[..., shift:, :]
-                    c.values = c.values[..., shift:, :]
-                c._idx -= shift
-                c.left_padding = c.left_padding - shift
-        self._pads, self._pads_of = [p - shift for p in pads], self.prompt_cache[0].left_padding
+        self._pads = _filter_batch_kv(self.prompt_cache, keep, self._left_pads())
+        self._pads_of = self.prompt_cache[0].left_padding
 
     def extend(self, batch):
         """mlx-lm's `extend`, with logprobs as one array and the chosen logprobs carried."""
@@ -325,6 +310,31 @@ class BatchedGenerationBatch(GenerationBatch):
         self._next_chosen = chosen[idx] if idx is not None and chosen is not None else None
 
 
+def _filter_batch_kv(caches: list, keep: list[int], pads: list[int]) -> list[int]:
+    """`BatchKVCache.filter` on every layer, the padding shift computed on the host from
+    `pads` (the left padding, the same in every layer), not read from the device in each
+    layer as mlx-lm does (30 syncs, each waiting for the step in flight). Keeping every
+    row with none padded in common changes nothing, so nothing is copied. Returns the
+    kept rows' padding."""
+    kept = [pads[i] for i in keep]
+    shift = min(kept)
+    if keep == list(range(len(pads))) and shift == 0:
+        return kept
+    for c in caches:
+        if c.keys is not None:
+            c.keys = c.keys[keep]
+            c.values = c.values[keep]
+        c.offset = c.offset[keep]
+        c.left_padding = c.left_padding[keep]
+        if shift > 0:  # drop the columns every row pads
+            if c.keys is not None:
+                c.keys = c.keys[..., shift:, :]
+                c.values = c.values[..., shift:, :]
+            c._idx -= shift
+            c.left_padding = c.left_padding - shift
+    return [p - shift for p in kept]
+
+
 def _no_mask(*_a: Any, **_kw: Any) -> None:
     return None
 
@@ -345,6 +355,18 @@ class BatchedPromptBatch(PromptProcessingBatch):
     pipeline each time prompts join (60 ms for 32 rows on an H100, profile_serving.py). Here
     the first step is the batched one, queued like every other step.
     """
+
+    def filter(self, keep: list[int]):
+        # mlx-lm's filter, the KV cache filtered with one padding read for all layers
+        # (split() calls it on both halves each time prompts finish prefilling).
+        caches = self.prompt_cache
+        fast = bool(keep) and bool(caches) and all(type(c) is BatchKVCache for c in caches)
+        if fast:
+            _filter_batch_kv(caches, keep, caches[0].left_padding.tolist())
+            self.prompt_cache = []  # filtered already: mlx-lm's filter loops over none
+        super().filter(keep)
+        if fast:
+            self.prompt_cache = caches
 
     def generate(self, tokens: list[list[int]]) -> BatchedGenerationBatch:
         # mlx-lm's `generate` with the class swapped.
