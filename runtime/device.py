@@ -31,6 +31,10 @@ MEMORY_ENV = "TINYGPT_MEMORY_FRACTION"
 CHOICES = ("auto", "cpu", "gpu")
 # MLX's CUDA wheels (`mlx[cuda13]` brings mlx-cuda-13; older releases named it mlx-cuda).
 CUDA_DISTRIBUTIONS = ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda")
+# Agent sessions (or eval requests) a client of one runtime keeps in flight, by the runtime's
+# backend: 2 CPU cores gain little past ~8 sequences a step, where a GPU decodes its whole
+# batch (up to 256, the runtime's DEFAULT_LIMITS) in about the time of one.
+CLIENTS_AT_ONCE = {"cpu": 8, "gpu": 48}
 
 
 class DeviceError(ValueError):

@@ -66,17 +66,12 @@ class DemoConfig(Contract):
     temperature: float = 0.7
     # Requests per episode; None: the environment's own (fileops: 3).
     max_turns: int | None = None
-    # Agent sessions at once; None: by the daemon's device (SESSIONS_AT_ONCE, from /health).
+    # Agent sessions at once; None: by the daemon's device (device.CLIENTS_AT_ONCE, from /health).
     concurrency: int | None = None
     seed: int = 0
     # How long a session stays open after its last request in the `up` the demo starts.
     session_idle: float = 2.0
     train: TrainSettings = msgspec.field(default_factory=TrainSettings)
-
-
-# Agent sessions at once by the daemon's backend: 2 CPU cores gain little past ~8 sequences a
-# step, where a GPU batches 256 at the cost of one (the runtime's DEFAULT_LIMITS).
-SESSIONS_AT_ONCE = {"cpu": 8, "gpu": 48}
 
 
 def _no_progress(total: int) -> Callable[[], None]:
@@ -168,13 +163,15 @@ class _Demo:
         self.base = daemon.base_name(self.url, self.cfg.api_key)
         self.client = runner.make_client(self.url, self.cfg.api_key)
         if self.cfg.concurrency is None:
+            from tinygpt.runtime.device import CLIENTS_AT_ONCE
+
             try:
                 health = daemon.get_json(f"{self.url}/health", self.cfg.api_key)
             except (OSError, ValueError):  # an unhealthy daemon fails the run soon enough; size for a CPU
                 health = None
             device = health.get("device") if isinstance(health, dict) else None
             backend = device.get("backend") if isinstance(device, dict) else None
-            self.cfg = msgspec.structs.replace(self.cfg, concurrency=SESSIONS_AT_ONCE.get(backend, SESSIONS_AT_ONCE["cpu"]))
+            self.cfg = msgspec.structs.replace(self.cfg, concurrency=CLIENTS_AT_ONCE.get(backend, CLIENTS_AT_ONCE["cpu"]))
         self.say(f"runtime {self.url}/v1 serving {self.base}; {self.cfg.concurrency} sessions at once; work dir {self.work}")
 
     def close(self) -> None:

@@ -36,9 +36,6 @@ from .targets import Target
 
 log = logging.getLogger("tinygpt.evalgate")
 
-# Requests in flight at once, by the serving runtime's backend: 2 CPU cores gain nothing past
-# ~8 sequences a step, where a GPU batches 256 (engine.DEFAULT_LIMITS) at the cost of one.
-CONCURRENCY = {"cpu": 8, "gpu": 64}
 REQUEST_TIMEOUT_S = 900.0
 
 
@@ -195,8 +192,9 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int | None = None, say: Callabl
     """Run every job (grouped by base model, one server each); reports in the jobs' order.
 
     `progress(done, total)` is called after every answered request (from pool threads).
-    `concurrency` None: CONCURRENCY for the backend the server computes on.
+    `concurrency` None: `device.CLIENTS_AT_ONCE` for the backend the server computes on.
     """
+    from tinygpt.runtime.device import CLIENTS_AT_ONCE
     from tinygpt.runtime.serving.config import ServerConfig
     from tinygpt.runtime.stack import start_runtime
 
@@ -210,7 +208,7 @@ def run_jobs(jobs: list[RunJob], *, concurrency: int | None = None, say: Callabl
         # Every request names its max_tokens, so the server's defaults do not matter here.
         rt = start_runtime(ServerConfig(model=model_dir, port=0, record=False, prefix_cache_mb=256))
         try:
-            at_once = concurrency or CONCURRENCY[rt.engine.device.backend]
+            at_once = concurrency or CLIENTS_AT_ONCE[rt.engine.device.backend]
             served: dict = {}
             models = {i: _load(rt, jobs[i].target, served) for i in indices}
             batch = [i for i in indices if jobs[i].suite.kind not in ("latency", "environment")]
