@@ -12,7 +12,8 @@
 # gpu-tests.log (pytest -m gpu), plus timings.txt. MODEL_DIR defaults to the cached default
 # model (pulled and converted on first use); a directory with only config.json and the
 # tokenizer gets random bf16 weights of that shape (benchmarks/gpu_suite.py). Each part has a
-# share of a 480 s budget and a failing or slow part does not stop the others.
+# share of a 480 s budget and a failing or slow part does not stop the others;
+# GPU_ALL_PARTS (below) runs some of them, in the order given.
 set -uo pipefail
 OUT=${1:-${OUT:-gpu-results}}
 MODEL=${2:-}
@@ -28,20 +29,27 @@ if [[ -z "$MODEL" ]]; then
   MODEL=$(python3 -c 'from tinygpt.runtime.models import resolve_model; print(resolve_model("smollm2-135m-instruct"))')
 fi
 mark "model ready ($MODEL)"
-# Runtime first (the headline ratios), the GPU tests, then training and the 1.5B shape.
-timeout -k 5 "$(cap 130)" python3 benchmarks/gpu_suite.py --model-dir "$MODEL" --out "$OUT/gpu_suite.json" \
-  --parts hbm,runtime 2>&1 | tee "$OUT/gpu_suite.log"
-mark "gpu_suite runtime"
-timeout -k 5 "$(cap 60)" python3 benchmarks/gpu_step_ablation.py --model-dir "$MODEL" --batch 1 \
-  2>&1 | tee "$OUT/step_ablation.log"
-mark "step ablation"
-timeout -k 5 "$(cap 150)" python3 -m pytest -m gpu -q -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu-tests.log"
-mark "pytest -m gpu"
-timeout -k 5 "$(cap 100)" python3 benchmarks/gpu_suite.py --model-dir "$MODEL" --out "$OUT/gpu_suite_train_big.json" \
-  --parts hbm,train,big 2>&1 | tee "$OUT/gpu_suite_train_big.log"
-mark "gpu_suite train, big"
-(( $(left) > 20 )) && timeout -k 5 "$(cap 40)" python3 benchmarks/profile_serving.py --model-dir "$MODEL" \
-  --clients 128 --tokens 128 --sort cumulative 2>&1 | tee "$OUT/profile_serving.log"
-mark "profile_serving"
-tail -n 1 "$OUT/profile_serving.log" > "$OUT/profile_serving.json" 2>/dev/null
+# GPU_ALL_PARTS picks the parts and their order (default: runtime ablation tests train profile);
+# e.g. GPU_ALL_PARTS="tests train" when the runtime was measured already.
+for part in ${GPU_ALL_PARTS:-runtime ablation tests train profile}; do
+  case $part in
+    runtime)  # the headline ratios
+      timeout -k 5 "$(cap 130)" python3 benchmarks/gpu_suite.py --model-dir "$MODEL" --out "$OUT/gpu_suite.json" \
+        --parts hbm,runtime 2>&1 | tee "$OUT/gpu_suite.log" ;;
+    ablation)
+      timeout -k 5 "$(cap 60)" python3 benchmarks/gpu_step_ablation.py --model-dir "$MODEL" --batch 1 \
+        2>&1 | tee "$OUT/step_ablation.log" ;;
+    tests)  # -v: each test's name as it ends, so a run cut short still says which passed
+      timeout -k 5 "$(cap 240)" python3 -m pytest -m gpu -v -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu-tests.log" ;;
+    train)  # LoRA / QLoRA / a bare LoRA step, then the 1.5B shape
+      timeout -k 5 "$(cap 150)" python3 benchmarks/gpu_suite.py --model-dir "$MODEL" --out "$OUT/gpu_suite_train_big.json" \
+        --parts hbm,train,big 2>&1 | tee "$OUT/gpu_suite_train_big.log" ;;
+    profile)
+      (( $(left) > 20 )) && timeout -k 5 "$(cap 40)" python3 benchmarks/profile_serving.py --model-dir "$MODEL" \
+        --clients 128 --tokens 128 --sort cumulative 2>&1 | tee "$OUT/profile_serving.log"
+      tail -n 1 "$OUT/profile_serving.log" > "$OUT/profile_serving.json" 2>/dev/null ;;
+    *) echo "gpu_all.sh: unknown part '$part' (runtime ablation tests train profile)" >&2 ;;
+  esac
+  mark "$part"
+done
 exit 0
