@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tinygpt.runtime  # noqa: E402,F401  (before mlx: the CPU backend's fast BLAS)
 
 
-def _pipelined(model, cache, first, make, n: int) -> dict:
+def _pipelined(first, make, n: int) -> dict:
     """Run `make(y) -> (arrays to queue, next y)` n times pipelined; tok/s and ms per phase."""
     import mlx.core as mx
 
@@ -92,7 +92,7 @@ def variant(model, name: str, batch: int, n: int, ban_id: int) -> dict:
         chosen = mx.take_along_axis(lp, s.reshape(-1, 1), axis=-1).reshape(-1)
         return (s, lp, chosen), s
 
-    return _pipelined(model, cache, first, make, n)
+    return _pipelined(first, make, n)
 
 
 VARIANTS = ["bare", "bare_logprobs", "batch_kv", "batch_kv_logprobs",

@@ -43,7 +43,7 @@ def main() -> int:
     import mlx.core as mx
     from openai import OpenAI
 
-    from tests.test_serving_memory import freed_by_emptying_the_prefix_cache
+    from tests.serving_support import freed_by_emptying_the_prefix_cache
     from tinygpt.runtime.serving.app import Runtime, ServerConfig, resolve_model_dir
 
     tmp = Path(tempfile.mkdtemp())

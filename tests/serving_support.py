@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import socket
 from pathlib import Path
@@ -92,3 +93,19 @@ def write_lora_adapter(
     config = {"fine_tune_type": "dora" if dora else "lora", "num_layers": num_layers, "lora_parameters": params}
     (path / "adapter_config.json").write_text(json.dumps(config))
     return path
+
+
+def freed_by_emptying_the_prefix_cache(engine) -> tuple[int, int]:
+    """(MLX memory freed, the prefix cache's own byte count) when the cache is emptied
+    (on the model thread; benchmarks/runtime_memory.py uses it too)."""
+
+    def clear(e) -> tuple[int, int]:
+        mx.synchronize()
+        gc.collect()
+        before, nbytes = mx.get_active_memory(), e._prefix.nbytes
+        e._prefix.trim_to(n_bytes=0)
+        gc.collect()
+        mx.synchronize()
+        return before - mx.get_active_memory(), nbytes
+
+    return engine.call(clear).result(timeout=60)

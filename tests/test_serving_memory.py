@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import threading
 
-from tests.serving_support import post, running
-
-
-def freed_by_emptying_the_prefix_cache(engine) -> tuple[int, int]:
-    """(MLX memory freed, the prefix cache's own byte count) when the cache is emptied
-    (on the model thread; benchmarks/runtime_memory.py uses it too)."""
-    import mlx.core as mx
-
-    def clear(e) -> tuple[int, int]:
-        mx.synchronize()
-        gc.collect()
-        before, nbytes = mx.get_active_memory(), e._prefix.nbytes
-        e._prefix.trim_to(n_bytes=0)
-        gc.collect()
-        mx.synchronize()
-        return before - mx.get_active_memory(), nbytes
-
-    return engine.call(clear).result(timeout=60)
+from tests.serving_support import freed_by_emptying_the_prefix_cache, post, running
 
 
 def test_finished_requests_keep_only_their_own_kv_rows_in_the_prefix_cache(tiny_model_dir, tmp_path):

@@ -185,9 +185,11 @@ class BatchedGenerationBatch(GenerationBatch):
         unmasked = self._unpadded()
         for c in unmasked:
             c.make_mask = _no_mask
-        logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
-        for c in unmasked:
-            del c.make_mask
+        try:
+            logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
+        finally:  # a cache that is padded later must build its mask again
+            for c in unmasked:
+                del c.make_mask
         logits, token_context = self._process(logits, inputs)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         sampled = self._sample(logprobs)
