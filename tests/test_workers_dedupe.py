@@ -13,7 +13,7 @@ from tests.fixtures.trajectories.synth import Synth, encode
 from tinygpt.queue import keys
 from tinygpt.runtime.contracts.jobs import DedupeJob, IngestJob
 from tinygpt.runtime.contracts.pipeline import DedupeRecord
-from tinygpt.runtime.contracts.trajectory import Feedback
+from tinygpt.runtime.contracts.trajectory import HINDSIGHT_SEPARATOR, Feedback
 from tinygpt.workers import dedupe, ingest
 
 
@@ -70,6 +70,19 @@ def test_versions_of_one_session_are_not_duplicates_of_each_other(redis_client, 
     d = decisions(redis_client)
     assert d[shas[0]].verdict == "superseded" and d[shas[0]].of == shas[1]
     assert d[shas[1]].verdict == "kept" and result.exact == result.near == 0
+
+
+def test_a_hindsight_relabel_is_no_duplicate_of_its_original(redis_client, tmp_path):
+    # A relabel repeats its original's ids under another request; the same near copy under
+    # an unrelated id is still dropped.
+    synth = Synth(seed=9)
+    a = synth.trajectory(0)
+    relabel = synth.near_copy(a, f"{a.id}{HINDSIGHT_SEPARATOR}0123456789ab", change=0.01)
+    stranger = synth.near_copy(a, "someone-else", change=0.01)
+    shas = ingest_trajs(redis_client, tmp_path, [a, relabel, stranger])
+    dedupe.run(DedupeJob(sha256s=shas), redis_client)
+    d = decisions(redis_client)
+    assert [d[s].verdict for s in shas] == ["kept", "kept", "near"]
 
 
 def test_threshold_is_configurable(redis_client, tmp_path):

@@ -6,7 +6,8 @@ then the estimated Jaccard on the whole signature against the threshold. The fir
 trajectory seen is kept; later ones are dropped with the reason recorded (which
 trajectory they duplicate and how similar), so `tinygpt status` and the dataset report
 can say what was dropped and why. Versions of one trajectory (a session flushed again
-with more steps) are never duplicates of each other: the most complete one wins.
+with more steps) are never duplicates of each other: the most complete one wins. Nor are
+a trajectory and its hindsight relabels, which repeat its sampled ids under another request.
 
 The index lives in Redis so every worker on every host checks against the same
 history: an exact-digest hash, LSH buckets (each keeps a few members, which bounds the
@@ -31,6 +32,7 @@ from tinygpt.queue import keys
 from tinygpt.runtime.contracts.base import Contract
 from tinygpt.runtime.contracts.jobs import DedupeJob
 from tinygpt.runtime.contracts.pipeline import DedupeRecord, FileRecord
+from tinygpt.runtime.contracts.trajectory import lineage
 
 from . import minhash
 from .ingest import current_sha, load
@@ -147,7 +149,8 @@ class IndexState:
         cands: list[int] = []
         for f in fields:
             for m in self.buckets.get(f, ()):
-                if m not in seen and self.members[m][0] != tid:
+                # Not against itself (another version) nor its hindsight relabels (runtime/serving/hindsight.py).
+                if m not in seen and lineage(self.members[m][0]) != lineage(tid):
                     seen.add(m)
                     cands.append(m)
         if cands and sig[0] != np.uint32(minhash.EMPTY):

@@ -39,6 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=d.rounds,
                         help="rounds: collect with what serves now, wait for the next promoted version (default 1)")
     parser.add_argument("--explore", type=float, default=d.explore, help="fraction of attempts exploring a forced tool (default 0)")
+    parser.add_argument("--hindsight", action=argparse.BooleanOptionalAction, default=d.hindsight,
+                        help="record failed runs again under the task they did achieve, so they train too (default: off)")
     parser.add_argument("--model", default=d.model, help=f"base model: a cached name or a model directory (default: {d.model})")
     parser.add_argument("--work", type=Path, help="where the project file, up's log and the summary go "
                         "(default: <tinygpt home>/demo/<timestamp>)")
@@ -81,7 +83,7 @@ def _config(args: argparse.Namespace):
     return DemoConfig(
         work=str(work), task=args.task, model=args.model, url=args.url, api_key=args.api_key, name=args.name or args.task,
         project=args.project, tasks=args.tasks, attempts=args.attempts, test_tasks=args.test_tasks, gate_tasks=args.gate_tasks,
-        rounds=args.rounds, explore=args.explore, temperature=args.temperature, max_turns=args.max_turns,
+        rounds=args.rounds, explore=args.explore, hindsight=args.hindsight, temperature=args.temperature, max_turns=args.max_turns,
         concurrency=args.concurrency, seed=args.seed,
         train=TrainSettings(steps=args.iters, batch_size=args.batch_size, learning_rate=args.learning_rate, num_layers=args.lora_layers),
     )

@@ -45,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--test-tasks", type=int, default=d.test_tasks, help=f"held-out tasks: the gate (default {d.test_tasks})")
     run.add_argument("--attempts", type=int, default=d.attempts, help=f"sampled attempts per training task (default {d.attempts})")
     run.add_argument("--explore", type=float, default=d.explore, help="fraction of attempts forced to one tool after another (default 0)")
+    run.add_argument("--hindsight", action=argparse.BooleanOptionalAction, default=d.hindsight,
+                     help="record failed episodes again under the task they did achieve, so they train too (default: off)")
     run.add_argument("--temperature", type=float, default=d.temperature, help=f"sampling temperature (default {d.temperature})")
     run.add_argument("--max-turns", type=int, help="requests per episode (default: the environment's)")
     run.add_argument("--success-reward", type=float, default=d.success_reward, help="reward that counts as success (default 1.0)")
@@ -73,7 +75,7 @@ def settings_from_args(args: argparse.Namespace):
 
     return EnvRunSettings(
         environment=args.name, specialist=args.specialist or args.name, train_tasks=args.tasks, test_tasks=args.test_tasks,
-        attempts=args.attempts, explore=args.explore, rounds=args.rounds, temperature=args.temperature,
+        attempts=args.attempts, explore=args.explore, hindsight=args.hindsight, rounds=args.rounds, temperature=args.temperature,
         max_turns=args.max_turns, concurrency=args.concurrency, seed=args.seed, success_reward=args.success_reward,
         gate=args.gate, alpha=args.alpha,
         train=EnvTrainSettings(method=args.method, steps=args.iters, batch_size=args.batch_size,
@@ -242,7 +244,7 @@ def rounds_table(record):
     from rich.table import Table
 
     table = Table(title=f"{record.environment} → {record.specialist}", title_justify="left")
-    for col in ("round", "collected with", "successes / attempts", "by kind", "explored", "rows", "method", "gate"):
+    for col in ("round", "collected with", "successes / attempts", "by kind", "explored", "relabeled", "rows", "method", "gate"):
         table.add_column(col)
     for r in record.rounds:
         gate = "-"
@@ -251,5 +253,5 @@ def rounds_table(record):
             gate = f"{g.verdict}: {g.baseline.successes}/{g.baseline.n} → {g.candidate.successes}/{g.candidate.n} (+{g.gained}/−{g.lost}, p={g.p_value:.3g})"
         kinds = ", ".join(f"{k} {c.successes}/{c.n}" for k, c in r.per_kind.items())
         table.add_row(str(r.round), r.collected_with, f"{r.successes}/{r.attempts}", kinds, f"{r.explored_successes}/{r.explored}",
-                      str(r.rows), r.method, gate + (f"; {r.promoted}" if r.promoted else ""))
+                      str(r.relabeled), str(r.rows), r.method, gate + (f"; {r.promoted}" if r.promoted else ""))
     return table

@@ -81,6 +81,10 @@ class EpisodeResult(Contract):
     required_more: bool = False
     turns: int = 0
     calls: list[str] = []
+    # A failed episode recorded again under the task it did achieve (hindsight): that task's
+    # kind and the relabeled trajectory's id.
+    relabeled_as: str | None = None
+    relabel_id: str | None = None
 
 
 class EnvTrainSettings(Contract):
@@ -107,6 +111,9 @@ class EnvRunSettings(Contract):
     # forced to one tool after another (a named tool_choice), alternately with a second
     # call required. What is trained on is what the model sampled under that constraint.
     explore: Unit = 0.0
+    # Relabel failed episodes with the task they did achieve (Environment.hindsight) and
+    # train on them too: the same sampled ids under that request's opening.
+    hindsight: bool = False
     rounds: int = 1
     temperature: float = 0.7
     # None: the environment's own defaults.
@@ -176,6 +183,8 @@ class RoundRecord(Contract):
     explored: int = 0
     explored_successes: int = 0
     per_kind: dict[str, KindCounts] = {}
+    # Failed episodes recorded again under the task they achieved (`hindsight`).
+    relabeled: int = 0
     rows: int = 0
     method: str = "lora"
     dataset: str = ""

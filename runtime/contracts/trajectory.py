@@ -14,7 +14,17 @@ import msgspec
 
 from .base import Contract
 
-TRAJECTORY_VERSION = 3
+TRAJECTORY_VERSION = 4
+
+# A hindsight relabel's id is its original's id, this, and a digest of the new opening.
+HINDSIGHT_SEPARATOR = "-h-"
+
+
+def lineage(trajectory_id: str) -> str:
+    """The trajectory a hindsight relabel was made from; any other trajectory's own id.
+    A relabel repeats its original's sampled ids by design, so the two are never duplicates."""
+    return trajectory_id.split(HINDSIGHT_SEPARATOR, 1)[0]
+
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
 
@@ -134,3 +144,6 @@ class Trajectory(Contract):
     steps: list[Step] = []
     feedback: list[Feedback] = []
     created_at: float = 0.0
+    # Version 4: set on a hindsight relabel (`POST /v1/trajectories/{id}/hindsight`): the
+    # trajectory whose sampled ids these are, under the opening their outcome achieved.
+    hindsight_of: str | None = None

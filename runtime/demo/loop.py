@@ -63,6 +63,8 @@ class DemoConfig(Contract):
     gate_tasks: int = 12
     rounds: int = 1
     explore: float = 0.0
+    # Relabel failed collection episodes with the task they achieved (Environment.hindsight).
+    hindsight: bool = False
     temperature: float = 0.7
     # Requests per episode; None: the environment's own (fileops: 3).
     max_turns: int | None = None
@@ -192,8 +194,10 @@ class _Demo:
     def sampling(self, model: str, temperature: float, seed: int | None, tag: dict[str, str]):
         from tinygpt.runtime.environments import runner
 
+        # Held-out episodes are never relabeled: they are never trained on.
         return runner.Sampling(model=model, temperature=temperature, max_turns=self.cfg.max_turns or self.env.max_turns, max_tokens=self.env.max_tokens,
-                               seed=seed, source=f"demo:{self.cfg.task}", metadata=tag)
+                               seed=seed, source=f"demo:{self.cfg.task}", metadata=tag,
+                               hindsight=self.cfg.hindsight and tag == COLLECT_TAG)
 
     def episodes(self, jobs, cfg):
         from tinygpt.runtime.environments import runner
@@ -242,7 +246,8 @@ class _Demo:
             rnd = report.Round(round=r, collection=c)
             self.summary.rounds.append(rnd)
             self._add("collect", c.seconds)
-            self.say(f"   {c.successes}/{c.episodes} runs succeeded ({c.tasks_solved} of {c.tasks} tasks solved)")
+            self.say(f"   {c.successes}/{c.episodes} runs succeeded ({c.tasks_solved} of {c.tasks} tasks solved)"
+                     + (f"; {c.relabeled} failed runs relabeled with the task they achieved" if cfg.hindsight else ""))
             write_summary(self.work, self.summary)
             version = self.wait_for_build(rnd, serving, started)
             if not version:

@@ -15,6 +15,9 @@
         def score(self, task, state, transcript):   # the checker: Reward(reward in [0, 1], reason)
             ...
 
+        def hindsight(self, task, state, transcript):   # optional: the task this episode did achieve
+            ...return EnvTask(...) or None
+
 The factory drives it through the runtime like any agent (chat completions with these
 tools, each result sent back as a `tool` message, the reward posted as feedback), so an
 episode is an ordinary recorded trajectory. The runner calls `reset`, `step` and `score`
@@ -78,3 +81,17 @@ class Environment:
     def score(self, task: EnvTask, state: Any, transcript: Transcript) -> Reward:
         """The checker: did this episode achieve `task`? A reward in [0, 1] and a reason."""
         raise NotImplementedError
+
+    def hindsight(self, task: EnvTask, state: Any, transcript: Transcript) -> EnvTask | None:
+        """Optional: a task this failed episode *did* achieve, or None.
+
+        Most episodes of a small model fail the request and still do something coherent
+        (the wrong file moved, another quantity added). Described as the request it answers,
+        such an episode is a correct example: the factory records the same sampled tokens
+        under that opening (a hindsight relabel) and trains on them with the successes. The
+        returned task is scored with `score(returned, state, transcript)` before it is used,
+        so it must pass this environment's own checker; the conversation must differ from
+        `task.messages` only where the request does (same system prompt and examples), so
+        the relabeled prompt is one the model will see. Return None when the outcome is no
+        sensible request (nothing changed, a call failed)."""
+        return None

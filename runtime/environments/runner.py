@@ -11,6 +11,11 @@ Exploration (`force`, `require_more`) only constrains decoding: a named `tool_ch
 on the first turn, `required` instead of `auto` on the second. The prompt the runtime
 renders depends on the messages and tools only, so the recorded ids are a prompt the
 model will see again and a reply it sampled itself.
+
+Hindsight (`Sampling.hindsight`): a failed episode the environment can describe as another
+task (`Environment.hindsight`), which its own checker passes, is recorded again under that
+task's opening (`POST /v1/trajectories/{id}/hindsight`): the same sampled ids, a request
+they do answer.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class Sampling:
     # OpenAI request `metadata` on every request (a build policy's selection can match it:
     # e.g. collection episodes tagged for training, held-out ones not).
     metadata: dict[str, str] | None = None
+    # Relabel failed episodes with the task they did achieve (`Environment.hindsight`), so
+    # they train like successes: the same sampled ids under that request's opening.
+    hindsight: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,14 +209,45 @@ def run_episode(client, env: Environment, env_name: str, job: Attempt, cfg: Samp
             messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
     transcript = Transcript(calls=calls, answer=answer, finished=finished, turns=turns)
     reward = _check_reward(env_name, _guard(env_name, "score", lambda: env.score(task, state, transcript)))
+    relabeled = (None, None)
     if trajectory_id:
         client.post(f"/trajectories/{trajectory_id}/feedback",
                     body={"reward": reward.reward, "source": cfg.source, "comment": reward.reason[:500]}, cast_to=object)
+        if cfg.hindsight and reward.reward < cfg.success_reward:
+            relabeled = _relabel(client, env, env_name, task, state, transcript, trajectory_id, cfg)
     return EpisodeResult(
         task_id=task.id, kind=task.kind, reward=reward.reward, success=reward.reward >= cfg.success_reward,
         reason=reward.reason, trajectory_id=trajectory_id, served_by=served_by, attempt=job.attempt,
         forced_tool=job.force, required_more=job.require_more, turns=turns, calls=[c.name for c in calls],
+        relabeled_as=relabeled[0], relabel_id=relabeled[1],
     )
+
+
+def _relabel(client, env: Environment, env_name: str, task: EnvTask, state: Any, transcript: Transcript,
+             trajectory_id: str, cfg: Sampling) -> tuple[str | None, str | None]:
+    """Ask the environment what this failed episode achieved; when it names a task that its
+    own checker passes, record the relabel (runtime/serving/hindsight.py). Returns (its
+    kind, the relabeled trajectory's id), or (None, None)."""
+    other = _guard(env_name, "hindsight", lambda: env.hindsight(task, state, transcript))
+    if other is None:
+        return None, None
+    if isinstance(other, dict):
+        try:
+            other = msgspec.convert(other, EnvTask)
+        except msgspec.ValidationError as e:
+            raise EnvironmentBroken(f"environment {env_name!r}: hindsight() returned no EnvTask: {e}") from None
+    if not isinstance(other, EnvTask):
+        raise EnvironmentBroken(f"environment {env_name!r}: hindsight() must return an EnvTask or None, got {type(other).__name__}")
+    verdict = _check_reward(env_name, _guard(env_name, "score", lambda: env.score(other, state, transcript)))
+    if verdict.reward < cfg.success_reward:
+        # A relabel its own checker refuses would be a wrong example taught as a right one.
+        raise EnvironmentBroken(f"environment {env_name!r}: hindsight() named task {other.id!r}, which this episode "
+                                f"fails by the environment's own checker ({verdict.reason}); it must return None instead")
+    made = client.post(f"/trajectories/{trajectory_id}/hindsight", cast_to=object, body={
+        "original": task.messages, "messages": other.messages, "reward": verdict.reward, "source": cfg.source,
+        "comment": f"hindsight of task {task.id}: {verdict.reason}"[:500],
+    })
+    return other.kind, made["trajectory_id"]
 
 
 def run_many(client, env: Environment, env_name: str, jobs: list[Attempt], cfg: Sampling, *, concurrency: int = 8,

@@ -10,7 +10,8 @@ content type; CORS preflights are answered there), and every body `check_body` (
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/responses`` (OpenAI Responses),
 ``POST /v1/messages[/count_tokens]`` (Anthropic Messages), ``GET /v1/models[/{id}]``,
-``GET /health``, ``GET /metrics``, ``POST /v1/trajectories/{id}/feedback``, and behind the
+``GET /health``, ``GET /metrics``, ``POST /v1/trajectories/{id}/feedback`` and ``…/hindsight``
+(a relabel: runtime/serving/hindsight.py), and behind the
 admin key ``GET|POST /admin/adapters`` and ``DELETE /admin/adapters/{name}[@{version}]``.
 """
 
@@ -33,7 +34,7 @@ from ..contracts.trajectory import Feedback
 from .completions import TOOL_MODE_HEADER, ClientGone
 from .guard import RequestGuard
 from .messages_protocol import error_body as anthropic_error_body
-from .protocol import AdapterLoad, ApiError, ChatRequest, FeedbackRequest, decode, encode
+from .protocol import AdapterLoad, ApiError, ChatRequest, FeedbackRequest, HindsightRequest, Tool, decode, encode
 from .recorder import SESSION_HEADER
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ ROUTES = [
     ("POST", r"/v1/messages", "messages", "anthropic"),
     ("POST", r"/v1/messages/count_tokens", "count_tokens", "anthropic"),
     ("POST", r"/v1/trajectories/(?P<tid>[^/]+)/feedback", "feedback", "api"),
+    ("POST", r"/v1/trajectories/(?P<tid>[^/]+)/hindsight", "hindsight", "api"),
     ("GET", r"/admin/adapters", "adapters", "admin"),
     ("POST", r"/admin/adapters", "adapter_load", "admin"),
     ("DELETE", r"/admin/adapters/(?P<model>[^/]+)", "adapter_unload", "admin"),
@@ -347,6 +349,25 @@ class Handler(BaseHTTPRequestHandler):
         )
         count = self.rt.recorder.feedback(tid, record).result()
         self.send_json(200, encode({"trajectory_id": tid, "feedback": count}))
+
+    def _hindsight(self, tid: str) -> None:
+        if self.rt.recorder is None:
+            raise ApiError(404, "trajectories are not recorded by this server (--no-record)")
+        req = decode(self._body(), HindsightRequest)
+        prompts = self.rt.completions.prompts
+
+        def render(traj) -> tuple[list[int], list[int]]:
+            # The first request's prompt as the runtime built it: these tools, its tool mode.
+            try:
+                tools = msgspec.convert(traj.tools, list[Tool]) if traj.tools else None
+            except msgspec.ValidationError as e:
+                raise ApiError(409, f"the trajectory's tools cannot be rendered again: {e}", code="opening_mismatch") from None
+            mode = traj.steps[0].tool_mode if traj.steps else "full"
+            return tuple(prompts.encode(prompts.render(m, tools, mode)) for m in (req.original, req.messages))
+
+        fb = Feedback(trajectory_id=tid, reward=req.reward, source=req.source, comment=req.comment, created_at=time.time())
+        new_id = self.rt.recorder.hindsight(tid, render, fb).result()
+        self.send_json(201, encode({"trajectory_id": new_id, "hindsight_of": tid}))
 
     def _adapters(self) -> None:
         self.send_json(200, encode(self.rt.adapters_state()))

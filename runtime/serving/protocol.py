@@ -170,6 +170,22 @@ class FeedbackRequest(_Request, kw_only=True):
     comment: str = ""
 
 
+class HindsightRequest(_Request, kw_only=True):
+    """`POST /v1/trajectories/{id}/hindsight` body: the same sampled turns under another opening.
+
+    `original` is the opening the trajectory's first request sent (checked: it must render
+    to that step's prompt ids exactly); `messages` replaces it: a request the episode's
+    outcome achieves, as the client's own checker decided (`reward`). The runtime records a
+    new trajectory whose sampled ids are the original's, id for id.
+    """
+
+    original: Annotated[list[Message], Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], Meta(min_length=1, max_length=256)]
+    reward: Annotated[float, Meta(ge=0.0, le=1.0)]
+    source: Annotated[str, Meta(max_length=64)] = "client"
+    comment: Annotated[str, Meta(max_length=500)] = ""
+
+
 class AdapterLoad(_Request, kw_only=True):
     """`POST /admin/adapters`: load (or hot-swap to) a version of a specialist."""
 

@@ -36,8 +36,9 @@ from collections.abc import Callable
 import msgspec
 
 from ..contracts.io import atomic_write_bytes, read_any, to_msgpack
-from ..contracts.trajectory import Feedback, SamplingParams, Step, ToolCall, ToolResult, Trajectory
+from ..contracts.trajectory import HINDSIGHT_SEPARATOR, Feedback, SamplingParams, Step, ToolCall, ToolResult, Trajectory
 from ..tool_schema import InvalidToolSchema, arguments_problem, tools_by_name
+from . import hindsight
 from .metrics import Metrics
 from .prompts import PriorTurn
 from .protocol import ApiError, Message
@@ -262,6 +263,18 @@ class Recorder:
             self._ops.put(("feedback", (trajectory_id, fb, fut)))
         return fut
 
+    def hindsight(self, trajectory_id: str, render: Callable[[Trajectory], tuple[list[int], list[int]]],
+                  fb: Feedback) -> Future:
+        """Record a hindsight relabel of a trajectory (runtime/serving/hindsight.py); the future
+        holds the new trajectory's id. `render(traj)` gives (original opening ids, new opening
+        ids) for that trajectory's tools; it runs on the recorder's thread, which owns the files."""
+        fut: Future = Future()
+        if not TRAJECTORY_ID.match(trajectory_id):
+            fut.set_exception(ApiError(404, f"no trajectory {trajectory_id!r}", code="trajectory_not_found"))
+        else:
+            self._ops.put(("hindsight", (trajectory_id, render, fb, fut)))
+        return fut
+
     def flush(self) -> Future:
         """A future done once every operation queued so far is written (tests, shutdown)."""
         fut: Future = Future()
@@ -292,6 +305,8 @@ class Recorder:
                 self._guard(self._add_step, arg)
             elif kind == "feedback":
                 self._feedback(*arg)
+            elif kind == "hindsight":
+                self._hindsight(*arg)
             elif kind == "flush":
                 arg.set_result(None)
             elif kind == "seal_all":
@@ -386,15 +401,37 @@ class Recorder:
             self.metrics.recorder_errors.inc()
             log.exception("on_flushed hook failed for %s", path)
 
+    def _current(self, tid: str) -> tuple[Trajectory, bool]:
+        """(the trajectory as it stands, whether it is sealed); ApiError 404 when unknown."""
+        if tid in self._open:
+            return self._open[tid][0], False
+        path = self._path(tid, True)
+        if not path.is_file():
+            raise ApiError(404, f"no trajectory {tid!r}", code="trajectory_not_found")
+        return read_any(path, Trajectory), True
+
+    def _hindsight(self, tid: str, render, fb: Feedback, fut: Future) -> None:
+        try:
+            traj, _ = self._current(tid)
+            original, opening = render(traj)
+            new_id = hindsight.relabel_id(tid, opening)
+            if not self._path(new_id, True).is_file():  # asked before: the same trajectory
+                if len(list(self.root.glob(f"{tid}{HINDSIGHT_SEPARATOR}*.msgpack"))) >= hindsight.MAX_PER_TRAJECTORY:
+                    raise ApiError(409, f"trajectory {tid!r} has {hindsight.MAX_PER_TRAJECTORY} relabels already",
+                                   code="relabel_limit")
+                new = hindsight.relabel(traj, original, opening, fb, new_id)
+                self._hook(self._write(msgspec.structs.replace(new, session=None, created_at=time.time()), sealed=True))
+            fut.set_result(new_id)
+        except ApiError as e:
+            fut.set_exception(e)
+        except Exception as e:
+            self.metrics.recorder_errors.inc()
+            log.exception("hindsight relabel of %s failed", tid)
+            fut.set_exception(ApiError(500, f"could not record the relabel: {e}", type="server_error"))
+
     def _feedback(self, tid: str, fb: Feedback, fut: Future) -> None:
         try:
-            traj = self._open[tid][0] if tid in self._open else None
-            sealed = traj is None
-            if sealed:
-                path = self._path(tid, True)
-                if not path.is_file():
-                    raise ApiError(404, f"no trajectory {tid!r}", code="trajectory_not_found")
-                traj = read_any(path, Trajectory)
+            traj, sealed = self._current(tid)
             if fb.step is not None and not any(s.index == fb.step for s in traj.steps):
                 raise ApiError(400, f"trajectory {tid!r} has no step {fb.step}", param="step")
             traj.feedback.append(fb)

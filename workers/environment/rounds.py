@@ -227,11 +227,11 @@ class _Run:
 
         write_json(self.work / RECORD_FILE, self.record)
 
-    def sampling(self, model: str, temperature: float, seed: int | None) -> runner.Sampling:
+    def sampling(self, model: str, temperature: float, seed: int | None, hindsight: bool = False) -> runner.Sampling:
         s, env = self.s, self.env
         return runner.Sampling(model=model, temperature=temperature, max_turns=s.max_turns or env.max_turns,
                                max_tokens=s.max_tokens or env.max_tokens, seed=seed, success_reward=s.success_reward,
-                               source=f"env:{s.environment}")
+                               source=f"env:{s.environment}", hindsight=hindsight)
 
     def episodes(self, jobs: list[runner.Attempt], cfg: runner.Sampling) -> list[EpisodeResult]:
         advance = self.progress(len(jobs))
@@ -271,9 +271,10 @@ class _Run:
         plan = runner.exploration_plan(train_set, self.tools, s.attempts, s.explore)
         self.say(f"round {r}: collect {len(train_set)} tasks x {s.attempts} attempts at T={s.temperature} with {serving}"
                  + (f" ({sum(a.force is not None for a in plan)} exploring)" if s.explore else ""))
-        got = self.episodes(plan, self.sampling(serving, s.temperature, s.seed + 100 * r))
+        got = self.episodes(plan, self.sampling(serving, s.temperature, s.seed + 100 * r, hindsight=s.hindsight))
         srv.seal()
         rec.attempts, rec.successes = len(got), sum(e.success for e in got)
+        rec.relabeled = sum(e.relabel_id is not None for e in got)
         explored = [e for e in got if e.forced_tool is not None]
         rec.explored, rec.explored_successes = len(explored), sum(e.success for e in explored)
         rec.per_kind = runner.per_kind(got)
@@ -282,7 +283,8 @@ class _Run:
                  + ", ".join(f"{k} {c.successes}/{c.n}" for k, c in rec.per_kind.items()))
         self.save()
 
-        files = [trajectory_file(srv.trajectories, e.trajectory_id) for e in got if e.trajectory_id]
+        ids = [e.trajectory_id for e in got if e.trajectory_id] + [e.relabel_id for e in got if e.relabel_id]
+        files = [trajectory_file(srv.trajectories, tid) for tid in ids]
         if None in files:
             raise EnvRunError(f"recorded sessions are missing from {srv.trajectories}")
         rec.dataset = f"{self.record.project}-r{r}-{int(time.time())}"

@@ -1,5 +1,6 @@
 """The demo's file-operations family as an environment: six tools on a sandboxed in-memory
-filesystem; delete, move, rename, write, copy and find-and-delete tasks; the demo's checker."""
+filesystem; delete, move, rename, write, copy and find-and-delete tasks; the demo's checker;
+hindsight relabels (what a failed run did achieve, as a task)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ class FileOps(Environment):
         results = [c.result if isinstance(c.result, dict) else {"ok": False} for c in transcript.calls]
         outcome = T.check(original, state, calls, results, transcript.finished)
         return Reward(reward=1.0 if outcome.success else 0.0, reason=outcome.reason or "done")
+
+    def hindsight(self, task: EnvTask, state: FakeFS, transcript: Transcript) -> EnvTask | None:
+        calls = [(c.name, c.arguments) for c in transcript.calls if c.arguments is not None]
+        if len(calls) != len(transcript.calls):
+            return None
+        results = [c.result if isinstance(c.result, dict) else {"ok": False} for c in transcript.calls]
+        achieved = T.hindsight(msgspec.convert(task.data, T.Task), state, calls, results, transcript.finished)
+        if achieved is None:
+            return None
+        return EnvTask(id=achieved.id, kind=achieved.kind, messages=T.opening(achieved.prompt), data=msgspec.to_builtins(achieved))

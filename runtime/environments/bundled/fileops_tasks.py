@@ -271,3 +271,57 @@ def check(task: Task, fs: FakeFS, calls: list[tuple[str, str]], results: list[di
         task_id=task.id, kind=task.kind, success=not reasons, state_ok=state_ok, first_call_ok=first_ok,
         finished=finished, calls=len(calls), failed_calls=failed, reason="; ".join(reasons),
     )
+
+
+def _plain(text: Any) -> bool:
+    # Text that reads as one quoted phrase in a request.
+    return isinstance(text, str) and 0 < len(text) <= 200 and text == text.strip() and not any(c in text for c in '"\n\r')
+
+
+def hindsight(task: Task, fs: FakeFS, calls: list[tuple[str, dict[str, Any]]], results: list[dict[str, Any]],
+              finished: bool) -> Task | None:
+    """The task this run achieved, phrased as the generator phrases tasks, or None.
+
+    Only clean runs qualify (every call succeeded, an answer at the end) whose effect is one
+    of the task kinds: one file deleted (found by a one-word search first: find-and-delete),
+    one file moved (same folder: rename; same name: move; else a rename to the full path),
+    one new file (holding a file read first: copy; else write). `calls` are (name, parsed
+    arguments) in order."""
+    if not finished or not calls or any(not r.get("ok") for r in results):
+        return None
+    before, after = task.files, fs.snapshot()
+    removed = sorted(set(before) - set(after))
+    added = sorted(set(after) - set(before))
+    if any(before[p] != after[p] for p in set(before) & set(after)):
+        return None  # an overwrite is no task kind
+    rng = random.Random(f"hindsight:{task.id}:{json.dumps(after, sort_keys=True)}")
+    phrase = lambda kind: rng.choice(_PHRASES[kind])  # noqa: E731
+    if len(removed) == 1 and not added:
+        path = removed[0]
+        words = [a.get("query") for n, a in calls if n == "search"]
+        found = [w for w in words if isinstance(w, str) and w.isalpha() and 3 <= len(w) <= 24
+                 and [p for p, t in before.items() if w.lower() in t.lower()] == [path]]
+        kind, prompt = ("find_delete", phrase("find_delete").format(word=found[0])) if found else \
+            ("delete", phrase("delete").format(path=path))
+    elif len(removed) == 1 and len(added) == 1 and before[removed[0]] == after[added[0]]:
+        src, dst = removed[0], added[0]
+        if posixpath.dirname(src) == posixpath.dirname(dst):
+            kind, prompt = "rename", phrase("rename").format(path=src, new=posixpath.basename(dst), dst=dst)
+        elif posixpath.basename(src) == posixpath.basename(dst) and posixpath.dirname(dst) != "/":
+            kind, prompt = "move", phrase("move").format(path=src, dir=posixpath.dirname(dst).lstrip("/"))
+        else:
+            kind, prompt = "rename", _PHRASES["rename"][1].format(path=src, dst=dst)
+    elif not removed and len(added) == 1:
+        dst = added[0]
+        read = [normalize(a.get("path")) for n, a in calls if n == "read_file" and isinstance(a.get("path"), str)]
+        sources = [p for p in read if before.get(p) == after[dst]]
+        if sources:
+            kind, prompt = "copy", phrase("copy").format(path=sources[0], dst=dst)
+        elif _plain(after[dst]):
+            kind, prompt = "write", phrase("write").format(path=dst, text=after[dst])
+        else:
+            return None
+    else:
+        return None
+    return Task(id=f"{task.id}-hindsight-{kind}", kind=kind, split=task.split, prompt=prompt, files=dict(before),
+                expected=after, solution=[Call(name=n, arguments=a) for n, a in calls])

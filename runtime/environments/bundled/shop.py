@@ -147,6 +147,43 @@ class Shop(Environment):
             reasons.append("no final answer within the turn limit")
         return Reward(reward=0.0 if reasons else 1.0, reason="; ".join(reasons) or "done")
 
+    def hindsight(self, task: EnvTask, state: dict[str, Any], transcript: Transcript) -> EnvTask | None:
+        """What a clean run did, as a task of one of the five kinds (None for anything else)."""
+        calls = transcript.calls
+        if not transcript.finished or not calls or any(not (isinstance(c.result, dict) and c.result.get("ok")) for c in calls):
+            return None
+        start, cart, orders = task.data["cart"], state["cart"], state["orders"]
+        rng = random.Random(f"hindsight:{task.id}:{json.dumps([cart, orders], sort_keys=True)}")
+        searched = {h["product_id"] for c in calls if c.name == "search_products" for h in c.result.get("results", [])}
+        kind, fields = None, {}
+        if not orders:
+            added = {p: q for p, q in cart.items() if start.get(p) != q}
+            removed = [p for p in start if p not in cart]
+            if len(added) == 1 and not removed and not set(added) & set(start):
+                (pid, qty), = added.items()
+                kind = "find_add" if qty == 1 and pid in searched else "add"
+                fields = {"pid": pid, "qty": qty, "name": state["catalogue"][pid]}
+            elif len(removed) == 1 and not added:
+                kind, fields = "remove", {"pid": removed[0]}
+        elif len(orders) == 1 and not cart and _plain_address(orders[0]["address"]):
+            items, addr = orders[0]["items"], orders[0]["address"]
+            if start and items == start:
+                kind, fields = "checkout", {"addr": addr}
+            elif not start and len(items) == 1:
+                (pid, qty), = items.items()
+                kind, fields = "buy", {"pid": pid, "qty": qty, "addr": addr}
+        if kind is None:
+            return None
+        prompt = rng.choice(_PHRASES[kind]).format(**{"qty": "", "pid": "", "addr": "", "name": "", **fields})
+        data = {"catalogue": task.data["catalogue"], "cart": dict(start),
+                "expected": {"cart": dict(cart), "orders": [dict(o) for o in orders]}}
+        return EnvTask(id=f"{task.id}-hindsight-{kind}", kind=kind, data=data,
+                       messages=[*task.messages[:-1], {"role": "user", "content": prompt}])
+
+
+def _plain_address(address: Any) -> bool:
+    return isinstance(address, str) and 0 < len(address) <= 80 and not any(c in address for c in "\n\r{}")
+
 
 def _norm(address: str) -> str:
     return " ".join(address.lower().replace(",", " ").replace(".", " ").split())
