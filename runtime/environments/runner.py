@@ -98,21 +98,24 @@ def _guard(env_name: str, method: str, fn: Callable[[], Any]) -> Any:
         raise EnvironmentBroken(f"environment {env_name!r}: {method} raised {type(e).__name__}: {e}") from e
 
 
+def _as_task(env_name: str, where: str, value: Any) -> EnvTask:
+    """An EnvTask the environment returned (a dict of its fields converts), else EnvironmentBroken."""
+    if isinstance(value, dict):
+        try:
+            value = msgspec.convert(value, EnvTask)
+        except msgspec.ValidationError as e:
+            raise EnvironmentBroken(f"environment {env_name!r}: {where} is not an EnvTask: {e}") from None
+    if not isinstance(value, EnvTask):
+        raise EnvironmentBroken(f"environment {env_name!r}: {where} is a {type(value).__name__}, not an EnvTask")
+    return value
+
+
 def get_tasks(env: Environment, env_name: str, split: Split, n: int, seed: int) -> list[EnvTask]:
     """`env.tasks(...)` checked: `n` EnvTasks with distinct ids."""
     raw = _guard(env_name, "tasks", lambda: env.tasks(split, n, seed))
     if not isinstance(raw, list):
         raise EnvironmentBroken(f"environment {env_name!r}: tasks() must return a list, got {type(raw).__name__}")
-    out = []
-    for i, t in enumerate(raw):
-        if isinstance(t, dict):
-            try:
-                t = msgspec.convert(t, EnvTask)
-            except msgspec.ValidationError as e:
-                raise EnvironmentBroken(f"environment {env_name!r}: tasks()[{i}] is not an EnvTask: {e}") from None
-        if not isinstance(t, EnvTask):
-            raise EnvironmentBroken(f"environment {env_name!r}: tasks()[{i}] is a {type(t).__name__}, not an EnvTask")
-        out.append(t)
+    out = [_as_task(env_name, f"tasks()[{i}]", t) for i, t in enumerate(raw)]
     ids = [t.id for t in out]
     if len(set(ids)) != len(ids):
         raise EnvironmentBroken(f"environment {env_name!r}: tasks({split!r}) repeats task ids")
@@ -231,13 +234,7 @@ def _relabel(client, env: Environment, env_name: str, task: EnvTask, state: Any,
     other = _guard(env_name, "hindsight", lambda: env.hindsight(task, state, transcript))
     if other is None:
         return None, None
-    if isinstance(other, dict):
-        try:
-            other = msgspec.convert(other, EnvTask)
-        except msgspec.ValidationError as e:
-            raise EnvironmentBroken(f"environment {env_name!r}: hindsight() returned no EnvTask: {e}") from None
-    if not isinstance(other, EnvTask):
-        raise EnvironmentBroken(f"environment {env_name!r}: hindsight() must return an EnvTask or None, got {type(other).__name__}")
+    other = _as_task(env_name, "hindsight()'s answer", other)
     verdict = _check_reward(env_name, _guard(env_name, "score", lambda: env.score(other, state, transcript)))
     if verdict.reward < cfg.success_reward:
         # A relabel its own checker refuses would be a wrong example taught as a right one.

@@ -410,27 +410,34 @@ class Recorder:
             raise ApiError(404, f"no trajectory {tid!r}", code="trajectory_not_found")
         return read_any(path, Trajectory), True
 
-    def _hindsight(self, tid: str, render, fb: Feedback, fut: Future) -> None:
+    def _answer(self, fut: Future, what: str, fn: Callable[[], Any]) -> None:
+        """Settle a client's future with `fn()`: its ApiError as it is, anything else a 500."""
         try:
-            traj, _ = self._current(tid)
-            original, opening = render(traj)
-            new_id = hindsight.relabel_id(tid, opening)
-            if not self._path(new_id, True).is_file():  # asked before: the same trajectory
-                if len(list(self.root.glob(f"{tid}{HINDSIGHT_SEPARATOR}*.msgpack"))) >= hindsight.MAX_PER_TRAJECTORY:
-                    raise ApiError(409, f"trajectory {tid!r} has {hindsight.MAX_PER_TRAJECTORY} relabels already",
-                                   code="relabel_limit")
-                new = hindsight.relabel(traj, original, opening, fb, new_id)
-                self._hook(self._write(msgspec.structs.replace(new, session=None, created_at=time.time()), sealed=True))
-            fut.set_result(new_id)
+            fut.set_result(fn())
         except ApiError as e:
             fut.set_exception(e)
         except Exception as e:
             self.metrics.recorder_errors.inc()
-            log.exception("hindsight relabel of %s failed", tid)
-            fut.set_exception(ApiError(500, f"could not record the relabel: {e}", type="server_error"))
+            log.exception("could not store %s", what)
+            fut.set_exception(ApiError(500, f"could not store {what}: {e}", type="server_error"))
+
+    def _hindsight(self, tid: str, render, fb: Feedback, fut: Future) -> None:
+        def relabel() -> str:
+            traj, _ = self._current(tid)
+            original, opening = render(traj)
+            new_id = hindsight.relabel_id(tid, opening)
+            if self._path(new_id, True).is_file():  # asked before: the same trajectory
+                return new_id
+            if len(list(self.root.glob(f"{tid}{HINDSIGHT_SEPARATOR}*.msgpack"))) >= hindsight.MAX_PER_TRAJECTORY:
+                raise ApiError(409, f"trajectory {tid!r} has {hindsight.MAX_PER_TRAJECTORY} relabels already", code="relabel_limit")
+            new = hindsight.relabel(traj, original, opening, fb, new_id)
+            self._hook(self._write(msgspec.structs.replace(new, session=None, created_at=time.time()), sealed=True))
+            return new_id
+
+        self._answer(fut, f"the relabel of {tid}", relabel)
 
     def _feedback(self, tid: str, fb: Feedback, fut: Future) -> None:
-        try:
+        def attach() -> int:
             traj, sealed = self._current(tid)
             if fb.step is not None and not any(s.index == fb.step for s in traj.steps):
                 raise ApiError(400, f"trajectory {tid!r} has no step {fb.step}", param="step")
@@ -439,10 +446,6 @@ class Recorder:
                 self._hook(self._write(traj, sealed=True))
             else:
                 self._write(traj, sealed=False)
-            fut.set_result(len(traj.feedback))
-        except ApiError as e:
-            fut.set_exception(e)
-        except Exception as e:
-            self.metrics.recorder_errors.inc()
-            log.exception("feedback for %s failed", tid)
-            fut.set_exception(ApiError(500, f"could not store feedback: {e}", type="server_error"))
+            return len(traj.feedback)
+
+        self._answer(fut, f"feedback for {tid}", attach)
