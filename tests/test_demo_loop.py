@@ -44,6 +44,26 @@ class Weather(Environment):
     def score(self, task, state, transcript):
         ok = bool(transcript.calls)
         return Reward(reward=1.0 if ok else 0.0, reason="called" if ok else "no call")
+
+
+class StrictWeather(Weather):
+    """Only the asked city counts; a run that asked for another city achieved that task."""
+
+    def tasks(self, split, n, seed):
+        return [EnvTask(id=t.id, kind=t.kind, messages=t.messages, data={"city": CITIES[i % 6]})
+                for i, t in enumerate(super().tasks(split, n, seed))]
+
+    def score(self, task, state, transcript):
+        asked = [c.arguments.get("city") for c in transcript.calls if c.arguments]
+        ok = task.data["city"] in asked
+        return Reward(reward=1.0 if ok else 0.0, reason="asked city" if ok else f"asked {asked}")
+
+    def hindsight(self, task, state, transcript):
+        asked = [c.arguments.get("city") for c in transcript.calls if c.arguments]
+        if not asked or asked[0] not in CITIES:
+            return None
+        text = task.messages[-1]["content"].replace(task.data["city"], asked[0])
+        return EnvTask(id=task.id + "-h", kind=task.kind, messages=[{"role": "user", "content": text}], data={"city": asked[0]})
 '''
 
 
@@ -113,6 +133,37 @@ def test_demo_drives_the_daemon_through_two_rounds(tiny_model_dir, tmp_path, mon
     assert log.count("Autopilot: weather: 6 new rows (≥ 6): building") == 2
     pins = json.loads((work / "tinygpt.project.json").read_text())
     assert pins["specialists"][0].get("version", "*") == "*" and pins["eval_suites"][0]["kind"] == "environment"
+
+
+def test_failed_runs_train_through_the_daemon_as_hindsight_relabels(tiny_model_dir, tmp_path, monkeypatch):
+    """A random model seldom asks for the right city; `--hindsight` records the failed runs
+    again under the city they did ask for, and the daemon's build trains on those rows."""
+    from tinygpt.runtime.contracts.io import read_any
+    from tinygpt.runtime.contracts.trajectory import HINDSIGHT_SEPARATOR, Trajectory
+    from tinygpt.runtime.demo.loop import DemoConfig, TrainSettings, run_demo
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TINYGPT_HOME", str(home))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    work = tmp_path / "demo"
+    work.mkdir()
+    (work / "toyweather.py").write_text(textwrap.dedent(TOY))
+    cfg = DemoConfig(work=str(work), task="weather", entry="toyweather:StrictWeather", model=str(tiny_model_dir),
+                     name="weather", project="demo-hindsight", tasks=4, attempts=2, test_tasks=2, gate_tasks=2, rounds=1,
+                     concurrency=4, session_idle=1.0, hindsight=True, train=TrainSettings(steps=2, batch_size=2, num_layers=2))
+    summary = run_demo(cfg, say=lambda _: None)
+    c = summary.rounds[0].collection
+    assert c.relabeled >= 1 and c.relabeled + c.successes <= c.episodes == 8
+    assert sum(c.relabeled_per_kind.values()) == c.relabeled
+    assert summary.rounds[0].build is not None and summary.rounds[0].build.rows >= 1
+    relabels = [read_any(p, Trajectory) for p in (home / "trajectories").glob(f"*{HINDSIGHT_SEPARATOR}*.msgpack")]
+    assert len(relabels) == c.relabeled
+    # Recorded under the collection's tag (the build policy selects them), reward 1 from the checker.
+    assert all(t.steps[0].metadata == {"demo": "collect"} and t.feedback[0].reward == 1.0 for t in relabels)
+    # What the daemon trained on includes relabeled rows.
+    rows = [json.loads(line) for p in (home / "datasets").rglob("*.jsonl") if p.name in ("train.jsonl", "valid.jsonl")
+            for line in p.read_text().splitlines()]
+    assert any(HINDSIGHT_SEPARATOR in r["trajectory_id"] for r in rows)
 
 
 def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypatch):

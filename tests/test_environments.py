@@ -81,7 +81,8 @@ def write_project(root, model, **extra):
             {"name": "toy-raises", "entry": "tests.test_environments:CheckerRaises"},
             {"name": "toy-too-big", "entry": "tests.test_environments:RewardTooBig"},
             {"name": "toy-leaks", "entry": "tests.test_environments:SameTasksBothSplits"},
-            {"name": "toy-missing", "entry": "tests.no_such_module:Env"}]
+            {"name": "toy-missing", "entry": "tests.no_such_module:Env"},
+            {"name": "toy-ping", "entry": "tests.test_hindsight:PingTo"}]
     doc = {"name": "envtest", "base_model": str(model), "registries": ["registry"], "environments": envs, **extra}
     (root / "tinygpt.project.json").write_text(json.dumps(doc))
     return root / "tinygpt.project.json"
@@ -138,6 +139,23 @@ def test_a_toy_environment_runs_trains_gates_and_publishes_through_workers(tmp_p
     # recorded prompt is a free episode's: three training tasks, three distinct first prompts.
     assert len({tuple(t.steps[0].prompt_ids) for t in collected}) == 3
     assert all(f.reward in (0.0, 1.0) for t in collected for f in t.feedback)
+
+
+def test_a_run_whose_episodes_all_fail_trains_on_their_hindsight_relabels(tmp_path, home, tiny_model_dir, redis_client):
+    # PingTo asks for hosts a random model never pings: every row comes from a relabel.
+    project = write_project(tmp_path, tiny_model_dir)
+    work = tmp_path / "run"
+    s = settings(environment="toy-ping", specialist="ping-agent", rounds=1, explore=0.0, hindsight=True)
+    (job,) = run_jobs(redis_client, [EnvironmentJob(project_file=str(project), settings=s, work_dir=str(work))])
+    assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string
+    (rnd,) = read_json(work / "env-run.json", EnvRunRecord).rounds
+    assert rnd.successes == 0 and rnd.relabeled >= 1 and rnd.rows >= 1
+    sessions = [read_any(p, Trajectory) for p in (work / "trajectories").glob("*.msgpack")]
+    relabels = [t for t in sessions if t.hindsight_of]
+    assert len(relabels) == rnd.relabeled and all(t.feedback[0].reward == 1.0 for t in relabels)
+    # Held-out episodes (greedy) are never relabeled: only collection episodes are.
+    originals = {t.id: t for t in sessions}
+    assert all(originals[t.hindsight_of].steps[0].sampling.temperature > 0 for t in relabels)
 
 
 def test_exploration_forces_the_named_tool(tiny_model_dir, tmp_path):

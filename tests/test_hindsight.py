@@ -127,8 +127,8 @@ class PingTo(Environment):
     max_tokens = 40
 
     def tasks(self, split, n, seed):
-        return [EnvTask(id=f"{split}-{i}", kind="ping", messages=_opening(f"no-such-host-{i}"), data={"host": f"no-such-host-{i}"})
-                for i in range(n)]
+        hosts = [f"no-such-{split}-host-{i}" for i in range(n)]
+        return [EnvTask(id=f"{split}-{i}", kind="ping", messages=_opening(h), data={"host": h}) for i, h in enumerate(hosts)]
 
     def reset(self, task):
         return []
