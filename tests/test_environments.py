@@ -174,6 +174,33 @@ def test_exploration_forces_the_named_tool(tiny_model_dir, tmp_path):
             assert result.calls[0] == job.force
 
 
+def test_a_forced_tool_choice_is_trained_as_the_choice_not_masked(tiny_model_dir, tmp_path):
+    # The name a named tool_choice forced is recorded as steered and trained in a kept
+    # trajectory (what exploration found), while a free call's forced skeleton stays context.
+    from tests.serving_support import running
+    from tinygpt.workers.environment.rounds import _client
+    from tinygpt.workers.tokens import sequences
+
+    messages = [{"role": "user", "content": "call pong"}]
+    with running(tiny_model_dir, tmp_path) as rt:
+        client = _client(rt.url)
+        for i, choice in enumerate([{"type": "function", "function": {"name": "pong"}}, "required"]):
+            client.chat.completions.create(model="base", messages=messages, tools=Toy.tools, tool_choice=choice,
+                                           max_tokens=40, temperature=0.0, extra_headers={runner.SESSION_HEADER: f"s{i}"})
+        decode = rt.completions.prompts.decode
+    named, free = sorted((read_any(p, Trajectory) for p in (tmp_path / "trajectories").glob("*.msgpack")),
+                         key=lambda t: t.session)
+    step = named.steps[0]
+    assert step.steered and set(step.steered) <= set(step.forced)
+    assert "pong" in decode([step.output_ids[i] for i in step.steered])
+    (seq,) = sequences(named)
+    start = len(step.prompt_ids)
+    assert all(seq.loss_mask[start + i] == 1 for i in step.steered)
+    assert free.steps[0].forced and not free.steps[0].steered
+    (seq,) = sequences(free)
+    assert all(seq.loss_mask[len(free.steps[0].prompt_ids) + i] == 0 for i in free.steps[0].forced)
+
+
 def test_exploration_plan_cycles_tools_and_keeps_free_attempts():
     tasks = Toy().tasks("train", 3, 0)
     plan = runner.exploration_plan(tasks, ["a", "b", "c"], attempts=4, explore=0.5)

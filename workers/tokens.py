@@ -4,7 +4,9 @@ Each step of a trajectory holds the exact prompt ids the engine fed and the ids 
 sampled. When a step's prompt starts with everything the previous steps fed and sampled
 (the usual case: the template re-renders earlier turns identically), the steps chain
 into one sequence; the new prompt tokens are context (mask 0) and the sampled ids are
-trained on (mask 1); ids the grammar forced (`Step.forced`) are context like the prompt. When it does not (the template could not reproduce an earlier
+trained on (mask 1); ids the grammar forced (`Step.forced`) are context like the prompt,
+except those a named tool_choice imposed (`Step.steered`): the client's choice, which a kept
+trajectory teaches like a sampled one. When it does not (the template could not reproduce an earlier
 turn, flagged `prefix_mismatch`, or the client rewrote history) a new sequence starts
 from that step's own prompt, so drifted ids are only ever context and never trained on.
 
@@ -59,8 +61,9 @@ def _chain(traj: Trajectory, masked_steps: frozenset[int] | set[int]) -> list[Se
         trained = 0 if step.index in masked_steps else 1
         cur.input_ids.extend(step.output_ids)
         mask = [trained] * len(step.output_ids)
+        steered = set(step.steered)
         for i in step.forced:  # the grammar chose these, not the model: context only
-            if 0 <= i < len(mask):
+            if 0 <= i < len(mask) and i not in steered:
                 mask[i] = 0
         cur.loss_mask.extend(mask)
     if cur is not None:

@@ -104,6 +104,12 @@ class Step(Contract):
     # ids carrying that fed schema, phase 2's input; always also in `forced` (loss mask 0).
     tool_mode: str = "full"
     inserted: list[int] = []
+    # Version 4: indices into output_ids of the forced ids a named `tool_choice` imposed (the
+    # call's opening and the function's name): the client's choice, not the grammar's only
+    # continuation. A kept trajectory trains on them like sampled ids (workers/tokens.py): an
+    # exploring agent that forced a tool and succeeded found the call the task needed, and
+    # masking the name would teach the arguments but never the choice.
+    steered: list[int] = []
     # Who produced this step: a session may switch specialist (or version) between turns,
     # so the trajectory-level adapter fields describe its first step only.
     model: str | None = None

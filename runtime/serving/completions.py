@@ -508,6 +508,12 @@ class Completions:
             # model input all the same.
             forced = sorted(set(forced) | set(inserted))
             self.engine.metrics.schema_tokens.inc(len(inserted))
+        steered: list[int] = []
+        if forced and p.req.tool_choice is not None and not isinstance(p.req.tool_choice, str):
+            # The leading forced run of a named tool_choice: the call's opening and the name
+            # (its first id was sampled under a one-way mask, the rest fed at once).
+            fed = set(inserted)
+            steered = [i for i in _leading_run(forced) if i not in fed] if forced[0] <= 1 else []
         a = p.adapter
         step = Step(
             index=p.match.index,
@@ -522,6 +528,7 @@ class Completions:
             forced=forced,
             tool_mode=p.tool_mode,
             inserted=inserted,
+            steered=steered,
             prefix_mismatch=p.prompt.prefix_mismatch,
             constraint=p.constraint_kind,
             model=p.req.model,
@@ -567,6 +574,16 @@ def _asked_tool_mode(req: ChatRequest, header: str | None) -> str | None:
             except ValueError as e:
                 raise ApiError(400, str(e), param="tool_mode") from None
     return None
+
+
+def _leading_run(indices: list[int]) -> list[int]:
+    """The first run of consecutive indices of a sorted list."""
+    run = indices[:1]
+    for i in indices[1:]:
+        if i != run[-1] + 1:
+            break
+        run.append(i)
+    return run
 
 
 def choice_forces_calls(req: ChatRequest) -> bool:
