@@ -170,10 +170,15 @@ def make_case(rng: random.Random, port: int, *, max_body: int) -> Case:
         path = rng.choice(["/", "/v1", "/v1/models/%00", "/v1/models/" + "x" * 3000, "/admin/adapters", "/admin/adapters/x@1",
                            "/v1/chat/completions/../../etc/passwd", "/v1/trajectories//feedback", "/%zz"])
         return Case(kind, request(method, path, b"{}" if method in ("POST", "PUT", "PATCH") else None, port=port), expect="any")
-    if kind == "feedback":
-        fb = rng.choice([{"reward": "high"}, {}, {"reward": 1e309}, {"step": -1, "reward": 1}, {"label": ["x"]}, {"x": 1}])
-        tid = rng.choice(["nope", "../../x", "a" * 500])
-        return Case(kind, request("POST", f"/v1/trajectories/{tid}/feedback", json.dumps(fb).encode(), port=port), expect="any")
+    if kind == "feedback":  # and hindsight relabels: the other write on a trajectory
+        user = {"role": "user", "content": "hi"}
+        fb = rng.choice([{"reward": "high"}, {}, {"reward": 1e309}, {"step": -1, "reward": 1}, {"label": ["x"]}, {"x": 1},
+                         {"original": "x"}, {"original": [], "messages": [], "reward": 1},
+                         {"original": [user] * 300, "messages": [user], "reward": 1},
+                         {"original": [user], "messages": [{"role": "root", "content": 1}], "reward": -1}])
+        tid = rng.choice(["nope", "../../x", "a" * 500, "traj_" + "0" * 24])
+        endpoint = rng.choice(["feedback", "hindsight"])
+        return Case(kind, request("POST", f"/v1/trajectories/{tid}/{endpoint}", json.dumps(fb).encode(), port=port), expect="any")
     return Case("valid", request("POST", "/v1/chat/completions", body, port=port), expect="200")
 
 
