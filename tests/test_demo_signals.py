@@ -39,3 +39,42 @@ def test_sigterm_stops_the_daemon_the_demo_started(tiny_model_dir, tmp_path):
     while (alive := [p for p in daemon if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def test_waiting_for_a_build_outlasts_a_daemon_that_answers_late(monkeypatch):
+    """A machine busy training may leave a poll unanswered for a minute: the demo polls again
+    instead of giving up the run, and gives up only after MAX_STALLS silent polls in a row."""
+    import urllib.error
+
+    import pytest
+
+    from tinygpt.runtime.demo import daemon
+    from tinygpt.runtime.demo.errors import DemoError
+
+    answers = iter([TimeoutError("timed out"), urllib.error.URLError(TimeoutError("timed out")), "", "2"])
+
+    def served(root_url, name, key):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(daemon, "served_version", served)
+    monkeypatch.setattr(daemon, "POLL_S", 0.0)
+    monkeypatch.setattr(daemon, "refused_build", lambda *a: None)
+    version, _ = daemon.wait_for_version("http://x", "fileops", "1", key=None, project=None, since=0.0, up=None, after_line=0)
+    assert version == "2"
+
+    def silent(root_url, name, key):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(daemon, "served_version", silent)
+    with pytest.raises(DemoError, match=f"did not answer {daemon.MAX_STALLS} polls in a row"):
+        daemon.wait_for_version("http://x", "fileops", "1", key=None, project=None, since=0.0, up=None, after_line=0)
+
+    def refused(root_url, name, key):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "refused"))
+
+    monkeypatch.setattr(daemon, "served_version", refused)  # the daemon is gone: no waiting on it
+    with pytest.raises(urllib.error.URLError):
+        daemon.wait_for_version("http://x", "fileops", "1", key=None, project=None, since=0.0, up=None, after_line=0)
