@@ -16,7 +16,7 @@ from .base import Contract
 
 TRAJECTORY_VERSION = 4
 
-# A hindsight relabel's id is its original's id, this, and a digest of the new opening.
+# A hindsight relabel's id is its original's id, this, and its slot (0-7).
 HINDSIGHT_SEPARATOR = "-h-"
 
 

@@ -19,8 +19,6 @@ describe a context the relabeled trajectory does not have.
 
 from __future__ import annotations
 
-import hashlib
-
 import msgspec
 
 from ..contracts.trajectory import HINDSIGHT_SEPARATOR, Feedback, Trajectory
@@ -31,10 +29,10 @@ from .protocol import ApiError
 MAX_PER_TRAJECTORY = 8
 
 
-def relabel_id(trajectory_id: str, new_opening: list[int]) -> str:
-    """The same relabel asked twice names the same trajectory (a retried request is a no-op)."""
-    digest = hashlib.sha256(f"{trajectory_id}:{','.join(map(str, new_opening))}".encode()).hexdigest()
-    return f"{trajectory_id}{HINDSIGHT_SEPARATOR}{digest[:12]}"
+def slot_ids(trajectory_id: str) -> list[str]:
+    """The ids a trajectory's relabels take, in order: a fixed few names to look at (never a
+    listing of the trajectories folder, which holds every conversation ever recorded)."""
+    return [f"{trajectory_id}{HINDSIGHT_SEPARATOR}{k}" for k in range(MAX_PER_TRAJECTORY)]
 
 
 def relabel(traj: Trajectory, original: list[int], opening: list[int], feedback: Feedback, new_id: str) -> Trajectory:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import msgspec
 
 from ..contracts.io import atomic_write_bytes, read_any, to_msgpack
-from ..contracts.trajectory import HINDSIGHT_SEPARATOR, Feedback, SamplingParams, Step, ToolCall, ToolResult, Trajectory
+from ..contracts.trajectory import Feedback, SamplingParams, Step, ToolCall, ToolResult, Trajectory
 from ..tool_schema import InvalidToolSchema, arguments_problem, tools_by_name
 from . import hindsight
 from .metrics import Metrics
@@ -425,14 +425,15 @@ class Recorder:
         def relabel() -> str:
             traj, _ = self._current(tid)
             original, opening = render(traj)
-            new_id = hindsight.relabel_id(tid, opening)
-            if self._path(new_id, True).is_file():  # asked before: the same trajectory
-                return new_id
-            if len(list(self.root.glob(f"{tid}{HINDSIGHT_SEPARATOR}*.msgpack"))) >= hindsight.MAX_PER_TRAJECTORY:
-                raise ApiError(409, f"trajectory {tid!r} has {hindsight.MAX_PER_TRAJECTORY} relabels already", code="relabel_limit")
-            new = hindsight.relabel(traj, original, opening, fb, new_id)
-            self._hook(self._write(msgspec.structs.replace(new, session=None, created_at=time.time()), sealed=True))
-            return new_id
+            for new_id in hindsight.slot_ids(tid):
+                path = self._path(new_id, True)
+                if not path.is_file():
+                    new = hindsight.relabel(traj, original, opening, fb, new_id)
+                    self._hook(self._write(msgspec.structs.replace(new, session=None, created_at=time.time()), sealed=True))
+                    return new_id
+                if read_any(path, Trajectory).steps[0].prompt_ids == opening:  # asked before: the same relabel
+                    return new_id
+            raise ApiError(409, f"trajectory {tid!r} has {hindsight.MAX_PER_TRAJECTORY} relabels already", code="relabel_limit")
 
         self._answer(fut, f"the relabel of {tid}", relabel)
 
