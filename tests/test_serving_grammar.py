@@ -118,7 +118,9 @@ def test_constrained_turns_are_recorded_and_reused_by_the_next_turn(rt, client):
 
 def test_forced_tokens_are_fed_recorded_and_not_trained_on(rt, client):
     """A named function's skeleton is forced: fed in one step, recorded as output ids,
-    marked in Step.forced, and masked out of the loss like prompt tokens."""
+    marked in Step.forced, and masked out of the loss like prompt tokens — except the
+    opening and name the named tool_choice imposed (Step.steered), which a kept trajectory
+    trains on as the choice."""
     from tinygpt.workers.tokens import sequences
 
     before = rt.metrics.forced_tokens.value()
@@ -139,10 +141,12 @@ def test_forced_tokens_are_fed_recorded_and_not_trained_on(rt, client):
     # The skeleton after the first sampled "<" is forced: the marker, the function name.
     forced_text = tokenizer.decode([step.output_ids[i] for i in step.forced])
     assert 'tool_call>\n{"name": "get_weather", "arguments": {"' in forced_text
+    assert step.steered and set(step.steered) < set(step.forced)
+    assert "get_weather" in tokenizer.decode([step.output_ids[i] for i in step.steered])
     (seq,) = sequences(traj)
     offset = len(step.prompt_ids)
     for i in range(len(step.output_ids)):
-        assert seq.loss_mask[offset + i] == (0 if i in step.forced else 1)
+        assert seq.loss_mask[offset + i] == (0 if i in step.forced and i not in step.steered else 1)
 
 
 def test_grammar_compile_time_is_exported(rt, client):
