@@ -109,6 +109,9 @@ def test_relabel_requests_that_cannot_be_honoured_get_a_clear_4xx(tiny_model_dir
         assert ask({**good, "shell": "rm -rf /"})[0] == 400
         status, made = ask(good)
         assert status == 201
+        # A repeat names the same relabel, but only with the true original.
+        assert ask(good) == (201, made)
+        assert ask({**good, "original": _opening("beta")})[0] == 409
         status, err = ask({**good, "original": _opening("beta")}, made["trajectory_id"])
         assert status == 409 and err["error"]["code"] == "trajectory_is_relabel"
         for i in range(7):  # eight relabels of one trajectory at most

@@ -425,7 +425,9 @@ class Recorder:
         def relabel() -> str:
             traj, _ = self._current(tid)
             original, opening = render(traj)
-            for new_id in hindsight.slot_ids(tid):
+            slots = hindsight.slot_ids(tid)
+            hindsight.relabel(traj, original, opening, fb, slots[0])  # checks `original` before any answer
+            for new_id in slots:
                 path = self._path(new_id, True)
                 if not path.is_file():
                     new = hindsight.relabel(traj, original, opening, fb, new_id)
