@@ -67,6 +67,17 @@ class StrictWeather(Weather):
 '''
 
 
+def _toy_home(tmp_path, monkeypatch, folder: str):
+    """A fresh TinyGPT home (up's embedded Redis, no REDIS_URL) and a folder holding the toy module."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TINYGPT_HOME", str(home))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    work = tmp_path / folder
+    work.mkdir()
+    (work / "toyweather.py").write_text(textwrap.dedent(TOY))
+    return home, work
+
+
 def _demo_args(**overrides) -> argparse.Namespace:
     from tinygpt.runtime.commands import demo
 
@@ -84,12 +95,7 @@ def test_demo_drives_the_daemon_through_two_rounds(tiny_model_dir, tmp_path, mon
     from tinygpt.runtime.demo.loop import DemoConfig, TrainSettings, run_demo
     from tinygpt.runtime.demo.report import DemoSummary
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("TINYGPT_HOME", str(home))
-    monkeypatch.delenv("REDIS_URL", raising=False)  # up's embedded Redis
-    work = tmp_path / "demo"
-    work.mkdir()
-    (work / "toyweather.py").write_text(textwrap.dedent(TOY))
+    home, work = _toy_home(tmp_path, monkeypatch, "demo")
     cfg = DemoConfig(work=str(work), task="weather", entry="toyweather:Weather", model=str(tiny_model_dir), name="weather",
                      project="demo-test", tasks=3, attempts=2, test_tasks=2, gate_tasks=2, rounds=2, concurrency=4,
                      session_idle=1.0, train=TrainSettings(steps=2, batch_size=2, num_layers=2))
@@ -142,12 +148,7 @@ def test_failed_runs_train_through_the_daemon_as_hindsight_relabels(tiny_model_d
     from tinygpt.runtime.contracts.trajectory import HINDSIGHT_SEPARATOR, Trajectory
     from tinygpt.runtime.demo.loop import DemoConfig, TrainSettings, run_demo
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("TINYGPT_HOME", str(home))
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    work = tmp_path / "demo"
-    work.mkdir()
-    (work / "toyweather.py").write_text(textwrap.dedent(TOY))
+    home, work = _toy_home(tmp_path, monkeypatch, "demo")
     cfg = DemoConfig(work=str(work), task="weather", entry="toyweather:StrictWeather", model=str(tiny_model_dir),
                      name="weather", project="demo-hindsight", tasks=4, attempts=2, test_tasks=2, gate_tasks=2, rounds=1,
                      concurrency=4, session_idle=1.0, hindsight=True, train=TrainSettings(steps=2, batch_size=2, num_layers=2))
@@ -173,12 +174,7 @@ def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypat
     from tinygpt.runtime.demo.loop import DemoConfig, run_demo
     from tinygpt.runtime.demo.project import write_project
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("TINYGPT_HOME", str(home))
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    ops = tmp_path / "ops"
-    ops.mkdir()
-    (ops / "toyweather.py").write_text(textwrap.dedent(TOY))
+    home, ops = _toy_home(tmp_path, monkeypatch, "ops")
     # The operator's policy: build once 6 new rows are kept (what 3 tasks x 2 attempts give).
     write_project(ops / "tinygpt.project.json", project="ops", model=str(tiny_model_dir), task="weather", name="weather", seed=0,
                   test_tasks=2, gate_tasks=2, training={"steps": 2, "batch_size": 2, "num_layers": 2, "eval_every": 0},
