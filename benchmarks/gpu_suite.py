@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -179,44 +178,11 @@ def stream_generate_rate(model, tokenizer, prompt_ids: list[int], n: int) -> flo
     return baseline_decode(model, tokenizer, prompt_ids, n)
 
 
-def concurrency(server, clients: int, n: int, ban: dict) -> dict:
-    from runtime_throughput import PROMPT
-
-    tokens, errors = [], []
-
-    def client(i: int) -> None:
-        body = {"model": "base", "max_tokens": n, "temperature": 0, "logit_bias": ban,
-                "messages": [{"role": "user", "content": f"Client {i}: {PROMPT[:80]}"}]}
-        try:
-            tokens.append(server.request("POST", "/v1/chat/completions", body)["usage"]["completion_tokens"])
-        except Exception as e:  # noqa: BLE001  (counted and reported, not hidden)
-            errors.append(str(e)[:200])
-
-    from serving_overhead import phases
-
-    before = phases(server)
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    after = phases(server)
-    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    steps = d.pop("steps")
-    # Decode steps the model thread ran, the mean batch, and the model thread's time per step
-    # by phase (/metrics): tells the per-step cost apart from admission / prefill / HTTP time.
-    return {"clients": clients, "served": len(tokens), "failed": len(errors), "errors": errors[:3],
-            "tokens": sum(tokens), "seconds": wall, "tok_per_s": sum(tokens) / wall, "decode_steps": steps,
-            "mean_batch": sum(tokens) / steps if steps else None, "ms_per_step": 1e3 * wall / steps if steps else None,
-            "phase_ms_per_step": {k: 1e3 * v / steps for k, v in d.items()} if steps else {}}
-
-
 def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
     import mlx.core as mx
     import mlx_lm
     from runtime_throughput import PROMPT, Server, ban_eos, constrained, runtime_decode
+    from serving_overhead import aggregate
 
     model, tokenizer = mlx_lm.load(str(model_dir))
     model.set_dtype(mx.bfloat16)
@@ -248,10 +214,10 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
                                 "mlx_lm_tok_s": mlx_lm_rate, "ratio_bare": single / bare[1],
                                 "ratio_mlx_lm": single / mlx_lm_rate}
         checkpoint()
-        concurrency(server, 16, 16, ban)  # warm-up: batch shapes compiled once
+        aggregate(server, 16, 16, ban, False)  # warm-up: batch shapes compiled once
         agg = []
         for c in CLIENTS:
-            row = concurrency(server, c, 128, ban)
+            row = aggregate(server, c, 128, ban, False)
             ref = bare.get(c)
             row["bare_tok_s_same_batch"] = ref
             row["share_of_bare"] = row["tok_per_s"] / ref if ref else None
@@ -259,6 +225,12 @@ def part_runtime(res: dict, model_dir: Path, tmp: Path, n: int) -> None:
             res["aggregate"] = agg
             checkpoint()
         res["aggregate"] = agg
+        # Sampled requests, a seed each (every row its own sampler), against greedy.
+        top = max(CLIENTS)
+        row = aggregate(server, top, 128, ban, False, sampled=True)
+        row["ratio_to_greedy"] = row["tok_per_s"] / agg[-1]["tok_per_s"]
+        res["sampled"] = row
+        checkpoint()
         res["constrained"] = constrained(server, n, ban)
         res["metrics_device_line"] = [line for line in server.metrics().splitlines() if line.startswith("tinygpt_device_info")]
     finally:

@@ -68,7 +68,9 @@ def phases(server) -> dict[str, float]:
     return out
 
 
-def aggregate(server, clients: int, n: int, ban: dict, stream: bool) -> dict:
+def aggregate(server, clients: int, n: int, ban: dict, stream: bool, sampled: bool = False) -> dict:
+    """`clients` concurrent requests of `n` tokens; greedy, or `sampled` (temperature 0.8,
+    top_p 0.95, each client its own seed: every row its own sampler, as agents send)."""
     from runtime_throughput import PROMPT
 
     tokens, errors = [], []
@@ -76,6 +78,8 @@ def aggregate(server, clients: int, n: int, ban: dict, stream: bool) -> dict:
     def client(i: int) -> None:
         body = {"model": "base", "max_tokens": n, "temperature": 0, "logit_bias": ban,
                 "messages": [{"role": "user", "content": f"Client {i}: {PROMPT[:80]}"}]}
+        if sampled:
+            body |= {"temperature": 0.8, "top_p": 0.95, "seed": i}
         try:
             if stream:
                 tokens.append(server.stream(body)[2]["completion_tokens"])
@@ -96,7 +100,7 @@ def aggregate(server, clients: int, n: int, ban: dict, stream: bool) -> dict:
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     steps = d.pop("steps")
     per_step = {f"{k}_ms_per_step": 1e3 * v / steps for k, v in d.items()} if steps else {}
-    return {"clients": clients, "stream": stream, "served": len(tokens), "failed": len(errors), "errors": errors[:3],
+    return {"clients": clients, "stream": stream, "sampled": sampled, "served": len(tokens), "failed": len(errors), "errors": errors[:3],
             "tokens": sum(tokens), "seconds": wall, "tok_per_s": sum(tokens) / wall, "decode_steps": steps,
             "mean_batch": sum(tokens) / steps if steps else None,
             "wall_ms_per_step": 1e3 * wall / steps if steps else None, **per_step}
@@ -109,6 +113,8 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--single-tokens", type=int, default=128)
     p.add_argument("--no-stream", action="store_true", help="skip the SSE aggregate rows")
+    p.add_argument("--sampled", action="store_true",
+                   help="also whole responses sampled at temperature 0.8 with a seed each, as a ratio to greedy")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -157,6 +163,14 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         res["aggregate"] = rows
+        if args.sampled:
+            greedy = {r["clients"]: r["tok_per_s"] for r in rows if not r["stream"]}
+            res["sampled"] = []
+            for c in clients:
+                row = aggregate(server, c, args.tokens, ban, False, sampled=True)
+                row["ratio_to_greedy"] = row["tok_per_s"] / greedy[c]
+                res["sampled"].append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         server.close()
     text = json.dumps(res)

@@ -12,7 +12,7 @@ import pytest
 from mlx_lm.generate import BatchGenerator
 
 from tinygpt.runtime.serving import batch_step
-from tinygpt.runtime.serving.sampling import LogitBias, make_processors, make_sampler
+from tinygpt.runtime.serving.sampling import LogitBias, make_processors, make_sampler, sample_seeded
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def _requests(tok):
     return [
         (prompts[0], 9, make_sampler(0.0, 1.0, None), []),
         (prompts[1], 14, make_sampler(0.0, 1.0, None), [LogitBias(ban)]),
-        (prompts[2], 5, make_sampler(0.0, 1.0, None), [LogitBias({**ban, 7: 3.0, 11: -2.0})]),
+        # Two seeded rows (one without top-p) among greedy ones: one sample_seeded call.
+        (prompts[2], 5, make_sampler(0.5, 1.0, 99), [LogitBias({**ban, 7: 3.0, 11: -2.0})]),
         (prompts[3], 12, make_sampler(0.8, 0.9, 1234), [LogitBias(ban)]),
         (prompts[4], 11, make_sampler(0.0, 1.0, None), [LogitBias(ban), _penalty_row_processor]),
         (prompts[5], 7, make_sampler(0.0, 1.0, None), make_processors(3, logit_bias=None, presence_penalty=0.7,
@@ -107,6 +108,45 @@ def test_batched_step_matches_mlx_lm_tokens_and_logprobs(tiny_model_dir, dtype):
     # so they may stop earlier).
     for idx, (_, n, _, _) in enumerate(_requests(tok)):
         assert 1 <= len(fast[idx][0]) <= n
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_seeded_rows_sample_in_one_graph_as_each_row_alone(dtype):
+    settings = [(0.8, 0.9, 1), (1.0, 1.0, 2), (0.3, 0.5, 3), (1.5, 0.99, -4), (0.7, 1.0, 5), (1.0, 0.2, 1 << 70)]
+    logits = (3 * mx.random.normal((len(settings), 300), key=mx.random.key(0))).astype(getattr(mx, dtype))
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    together = [make_sampler(*a) for a in settings]
+    alone = [make_sampler(*a) for a in settings]
+    draws = set()
+    for _ in range(4):  # the keys advance the same way too
+        batched = sample_seeded(logprobs, together).tolist()
+        assert batched == [alone[i](logprobs[i : i + 1]).item() for i in range(len(settings))]
+        draws.add(tuple(batched))
+    assert len(draws) > 1  # sampled, not a fixed choice
+    for a, b in zip(together, alone):
+        assert a.key.tolist() == b.key.tolist()
+
+
+def test_seeded_rows_draw_from_the_tempered_nucleus():
+    n = 4000
+    logits = mx.broadcast_to(mx.array([0.0, 1.0, 2.0, -1.0]), (n, 4))
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.8)):
+        p = mx.softmax(logits[0] / temperature).tolist()
+        if top_p < 1.0:  # the nucleus: the most likely tokens holding top_p of the mass
+            order = sorted(range(4), key=lambda t: -p[t])
+            keep, mass = [], 0.0
+            for t in order:
+                keep.append(t)
+                mass += p[t]
+                if mass >= top_p:
+                    break
+            p = [p[t] / mass if t in keep else 0.0 for t in range(4)]
+        tokens = sample_seeded(logprobs, [make_sampler(temperature, top_p, seed) for seed in range(n)]).tolist()
+        for t in range(4):
+            # 4 standard deviations of a binomial count: fails on a wrong distribution.
+            sd = math.sqrt(n * p[t] * (1 - p[t])) or 0.5
+            assert abs(tokens.count(t) - n * p[t]) <= 4 * sd, (temperature, top_p, t, tokens.count(t), n * p[t])
 
 
 def test_the_stock_per_row_step_never_runs_once_installed(tiny_model_dir, monkeypatch):

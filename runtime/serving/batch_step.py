@@ -12,7 +12,8 @@ itself is ~5 ms. This subclass does, per step, for the whole batch:
 - the per-row loop only for the rows whose processors cannot be batched (penalties, grammar
   constraints), their results written back with one indexed assignment; the forward pass is
   queued before that loop, so a grammar's mask is computed while the device runs the model;
-- one sampler call per distinct sampler (all greedy rows share one), not one per row;
+- one sampler call per distinct sampler (all greedy rows share one), and one for every
+  seeded row together (`sampling.sample_seeded`), not one per row;
 - the chosen tokens' logprobs gathered in the step's own graph, so they are evaluated with
   the tokens (`chosen`, one float per row) instead of by B more ops afterwards;
 - logprobs kept as one [B, V] array (rows are sliced only when a caller reads one);
@@ -38,7 +39,7 @@ import mlx.core as mx
 from mlx_lm.generate import GenerationBatch, PromptProcessingBatch
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
-from .sampling import LogitBias
+from .sampling import LogitBias, SeededSampler, sample_seeded
 
 
 def _rows(logprobs) -> mx.array | None:
@@ -165,13 +166,24 @@ class BatchedGenerationBatch(GenerationBatch):
         first = samplers[0] if samplers else self.fallback_sampler
         if all(s is first for s in samplers):
             return first(logprobs)
+        # Rows sharing a sampler (every greedy row) are one call; every seeded row, each
+        # with its own key, temperature and top-p, is one more (sample_seeded).
         groups: dict[int, tuple[Any, list[int]]] = {}
+        seeded: list[int] = []
         for e, s in enumerate(samplers):
-            groups.setdefault(id(s), (s, []))[1].append(e)
+            if isinstance(s, SeededSampler):
+                seeded.append(e)
+            else:
+                groups.setdefault(id(s), (s, []))[1].append(e)
+        if seeded and not groups:
+            return sample_seeded(logprobs, [samplers[e] for e in seeded])
         sampled = mx.zeros((logprobs.shape[0],), dtype=mx.uint32)
         for s, rows in groups.values():
             idx = mx.array(rows, dtype=mx.int32)
             sampled[idx] = s(logprobs[idx]).astype(mx.uint32)
+        if seeded:
+            idx = mx.array(seeded, dtype=mx.int32)
+            sampled[idx] = sample_seeded(logprobs[idx], [samplers[e] for e in seeded]).astype(mx.uint32)
         return sampled
 
     # -------------------------------------------------------------- mlx-lm's interface
