@@ -201,6 +201,75 @@ def test_a_forced_tool_choice_is_trained_as_the_choice_not_masked(tiny_model_dir
     assert all(seq.loss_mask[len(free.steps[0].prompt_ids) + i] == 0 for i in free.steps[0].forced)
 
 
+class Guided(Toy):
+    """Names a two-call sequence per task: pong then ping for a ping task, ping twice for a pong task."""
+
+    def plan(self, task):
+        return ["pong", "ping"] if task.kind == "ping" else ["ping", "ping"]
+
+
+def test_a_guided_exploration_forces_each_turn_of_the_plan(tiny_model_dir, tmp_path):
+    from tests.serving_support import running
+    from tinygpt.workers.environment.rounds import _client
+
+    env = Guided()
+    tasks = env.tasks("train", 2, 0)
+    plan = runner.exploration_plan(tasks, runner.tool_names(env), attempts=2, explore=0.5, env=env)
+    assert [a.plan for a in plan] == [(), ("pong", "ping"), (), ("ping", "ping")]
+    with running(tiny_model_dir, tmp_path) as rt:
+        cfg = runner.Sampling(model="base", temperature=0.9, max_turns=2, max_tokens=48, seed=1)
+        results = runner.run_many(_client(rt.url), env, "guided", plan, cfg, concurrency=2)
+    guided = [(job, r) for job, r in zip(plan, results) if job.plan]
+    assert all(r.plan == list(job.plan) and r.forced_tool == job.plan[0] for job, r in guided)
+    # A random model may ramble past max_tokens inside an argument (no call, episode over);
+    # every call it did make is the plan's tool for that turn.
+    assert any(r.calls for _, r in guided)
+    for job, r in guided:
+        assert r.calls == list(job.plan[: len(r.calls)])
+
+
+@pytest.mark.parametrize("steps, message", [
+    (["ping", "shout"], "names tools it does not offer: shout"),
+    ("ping", "must return a list of tool names"),
+    ([1], "must return a list of tool names"),
+])
+def test_a_plan_naming_what_the_environment_lacks_stops_the_run(steps, message):
+    class Bad(Toy):
+        def plan(self, task):
+            return steps
+
+    with pytest.raises(EnvironmentBroken, match=message):
+        runner.exploration_plan(Bad().tasks("train", 1, 0), ["ping", "pong"], 2, 0.5, env=Bad(), env_name="bad")
+
+
+def test_a_plan_that_raises_names_the_environment_and_an_unplanned_task_cycles_tools():
+    class Raises(Toy):
+        def plan(self, task):
+            raise KeyError("solution")
+
+    with pytest.raises(EnvironmentBroken, match="environment 'bad': plan raised KeyError"):
+        runner.exploration_plan(Toy().tasks("train", 1, 0), ["ping", "pong"], 2, 0.5, env=Raises(), env_name="bad")
+    plan = runner.exploration_plan(Toy().tasks("train", 2, 0), ["ping", "pong"], 2, 0.5, env=Toy())
+    assert [(a.force, a.plan) for a in plan] == [(None, ()), ("ping", ()), (None, ()), ("pong", ())]
+    # No exploring attempt: the plan is never asked for.
+    assert all(not a.plan for a in runner.exploration_plan(Toy().tasks("train", 2, 0), ["ping"], 2, 0.0, env=Raises()))
+
+
+def test_the_bundled_plans_are_the_reference_solutions_tools():
+    from tinygpt.runtime.environments.bundled.fileops import FileOps
+    from tinygpt.runtime.environments.bundled.shop import KINDS, Shop
+
+    fileops = FileOps()
+    for task in fileops.tasks("train", 12, 0):
+        assert fileops.plan(task) == [c["name"] for c in task.data["solution"]]
+    assert {tuple(fileops.plan(t)) for t in fileops.tasks("train", 12, 0) if t.kind == "copy"} == {("read_file", "write_file")}
+    shop = Shop()
+    names = set(runner.tool_names(shop))
+    tasks = shop.tasks("train", 10, 0)
+    assert {t.kind for t in tasks} == set(KINDS)
+    assert all(shop.plan(t) and set(shop.plan(t)) <= names for t in tasks)
+
+
 def test_exploration_plan_cycles_tools_and_keeps_free_attempts():
     tasks = Toy().tasks("train", 3, 0)
     plan = runner.exploration_plan(tasks, ["a", "b", "c"], attempts=4, explore=0.5)

@@ -79,6 +79,8 @@ class EpisodeResult(Contract):
     # None: the model chose freely; else the tool the first turn was constrained to call.
     forced_tool: str | None = None
     required_more: bool = False
+    # A guided exploration: the tool forced on each turn (Environment.plan), in order.
+    plan: list[str] = []
     turns: int = 0
     calls: list[str] = []
     # A failed episode recorded again under the task it did achieve (hindsight): that task's

@@ -237,9 +237,10 @@ class _Demo:
         for r in range(1, cfg.rounds + 1):
             model = cfg.name if serving else "base"
             shown = f"{cfg.name}@{serving}" if serving else self.base
-            plan = runner.exploration_plan(train, tools, cfg.attempts, cfg.explore)
+            plan = runner.exploration_plan(train, tools, cfg.attempts, cfg.explore, self.env, cfg.task)
             self.say(f"round {r}: collect {len(train)} tasks x {cfg.attempts} attempts at T={cfg.temperature} with {shown}"
-                     + (f" ({sum(a.force is not None for a in plan)} exploring)" if cfg.explore else ""))
+                     + (f" ({sum(a.force is not None for a in plan)} exploring, {sum(bool(a.plan) for a in plan)} "
+                        "along the environment's plan)" if cfg.explore else ""))
             clock, started = time.perf_counter(), time.time()
             got = self.episodes(plan, self.sampling(model, cfg.temperature, cfg.seed + 100 * r, COLLECT_TAG))
             c = report.collection(len(train), cfg.attempts, cfg.temperature, shown, got, round(time.perf_counter() - clock, 2))

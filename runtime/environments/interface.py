@@ -17,6 +17,8 @@
 
         def hindsight(self, task, state, transcript):   # optional: the task this episode did achieve
             ...return EnvTask(...) or None
+        def plan(self, task):                       # optional: the tools the task takes, in order
+            return ["search_products", "add_to_cart"] or None
 
 The factory drives it through the runtime like any agent (chat completions with these
 tools, each result sent back as a `tool` message, the reward posted as feedback), so an
@@ -94,4 +96,13 @@ class Environment:
         `task.messages` only where the request does (same system prompt and examples), so
         the relabeled prompt is one the model will see. Return None when the outcome is no
         sensible request (nothing changed, a call failed)."""
+        return None
+
+    def plan(self, task: EnvTask) -> list[str] | None:
+        """Optional: the tool names a solution of `task` calls, in order, or None.
+        Names only, never arguments. Exploring attempts (`--explore`) then force one name
+        per turn (a named `tool_choice`) and the model fills in every argument itself; the
+        forced names are trained as the model's choice. This reaches tasks whose *sequence*
+        the base never picks (read, then write: a copy), which forcing only the first call
+        of a tool cycle does not. Without a plan, exploring attempts cycle through the tools."""
         return None

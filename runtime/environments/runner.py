@@ -70,6 +70,8 @@ class Attempt:
     attempt: int = 0
     force: str | None = None
     require_more: bool = False
+    # A guided attempt: turn i forced to plan[i] (Environment.plan); `force` is plan[0].
+    plan: tuple[str, ...] = ()
 
 
 def make_client(base_url: str, api_key: str | None = None, timeout: float = 600.0):
@@ -170,8 +172,10 @@ def run_episode(client, env: Environment, env_name: str, job: Attempt, cfg: Samp
     calls: list[ToolCallRecord] = []
     trajectory_id, served_by, answer, finished, turns = None, "", "", False, 0
     for turn in range(cfg.max_turns):
-        if turn == 0:
-            choice: Any = {"type": "function", "function": {"name": job.force}} if job.force else "required"
+        if turn < len(job.plan):
+            choice: Any = {"type": "function", "function": {"name": job.plan[turn]}}
+        elif turn == 0:
+            choice = {"type": "function", "function": {"name": job.force}} if job.force else "required"
         else:
             choice = "required" if (job.require_more and turn == 1) else "auto"
         extra: dict[str, Any] = {"stop": [STOP_AT]} if turn > 0 else {}
@@ -221,7 +225,7 @@ def run_episode(client, env: Environment, env_name: str, job: Attempt, cfg: Samp
     return EpisodeResult(
         task_id=task.id, kind=task.kind, reward=reward.reward, success=reward.reward >= cfg.success_reward,
         reason=reward.reason, trajectory_id=trajectory_id, served_by=served_by, attempt=job.attempt,
-        forced_tool=job.force, required_more=job.require_more, turns=turns, calls=[c.name for c in calls],
+        forced_tool=job.force, required_more=job.require_more, plan=list(job.plan), turns=turns, calls=[c.name for c in calls],
         relabeled_as=relabeled[0], relabel_id=relabeled[1],
     )
 
@@ -260,21 +264,43 @@ def run_many(client, env: Environment, env_name: str, jobs: list[Attempt], cfg: 
         return list(pool.map(one, jobs))
 
 
-def exploration_plan(tasks: list[EnvTask], tools: list[str], attempts: int, explore: float) -> list[Attempt]:
-    """`attempts` per task; the last round(attempts * explore) of them explore: the first call
-    forced to one tool after another (offset per task, so every tool gets its turn even with
-    one exploring attempt per task), and every other exploring attempt also required to make
-    a second call."""
+def exploration_plan(tasks: list[EnvTask], tools: list[str], attempts: int, explore: float,
+                     env: Environment | None = None, env_name: str = "environment") -> list[Attempt]:
+    """`attempts` per task; the last round(attempts * explore) of them explore. A task that
+    `env.plan` names a tool sequence for is explored along it, one
+    forced name per turn. Otherwise the first call is forced to one tool after another
+    (offset per task, so every tool gets its turn even with one exploring attempt per task),
+    and every other exploring attempt is also required to make a second call."""
     n_explore = min(attempts, round(attempts * explore))
     plan = []
     for i, task in enumerate(tasks):
+        steps = None
+        if env is not None and n_explore:
+            steps = _checked_plan(env_name, task, _guard(env_name, "plan", lambda task=task: env.plan(task)), tools)
         for a in range(attempts):
             e = a - (attempts - n_explore)
             if e < 0:
                 plan.append(Attempt(task, a))
+            elif steps:
+                plan.append(Attempt(task, a, force=steps[0], plan=steps))
             else:
                 plan.append(Attempt(task, a, force=tools[(i + e) % len(tools)], require_more=e % 2 == 1))
     return plan
+
+
+def _checked_plan(env_name: str, task: EnvTask, steps: Any, tools: list[str]) -> tuple[str, ...] | None:
+    """The environment's plan for `task` as a tuple of known tool names; a plan naming an
+    unknown tool (or not a list of names) stops the run: forcing it would be a 400 per turn."""
+    if steps is None:
+        return None
+    if not isinstance(steps, (list, tuple)) or not all(isinstance(s, str) for s in steps):
+        raise EnvironmentBroken(f"environment {env_name!r}: plan({task.id!r}) must return a list of tool names or None, "
+                                f"not {steps!r:.80}")
+    unknown = sorted(set(steps) - set(tools))
+    if unknown:
+        raise EnvironmentBroken(f"environment {env_name!r}: plan({task.id!r}) names tools it does not offer: "
+                                f"{', '.join(unknown)}")
+    return tuple(steps) or None
 
 
 def per_kind(results: list[EpisodeResult]) -> dict[str, KindCounts]:

@@ -268,9 +268,10 @@ class _Run:
             rec.seconds[phase] = round(now - clock, 2)
             clock = now
 
-        plan = runner.exploration_plan(train_set, self.tools, s.attempts, s.explore)
+        plan = runner.exploration_plan(train_set, self.tools, s.attempts, s.explore, self.env, self.s.environment)
         self.say(f"round {r}: collect {len(train_set)} tasks x {s.attempts} attempts at T={s.temperature} with {serving}"
-                 + (f" ({sum(a.force is not None for a in plan)} exploring)" if s.explore else ""))
+                 + (f" ({sum(a.force is not None for a in plan)} exploring, {sum(bool(a.plan) for a in plan)} "
+                    "along the environment's plan)" if s.explore else ""))
         got = self.episodes(plan, self.sampling(serving, s.temperature, s.seed + 100 * r, hindsight=s.hindsight))
         srv.seal()
         rec.attempts, rec.successes = len(got), sum(e.success for e in got)

@@ -37,6 +37,11 @@ class FileOps(Environment):
         outcome = T.check(original, state, calls, results, transcript.finished)
         return Reward(reward=1.0 if outcome.success else 0.0, reason=outcome.reason or "done")
 
+    def plan(self, task: EnvTask) -> list[str]:
+        # The reference solution's tools (read then write for a copy, search then delete for
+        # find-and-delete): the sequences the base model never picks by itself.
+        return [call["name"] for call in task.data["solution"]]
+
     def hindsight(self, task: EnvTask, state: FakeFS, transcript: Transcript) -> EnvTask | None:
         calls = [(c.name, c.arguments) for c in transcript.calls if c.arguments is not None]
         if len(calls) != len(transcript.calls):

@@ -25,6 +25,9 @@ from typing import Any
 from tinygpt.runtime.environments import Environment, EnvTask, Reward, Transcript, tool
 
 KINDS = ("add", "remove", "checkout", "buy", "find_add")
+# The tools a solution of each kind calls, in order (Environment.plan).
+_PLANS = {"add": ("add_to_cart",), "remove": ("remove_from_cart",), "checkout": ("place_order",),
+          "buy": ("add_to_cart", "place_order"), "find_add": ("search_products", "add_to_cart")}
 
 TOOLS = [
     tool("add_to_cart", "Add a product to the cart.", {"product_id": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1, "maximum": 9}}),
@@ -146,6 +149,9 @@ class Shop(Environment):
         if not transcript.finished:
             reasons.append("no final answer within the turn limit")
         return Reward(reward=0.0 if reasons else 1.0, reason="; ".join(reasons) or "done")
+
+    def plan(self, task: EnvTask) -> list[str]:
+        return list(_PLANS[task.kind])
 
     def hindsight(self, task: EnvTask, state: dict[str, Any], transcript: Transcript) -> EnvTask | None:
         """What a clean run did, as a task of one of the five kinds (None for anything else)."""
