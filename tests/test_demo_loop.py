@@ -180,10 +180,11 @@ def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypat
     from tinygpt.runtime.demo.project import write_project
 
     home, ops = _toy_home(tmp_path, monkeypatch, "ops")
-    # The operator's policy: build once 6 new rows are kept (what 3 tasks x 2 attempts give).
+    # The operator's policy: build once 2 new rows are kept (of 3 tasks x 2 attempts; how
+    # many a random model's episodes keep is luck, and a policy never met would never build).
     write_project(ops / "tinygpt.project.json", project="ops", model=str(tiny_model_dir), task="weather", name="weather", seed=0,
                   test_tasks=2, gate_tasks=2, training={"steps": 2, "batch_size": 2, "num_layers": 2, "eval_every": 0},
-                  builds_started=0, release_rows=6, entry="toyweather:Weather")
+                  builds_started=0, release_rows=2, entry="toyweather:Weather")
     up = Up(home, ops, "--project", str(ops / "tinygpt.project.json"), "--session-idle", "1")
     try:
         url = up.wait(r"Runtime: (http://\S+/v1)").group(1)
@@ -199,10 +200,10 @@ def test_demo_drives_a_running_daemon_at_url(tiny_model_dir, tmp_path, monkeypat
     finally:
         assert up.stop() == 0, up.text
     (r,) = summary.rounds
-    assert r.promoted == "weather@1" and r.build.verdict == "pass" and r.build.rows >= 1
+    assert r.promoted == "weather@1" and r.build.verdict == "pass" and r.build.rows >= 2
     assert summary.after.served_by == "weather@1" and summary.peak_rss_mb is None
     assert not (work / "tinygpt.project.json").exists()  # the daemon's own project file rules
-    assert f"Autopilot: weather: {r.build.rows} new rows (≥ {r.build.rows}): building" in up.text
+    assert re.search(r"Autopilot: weather: \d+ new rows \(≥ 2\): building", up.text), up.text
 
 
 def test_demo_command_refuses_bad_options(capsys):
