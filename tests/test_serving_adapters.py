@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import threading
+import time
 import weakref
 
 import openai
@@ -171,15 +172,20 @@ def test_concurrent_requests_for_one_specialist_decode_as_one_batch(rt, adapters
     load(rt, "mail", adapters["v1"], version="1")
     steps0 = rt.metrics.decode_steps.value()
     tokens0 = rt.metrics.completion_tokens.value(model="mail")
-    barrier = threading.Barrier(6)
-
-    def one():
-        barrier.wait()
-        greedy(rt, "mail", max_tokens=40)
-
-    threads = [threading.Thread(target=one) for _ in range(6)]
+    # Hold the model thread until all six requests wait in its queue, so the test checks
+    # that queued requests for one specialist decode together, not how fast six HTTP
+    # threads reach the server on a busy machine (a lone tiny request decodes in ~40 ms).
+    release = threading.Event()
+    held = rt.engine.call(lambda engine: release.wait(120))
+    threads = [threading.Thread(target=greedy, args=(rt, "mail"), kwargs={"max_tokens": 40}) for _ in range(6)]
     for t in threads:
         t.start()
+    for _ in range(6000):
+        if rt.engine.queued == 6:
+            break
+        time.sleep(0.01)
+    release.set()
+    assert held.result(timeout=120) is True
     for t in threads:
         t.join()
     tokens = rt.metrics.completion_tokens.value(model="mail") - tokens0
