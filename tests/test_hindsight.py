@@ -118,6 +118,10 @@ def test_relabel_requests_that_cannot_be_honoured_get_a_clear_4xx(tiny_model_dir
             assert ask({**good, "messages": _opening(f"h{i}")})[0] == 201
         status, err = ask({**good, "messages": _opening("one-more")})
         assert status == 409 and err["error"]["code"] == "relabel_limit"
+        # Each slot's relabel names itself, in its id and its feedback.
+        for k in range(8):
+            t = read_any(tmp_path / "trajectories" / f"{tid}-h-{k}.msgpack", Trajectory)
+            assert t.id == f"{tid}-h-{k}" and t.hindsight_of == tid and [f.trajectory_id for f in t.feedback] == [t.id]
         assert rt.recorder.running
 
 

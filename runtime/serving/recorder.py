@@ -426,12 +426,14 @@ class Recorder:
             traj, _ = self._current(tid)
             original, opening = render(traj)
             slots = hindsight.slot_ids(tid)
-            hindsight.relabel(traj, original, opening, fb, slots[0])  # checks `original` before any answer
+            # Built (and `original` checked) once, before any answer; a free slot renames it.
+            new = hindsight.relabel(traj, original, opening, fb, slots[0])
             for new_id in slots:
                 path = self._path(new_id, True)
                 if not path.is_file():
-                    new = hindsight.relabel(traj, original, opening, fb, new_id)
-                    self._hook(self._write(msgspec.structs.replace(new, session=None, created_at=time.time()), sealed=True))
+                    new = msgspec.structs.replace(new, id=new_id, session=None, created_at=time.time(),
+                                                  feedback=[msgspec.structs.replace(f, trajectory_id=new_id) for f in new.feedback])
+                    self._hook(self._write(new, sealed=True))
                     return new_id
                 if read_any(path, Trajectory).steps[0].prompt_ids == opening:  # asked before: the same relabel
                     return new_id
